@@ -1,0 +1,140 @@
+//! Command line → settings.
+//!
+//! `main` is a thin shell around [`Cli`]: it parses, loads the snapshot with
+//! [`Cli::load_options`], and starts the engine with [`Cli::server_config`].
+//! Every flag has a default that serves the bundled site on
+//! `http://127.0.0.1:8080`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::engine::{DEFAULT_BACKLOG, DEFAULT_SHUTDOWN_GRACE_MS, EngineKind, ServerConfig};
+use crate::files::LoadOptions;
+use crate::http::Limits;
+use crate::http::request::{
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEAD_BYTES, DEFAULT_MAX_HEADER_COUNT, DEFAULT_MAX_REQUEST_LINE_BYTES,
+    HEADER_COUNT_CEILING,
+};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// A static-file HTTP/1.1 server, thread-per-core, on io_uring.
+#[derive(Debug, Parser)]
+#[command(name = "ringserve", version, about)]
+pub struct Cli {
+    /// Directory to serve.
+    #[arg(long, default_value = default_root())]
+    pub root: PathBuf,
+
+    /// Address and port to listen on (port 0 picks a free port).
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Worker threads, one event loop and one listener each [default: the CPUs this process may use].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+
+    /// I/O engine: tokio-uring or epoll.
+    #[arg(long, default_value = "tokio-uring")]
+    pub engine: EngineKind,
+
+    /// Listen backlog (pending connections per listener).
+    #[arg(long, default_value_t = DEFAULT_BACKLOG)]
+    pub backlog: u32,
+
+    /// Do not pin worker threads to CPUs.
+    #[arg(long)]
+    pub no_pin: bool,
+
+    /// Serve files and directories whose names start with a dot.
+    #[arg(long)]
+    pub serve_dotfiles: bool,
+
+    /// Longest request line accepted (longer: 414).
+    #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_LINE_BYTES)]
+    pub max_request_line: usize,
+
+    /// Largest request head accepted (larger: 431).
+    #[arg(long, default_value_t = DEFAULT_MAX_HEAD_BYTES)]
+    pub max_head: usize,
+
+    /// Most header fields accepted in one request (more: 431).
+    #[arg(long, default_value_t = DEFAULT_MAX_HEADER_COUNT as u16,
+          value_parser = clap::value_parser!(u16).range(1..=HEADER_COUNT_CEILING as i64))]
+    pub max_headers: u16,
+
+    /// Largest request body read and discarded (larger: 413).
+    #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body: u64,
+
+    /// Milliseconds in-flight responses may take to finish after SIGTERM/SIGINT.
+    #[arg(long, default_value_t = DEFAULT_SHUTDOWN_GRACE_MS)]
+    pub shutdown_grace_ms: u64,
+}
+
+/// `static/` next to the crate when run from a checkout (`cargo run`),
+/// otherwise `static/` in the working directory.
+fn default_root() -> &'static str {
+    const BUNDLED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/static");
+    if std::path::Path::new(BUNDLED).is_dir() {
+        BUNDLED
+    } else {
+        "static"
+    }
+}
+
+impl Cli {
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            serve_dotfiles: self.serve_dotfiles,
+            ..LoadOptions::new(&self.root)
+        }
+    }
+
+    pub fn server_config(&self) -> ServerConfig {
+        let workers = self
+            .workers
+            .map(usize::from)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        ServerConfig {
+            listen: self.listen,
+            workers,
+            engine: self.engine,
+            backlog: self.backlog,
+            pin_workers: !self.no_pin,
+            limits: Limits {
+                max_request_line_bytes: self.max_request_line,
+                max_head_bytes: self.max_head,
+                max_header_count: usize::from(self.max_headers),
+                max_body_bytes: self.max_body,
+            },
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_serve_the_bundled_site_on_8080() {
+        let cli = Cli::try_parse_from(["ringserve"]).unwrap();
+        assert_eq!(cli.listen.to_string(), DEFAULT_LISTEN);
+        assert!(cli.root.ends_with("static"));
+        assert_eq!(cli.engine, EngineKind::TokioUring);
+        assert!(cli.server_config().workers >= 1);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_message() {
+        let err = Cli::try_parse_from(["ringserve", "--listen", "localhost"]).unwrap_err();
+        assert!(err.to_string().contains("--listen"), "{err}");
+        let err = Cli::try_parse_from(["ringserve", "--engine", "iocp"]).unwrap_err();
+        assert!(err.to_string().contains("unknown engine"), "{err}");
+        assert!(Cli::try_parse_from(["ringserve", "--workers", "0"]).is_err());
+    }
+}

@@ -1,0 +1,319 @@
+//! Engines: the only code that does I/O.
+//!
+//! Thread-per-core: [`Server::start`] binds one `SO_REUSEPORT` listener per
+//! worker ([`listener`]), then starts one thread per worker, pinned to its own
+//! CPU, each running the chosen engine's event loop over its own listener.
+//! Nothing on the hot path is shared between threads except the immutable
+//! [`Snapshot`]. Every engine drives the same sans-I/O core
+//! ([`crate::http::Session`]); they differ only in how bytes move:
+//!
+//! - [`tokio_uring`]: the stock `tokio-uring` 0.5 runtime, one ring per
+//!   worker; accept, read and write are io_uring completions.
+//! - [`epoll`]: a tokio current-thread runtime per worker (readiness, epoll),
+//!   the same structure otherwise, so the two compare fairly.
+//!
+//! An engine is a module with one entry point, `run_worker(Worker, Ready)`.
+
+pub mod connections;
+pub mod epoll;
+pub mod listener;
+pub mod shutdown;
+pub mod tokio_uring;
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::files::Snapshot;
+use crate::http::Limits;
+
+pub use listener::BindError;
+pub use shutdown::Shutdown;
+
+/// Bytes a connection reads into at a time (and its receive buffer's initial
+/// capacity); the same in every engine so they compare fairly.
+pub const READ_BUFFER_BYTES: usize = 4096;
+/// After a refused request: how long to read and discard what the client
+/// still sends before closing (see [`crate::http::Next::Linger`]).
+pub const LINGER_MS: u64 = 1000;
+/// … and how many bytes at most.
+pub const LINGER_MAX_BYTES: usize = 256 * 1024;
+/// How long a worker waits before accepting again after `accept` failed for a
+/// reason other than the peer (EMFILE, ENFILE, ENOBUFS, ENOMEM).
+pub const ACCEPT_BACKOFF_MS: u64 = 50;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EngineKind {
+    TokioUring,
+    Epoll,
+}
+
+impl EngineKind {
+    pub const ALL: [EngineKind; 2] = [EngineKind::TokioUring, EngineKind::Epoll];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::TokioUring => "tokio-uring",
+            EngineKind::Epoll => "epoll",
+        }
+    }
+
+    fn uses_io_uring(self) -> bool {
+        matches!(self, EngineKind::TokioUring)
+    }
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for EngineKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        EngineKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = EngineKind::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown engine {s:?} (choose one of: {})", names.join(", "))
+            })
+    }
+}
+
+/// Everything the engines need to know, whatever the front end (CLI, tests).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub workers: usize,
+    pub engine: EngineKind,
+    pub backlog: u32,
+    /// Pin worker `i` to the `i`-th CPU the process may run on.
+    pub pin_workers: bool,
+    pub limits: Limits,
+    /// How long in-flight responses may take to finish after a stop signal.
+    pub shutdown_grace: Duration,
+}
+
+pub const DEFAULT_BACKLOG: u32 = 1024;
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 5000;
+
+impl ServerConfig {
+    /// One worker on a free loopback port: what tests and benches use.
+    pub fn loopback(engine: EngineKind) -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            workers: 1,
+            engine,
+            backlog: DEFAULT_BACKLOG,
+            pin_workers: false,
+            limits: Limits::default(),
+            shutdown_grace: Duration::from_millis(DEFAULT_SHUTDOWN_GRACE_MS),
+        }
+    }
+}
+
+/// What one worker thread is given.
+#[derive(Debug)]
+pub struct Worker {
+    pub index: usize,
+    pub listener: TcpListener,
+    pub snapshot: Arc<Snapshot>,
+    pub limits: Limits,
+    pub shutdown: Shutdown,
+    pub shutdown_grace: Duration,
+}
+
+/// What the connection tasks of one tokio-based worker share (by `Rc`).
+#[derive(Debug)]
+pub struct WorkerContext {
+    pub snapshot: Arc<Snapshot>,
+    pub limits: Limits,
+    pub connections: connections::Connections,
+}
+
+/// A worker reports once whether its runtime started.
+#[derive(Debug)]
+pub struct Ready(mpsc::SyncSender<io::Result<()>>);
+
+impl Ready {
+    pub fn report(self, result: io::Result<()>) {
+        let _ = self.0.send(result);
+    }
+}
+
+#[derive(Debug)]
+pub enum StartError {
+    Bind(BindError),
+    /// The kernel refused io_uring (ENOSYS, EPERM, or disabled by sysctl).
+    IoUringUnavailable(EngineKind, io::Error),
+    Worker(io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Bind(e) => e.fmt(f),
+            StartError::IoUringUnavailable(engine, e) => write!(
+                f,
+                "io_uring is not available here ({e}), so the {engine} engine cannot run; \
+                 start with --engine epoll instead"
+            ),
+            StartError::Worker(e) => write!(f, "a worker failed to start: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A running server: its workers and the signal that stops them.
+#[derive(Debug)]
+pub struct Server {
+    local_addr: SocketAddr,
+    engine: EngineKind,
+    shutdown: Shutdown,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds the listeners and starts the workers; returns once every worker's
+    /// runtime is up, or with the first error.
+    pub fn start(config: &ServerConfig, snapshot: Arc<Snapshot>) -> Result<Server, StartError> {
+        let worker_count = config.workers.max(1);
+        let listeners = listener::bind_listeners(config.listen, worker_count, config.backlog)
+            .map_err(StartError::Bind)?;
+        let local_addr = listeners[0].local_addr().map_err(StartError::Worker)?;
+        let shutdown = Shutdown::new().map_err(StartError::Worker)?;
+        let cores = if config.pin_workers {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+
+        let (ready_tx, ready_rx) = mpsc::sync_channel(worker_count);
+        let mut server = Server {
+            local_addr,
+            engine: config.engine,
+            shutdown: shutdown.clone(),
+            workers: Vec::with_capacity(worker_count),
+        };
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let worker = Worker {
+                index,
+                listener,
+                snapshot: Arc::clone(&snapshot),
+                limits: config.limits,
+                shutdown: shutdown.clone(),
+                shutdown_grace: config.shutdown_grace,
+            };
+            let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+            let ready = Ready(ready_tx.clone());
+            let engine = config.engine;
+            let spawned = std::thread::Builder::new()
+                .name(format!("ringserve-{index}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    run_worker(engine, worker, ready);
+                });
+            match spawned {
+                Ok(handle) => server.workers.push(handle),
+                Err(e) => {
+                    server.stop();
+                    return Err(StartError::Worker(e));
+                }
+            }
+        }
+        drop(ready_tx);
+        for _ in 0..worker_count {
+            let result = ready_rx
+                .recv()
+                .unwrap_or_else(|_| Err(io::Error::other("worker exited before starting")));
+            if let Err(e) = result {
+                server.stop();
+                return Err(classify_start_error(config.engine, e));
+            }
+        }
+        Ok(server)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn engine(&self) -> EngineKind {
+        self.engine
+    }
+
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// A handle that stops the server from anywhere (a signal handler).
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// Waits for every worker to finish (after a stop signal).
+    pub fn join(mut self) {
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+
+    /// Signals the workers to stop and waits for them.
+    pub fn stop(self) {
+        self.shutdown.trigger();
+        self.join();
+    }
+}
+
+fn run_worker(engine: EngineKind, worker: Worker, ready: Ready) {
+    match engine {
+        EngineKind::TokioUring => tokio_uring::run_worker(worker, ready),
+        EngineKind::Epoll => epoll::run_worker(worker, ready),
+    }
+}
+
+fn classify_start_error(engine: EngineKind, error: io::Error) -> StartError {
+    let refused = matches!(
+        error.raw_os_error(),
+        Some(libc::ENOSYS | libc::EPERM | libc::EACCES)
+    );
+    if engine.uses_io_uring() && refused {
+        StartError::IoUringUnavailable(engine, error)
+    } else {
+        StartError::Worker(error)
+    }
+}
+
+/// Whether an `accept` error is about one peer (retry at once) rather than
+/// about this process (back off: descriptors or memory ran out).
+pub fn accept_error_is_transient(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ECONNABORTED | libc::EINTR | libc::EAGAIN | libc::EPROTO | libc::EPERM)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_names_round_trip() {
+        for kind in EngineKind::ALL {
+            assert_eq!(kind.name().parse::<EngineKind>().unwrap(), kind);
+        }
+        let err = "iocp".parse::<EngineKind>().unwrap_err();
+        assert!(err.contains("tokio-uring") && err.contains("epoll"), "{err}");
+    }
+}

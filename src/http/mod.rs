@@ -1,0 +1,21 @@
+//! The sans-I/O HTTP/1.1 core: bytes in, response bytes out.
+//!
+//! Nothing here touches a socket or a runtime, so every rule is unit-tested
+//! with byte literals and every engine shares it unchanged. The entry point
+//! for engines is [`session::Session::on_input`]; the rest are its steps:
+//! [`request`] (find and parse a head), [`target`] (normalise the path),
+//! [`conditional`] (validators), [`response`] (append precomputed heads and
+//! bodies to an [`response::Output`]), [`status`] (codes and error pages) and
+//! [`date`] (the per-thread `Date` cache).
+
+pub mod conditional;
+pub mod date;
+pub mod request;
+pub mod response;
+pub mod session;
+pub mod status;
+pub mod target;
+
+pub use request::Limits;
+pub use response::Output;
+pub use session::{Next, Progress, Session};

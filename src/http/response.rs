@@ -1,0 +1,246 @@
+//! Response bytes: the [`Output`] buffer engines write from, and the few
+//! functions that append one response to it.
+//!
+//! A response is a head precomputed elsewhere (by the snapshot for files, by
+//! [`crate::http::status`] for errors) that stops just before `Date`, then the
+//! thread's cached `Date:` line, an optional `Connection:` line, the blank
+//! line, and the body. Small bodies are copied next to their head so a whole
+//! pipelined batch leaves in one write; large bodies are kept by reference
+//! (a refcounted [`Bytes`] into the snapshot) and go out with the heads in one
+//! vectored write.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::http::date::DateLine;
+use crate::http::status::{Status, error_page};
+
+/// Bodies up to this size are copied into the staging buffer; larger ones are
+/// referenced. Copying 16 KiB costs less than an extra iovec and the
+/// bookkeeping for it, and keeps the common case a single contiguous write.
+pub const INLINE_BODY_MAX_BYTES: usize = 16 * 1024;
+
+/// Which `Connection` line a response carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionHeader {
+    /// HTTP/1.1 keep-alive: nothing to say.
+    Omit,
+    Close,
+    /// An HTTP/1.0 client asked to keep the connection open.
+    KeepAlive,
+}
+
+/// Response bytes waiting to be written, in order: staged bytes with shared
+/// bodies spliced in at recorded offsets.
+#[derive(Debug, Default)]
+pub struct Output {
+    staged: BytesMut,
+    /// `(offset into staged, body)`: `body` goes out before `staged[offset..]`.
+    shared: Vec<(usize, Bytes)>,
+    shared_len: usize,
+}
+
+impl Output {
+    pub fn new() -> Self {
+        Output::default()
+    }
+
+    pub fn with_capacity(staged: usize) -> Self {
+        Output {
+            staged: BytesMut::with_capacity(staged),
+            ..Output::default()
+        }
+    }
+
+    /// Total bytes waiting, staged and shared.
+    pub fn len(&self) -> usize {
+        self.staged.len() + self.shared_len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn clear(&mut self) {
+        self.staged.clear();
+        self.shared.clear();
+        self.shared_len = 0;
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.staged.extend_from_slice(bytes);
+    }
+
+    /// Appends a body: copied when small, referenced when large.
+    pub fn push_body(&mut self, body: &Bytes) {
+        if body.len() <= INLINE_BODY_MAX_BYTES {
+            self.staged.extend_from_slice(body);
+        } else {
+            self.shared.push((self.staged.len(), body.clone()));
+            self.shared_len += body.len();
+        }
+    }
+
+    /// The bytes to write, in order, without empty pieces.
+    pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0;
+        let mut pieces = Vec::with_capacity(self.shared.len() * 2 + 1);
+        for (offset, body) in &self.shared {
+            pieces.push(&self.staged[start..*offset]);
+            pieces.push(&body[..]);
+            start = *offset;
+        }
+        pieces.push(&self.staged[start..]);
+        pieces.into_iter().filter(|piece| !piece.is_empty())
+    }
+
+    /// The whole output as one slice, when no body is shared (the common case).
+    pub fn as_contiguous(&self) -> Option<&[u8]> {
+        self.shared.is_empty().then_some(&self.staged[..])
+    }
+
+    /// Hands the staged buffer to an engine that needs to own what it writes
+    /// (io_uring). Only valid while nothing is shared; give it back with
+    /// [`Output::restore_staged`] so its capacity is reused.
+    pub fn take_staged(&mut self) -> BytesMut {
+        debug_assert!(self.shared.is_empty());
+        std::mem::take(&mut self.staged)
+    }
+
+    pub fn restore_staged(&mut self, mut staged: BytesMut) {
+        staged.clear();
+        self.staged = staged;
+    }
+
+    /// Moves everything out as owned, refcounted pieces for a vectored write
+    /// (no byte is copied), leaving the output empty.
+    pub fn take_pieces(&mut self) -> Vec<Bytes> {
+        let mut pieces = Vec::with_capacity(self.shared.len() * 2 + 1);
+        let mut start = 0;
+        for (offset, body) in self.shared.drain(..) {
+            if offset > start {
+                pieces.push(self.staged.split_to(offset - start).freeze());
+            }
+            pieces.push(body);
+            start = offset;
+        }
+        if !self.staged.is_empty() {
+            pieces.push(self.staged.split().freeze());
+        }
+        self.shared_len = 0;
+        pieces
+    }
+}
+
+/// Finishes a head whose fields are already in `out`: `Date`, `Connection`,
+/// and the blank line.
+pub fn finish_head(out: &mut Output, date: &DateLine, connection: ConnectionHeader) {
+    out.push(date);
+    match connection {
+        ConnectionHeader::Omit => out.push(b"\r\n"),
+        ConnectionHeader::Close => out.push(b"Connection: close\r\n\r\n"),
+        ConnectionHeader::KeepAlive => out.push(b"Connection: keep-alive\r\n\r\n"),
+    }
+}
+
+/// Appends a complete response: a precomputed head, then `body` unless this
+/// answers a HEAD request.
+pub fn write_response(
+    out: &mut Output,
+    head: &[u8],
+    body: Option<&Bytes>,
+    date: &DateLine,
+    connection: ConnectionHeader,
+) {
+    out.push(head);
+    finish_head(out, date, connection);
+    if let Some(body) = body {
+        out.push_body(body);
+    }
+}
+
+/// Appends an error response from the pre-rendered pages.
+pub fn write_error(
+    out: &mut Output,
+    status: Status,
+    with_body: bool,
+    date: &DateLine,
+    connection: ConnectionHeader,
+) {
+    let page = error_page(status);
+    out.push(&page.head);
+    finish_head(out, date, connection);
+    if with_body {
+        out.push(&page.body);
+    }
+}
+
+/// Appends a `301` to `location`, which must already be a valid URI reference
+/// (the caller builds it from a target the parser accepted).
+pub fn write_redirect(out: &mut Output, location: &[u8], date: &DateLine, connection: ConnectionHeader) {
+    out.push(b"HTTP/1.1 301 Moved Permanently\r\nServer: ringserve\r\nContent-Length: 0\r\nLocation: ");
+    out.push(location);
+    out.push(b"\r\n");
+    finish_head(out, date, connection);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DATE: &DateLine = b"Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n";
+
+    fn concat(out: &Output) -> Vec<u8> {
+        out.chunks().flatten().copied().collect()
+    }
+
+    #[test]
+    fn small_bodies_are_staged_contiguously() {
+        let mut out = Output::new();
+        let body = Bytes::from_static(b"hello");
+        write_response(
+            &mut out,
+            b"HTTP/1.1 200 OK\r\n",
+            Some(&body),
+            DATE,
+            ConnectionHeader::Omit,
+        );
+        let expected = b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\nhello";
+        assert_eq!(out.as_contiguous().unwrap(), expected);
+        assert_eq!(concat(&out), expected);
+    }
+
+    #[test]
+    fn large_bodies_are_shared_and_kept_in_order() {
+        let big = Bytes::from(vec![b'x'; INLINE_BODY_MAX_BYTES + 1]);
+        let mut out = Output::new();
+        write_response(&mut out, b"H1\r\n", Some(&big), DATE, ConnectionHeader::Close);
+        write_response(&mut out, b"H2\r\n", None, DATE, ConnectionHeader::Omit);
+        assert!(out.as_contiguous().is_none());
+        assert_eq!(out.chunks().count(), 3);
+        let all = concat(&out);
+        assert_eq!(out.len(), all.len());
+        let pieces: Vec<u8> = out.take_pieces().iter().flat_map(|p| p.to_vec()).collect();
+        assert_eq!(pieces, all);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn connection_lines() {
+        let mut out = Output::new();
+        finish_head(&mut out, DATE, ConnectionHeader::KeepAlive);
+        assert!(
+            out.as_contiguous()
+                .unwrap()
+                .ends_with(b"Connection: keep-alive\r\n\r\n")
+        );
+    }
+
+    #[test]
+    fn error_page_without_body_for_head() {
+        let mut out = Output::new();
+        write_error(&mut out, Status::NotFound, false, DATE, ConnectionHeader::Omit);
+        let text = String::from_utf8(concat(&out)).unwrap();
+        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"));
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+}

@@ -1,0 +1,19 @@
+//! ringserve: a static-file HTTP/1.1 server for Linux, thread-per-core, on
+//! io_uring, with an epoll twin for honest comparisons.
+//!
+//! The architecture in a paragraph: at start, [`files`] loads the static root
+//! into an immutable [`files::Snapshot`] in which every file's response heads
+//! (status line, `Content-Type`, `Content-Length`, `ETag`, `Last-Modified`, …)
+//! are already rendered. [`http`] is a sans-I/O HTTP/1.1 core: it turns
+//! received bytes into response bytes (parse with `httparse`, normalise the
+//! target, look up, append precomputed bytes) and knows nothing of sockets.
+//! [`engine`] starts one worker thread per core, each with its own
+//! `SO_REUSEPORT` listener and its own event loop (an io_uring ring or an
+//! epoll instance), and moves bytes between sockets and the core. Engines
+//! differ only in how they do I/O, so comparing them compares I/O models.
+//! [`config`] turns the command line into the settings the rest takes.
+
+pub mod config;
+pub mod engine;
+pub mod files;
+pub mod http;
