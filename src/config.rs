@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::engine::{DEFAULT_BACKLOG, DEFAULT_SHUTDOWN_GRACE_MS, EngineKind, ServerConfig};
+use crate::engine::{DEFAULT_BACKLOG, DEFAULT_SHUTDOWN_GRACE_MS, EngineKind, ServerConfig, Timeouts};
 use crate::files::LoadOptions;
 use crate::http::Limits;
 use crate::http::request::{
@@ -111,6 +111,7 @@ impl Cli {
                 max_header_count: usize::from(self.max_headers),
                 max_body_bytes: self.max_body,
             },
+            timeouts: Timeouts::default(),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
         }
     }

@@ -88,6 +88,33 @@ impl FromStr for EngineKind {
     }
 }
 
+/// Per-connection deadlines. Every engine enforces the same three.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From the first byte of a request head to its end: a total deadline, not
+    /// reset by each byte received (slowloris). On expiry: 408, then close.
+    pub head: Duration,
+    /// How long a keep-alive connection may sit idle between requests.
+    pub idle: Duration,
+    /// How long a write may make no progress (a client that stopped reading).
+    /// A slow reader that keeps taking bytes is not cut off.
+    pub send: Duration,
+}
+
+pub const DEFAULT_HEAD_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 75_000;
+pub const DEFAULT_SEND_TIMEOUT_MS: u64 = 30_000;
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            head: Duration::from_millis(DEFAULT_HEAD_TIMEOUT_MS),
+            idle: Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS),
+            send: Duration::from_millis(DEFAULT_SEND_TIMEOUT_MS),
+        }
+    }
+}
+
 /// Everything the engines need to know, whatever the front end (CLI, tests).
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -98,6 +125,7 @@ pub struct ServerConfig {
     /// Pin worker `i` to the `i`-th CPU the process may run on.
     pub pin_workers: bool,
     pub limits: Limits,
+    pub timeouts: Timeouts,
     /// How long in-flight responses may take to finish after a stop signal.
     pub shutdown_grace: Duration,
 }
@@ -115,6 +143,7 @@ impl ServerConfig {
             backlog: DEFAULT_BACKLOG,
             pin_workers: false,
             limits: Limits::default(),
+            timeouts: Timeouts::default(),
             shutdown_grace: Duration::from_millis(DEFAULT_SHUTDOWN_GRACE_MS),
         }
     }
@@ -127,6 +156,7 @@ pub struct Worker {
     pub listener: TcpListener,
     pub snapshot: Arc<Snapshot>,
     pub limits: Limits,
+    pub timeouts: Timeouts,
     pub shutdown: Shutdown,
     pub shutdown_grace: Duration,
 }
@@ -210,6 +240,7 @@ impl Server {
                 listener,
                 snapshot: Arc::clone(&snapshot),
                 limits: config.limits,
+                timeouts: config.timeouts,
                 shutdown: shutdown.clone(),
                 shutdown_grace: config.shutdown_grace,
             };
