@@ -13,11 +13,14 @@
 //!   the same structure otherwise, so the two compare fairly.
 //!
 //! An engine is a module with one entry point, `run_worker(Worker, Ready)`.
+//! The two tokio-based engines share their worker and connection loops
+//! ([`tokio_loop`]) and implement only its I/O traits.
 
 pub mod connections;
 pub mod epoll;
 pub mod listener;
 pub mod shutdown;
+mod tokio_loop;
 pub mod tokio_uring;
 
 use std::fmt;
@@ -159,14 +162,6 @@ pub struct Worker {
     pub timeouts: Timeouts,
     pub shutdown: Shutdown,
     pub shutdown_grace: Duration,
-}
-
-/// What the connection tasks of one tokio-based worker share (by `Rc`).
-#[derive(Debug)]
-pub struct WorkerContext {
-    pub snapshot: Arc<Snapshot>,
-    pub limits: Limits,
-    pub connections: connections::Connections,
 }
 
 /// A worker reports once whether its runtime started.

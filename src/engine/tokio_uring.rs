@@ -6,7 +6,8 @@
 //! (tokio-uring's model), so each read hands the connection's receive `Vec`
 //! to the kernel and gets it back, and each write hands over the staged
 //! response bytes (or refcounted pieces of the snapshot for large bodies, in
-//! one `writev`).
+//! one `writev`). The loops themselves are [`super::tokio_loop`]'s, shared
+//! with the epoll engine.
 //!
 //! This is the baseline for comparisons: tokio-uring parks in epoll with the
 //! ring's descriptor registered there and enters the ring on every park, and
@@ -14,20 +15,15 @@
 
 use std::io;
 use std::net::Shutdown as Direction;
-use std::os::fd::AsRawFd;
-use std::rc::Rc;
-use std::time::Duration;
+use std::os::fd::{AsRawFd, RawFd};
 
 use bytes::Buf;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::{TcpListener, TcpStream};
 
-use crate::engine::connections::Connections;
-use crate::engine::{
-    ACCEPT_BACKOFF_MS, LINGER_MAX_BYTES, LINGER_MS, READ_BUFFER_BYTES, Ready, Worker, WorkerContext,
-    accept_error_is_transient,
-};
-use crate::http::{Next, Output, Session};
+use crate::engine::tokio_loop::{self, Acceptor, ConnectionIo};
+use crate::engine::{Ready, Worker};
+use crate::http::Output;
 
 /// Ring size: submissions in flight per worker before the runtime must enter
 /// the kernel. tokio-uring sizes the completion queue at twice this.
@@ -38,114 +34,66 @@ pub fn run_worker(worker: Worker, ready: Ready) {
         Ok(runtime) => runtime,
         Err(e) => return ready.report(Err(e)),
     };
-    ready.report(Ok(()));
-    runtime.block_on(serve(worker));
+    runtime.block_on(tokio_loop::run_worker_loop(worker, ready, |listener| {
+        Ok(UringAcceptor(TcpListener::from_std(listener)))
+    }));
 }
 
-async fn serve(worker: Worker) {
-    let listener = TcpListener::from_std(worker.listener);
-    let context = Rc::new(WorkerContext {
-        snapshot: worker.snapshot,
-        limits: worker.limits,
-        connections: Connections::default(),
-    });
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = worker.shutdown.wait() => break,
-        };
-        match accepted {
-            Ok((stream, _peer)) => {
-                tokio_uring::spawn(serve_connection(stream, Rc::clone(&context)));
-            }
-            Err(e) if accept_error_is_transient(&e) => {}
-            Err(e) => {
-                eprintln!(
-                    "ringserve: worker {}: accept failed: {e}; backing off",
-                    worker.index
-                );
-                tokio::time::sleep(Duration::from_millis(ACCEPT_BACKOFF_MS)).await;
-            }
-        }
-    }
-    drop(listener);
-    context.connections.drain(worker.shutdown_grace).await;
-}
+struct UringAcceptor(TcpListener);
 
-async fn serve_connection(stream: TcpStream, context: Rc<WorkerContext>) {
-    let _registration = context.connections.register(stream.as_raw_fd());
-    let mut session = Session::new();
-    let mut input: Vec<u8> = Vec::with_capacity(READ_BUFFER_BYTES);
-    let mut output = Output::with_capacity(READ_BUFFER_BYTES);
-    loop {
-        let progress = session.on_input(&input, &context.snapshot, &context.limits, &mut output);
-        input.drain(..progress.consumed);
-        if !output.is_empty() && write_output(&stream, &mut output).await.is_err() {
-            return;
-        }
-        match progress.next {
-            Next::Read => {}
-            Next::Write => continue,
-            Next::Close => return,
-            Next::Linger => return linger(&stream, input).await,
-        }
-        if input.len() == input.capacity() {
-            input.reserve(READ_BUFFER_BYTES);
-        }
-        let filled = input.len();
-        let (result, slice) = stream.read(input.slice(filled..)).await;
-        input = slice.into_inner();
-        match result {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
+impl Acceptor for UringAcceptor {
+    type Connection = UringConnection;
+
+    async fn accept(&self) -> io::Result<UringConnection> {
+        let (stream, _peer) = self.0.accept().await?;
+        Ok(UringConnection(stream))
     }
 }
 
-async fn write_output(stream: &TcpStream, output: &mut Output) -> io::Result<()> {
-    if output.as_contiguous().is_some() {
-        let (result, staged) = stream.write_all(output.take_staged()).await;
-        output.restore_staged(staged);
-        return result;
-    }
-    let mut pieces = output.take_pieces();
-    while !pieces.is_empty() {
-        let (result, returned) = stream.writev(pieces).await;
-        pieces = returned;
-        let mut written = result?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        while written > 0 {
-            let first = pieces[0].len();
-            if written >= first {
-                pieces.remove(0);
-                written -= first;
-            } else {
-                pieces[0].advance(written);
-                written = 0;
-            }
-        }
-    }
-    Ok(())
-}
+struct UringConnection(TcpStream);
 
-/// Half-closes, then discards what the client still sends, within bounds.
-async fn linger(stream: &TcpStream, mut buffer: Vec<u8>) {
-    if stream.shutdown(Direction::Write).is_err() {
-        return;
+impl ConnectionIo for UringConnection {
+    fn raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
     }
-    let discard = async {
-        let mut discarded = 0;
-        while discarded < LINGER_MAX_BYTES {
-            buffer.clear();
-            let (result, returned) = stream.read(buffer).await;
-            buffer = returned;
-            match result {
-                Ok(0) | Err(_) => return,
-                Ok(n) => discarded += n,
+
+    async fn read_more(&mut self, input: &mut Vec<u8>) -> io::Result<usize> {
+        let buffer = std::mem::take(input);
+        let filled = buffer.len();
+        let (result, slice) = self.0.read(buffer.slice(filled..)).await;
+        *input = slice.into_inner();
+        result
+    }
+
+    async fn write_output(&mut self, output: &mut Output) -> io::Result<()> {
+        if output.as_contiguous().is_some() {
+            let (result, staged) = self.0.write_all(output.take_staged()).await;
+            output.restore_staged(staged);
+            return result;
+        }
+        let mut pieces = output.take_pieces();
+        while !pieces.is_empty() {
+            let (result, returned) = self.0.writev(pieces).await;
+            pieces = returned;
+            let mut written = result?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            while written > 0 {
+                let first = pieces[0].len();
+                if written >= first {
+                    pieces.remove(0);
+                    written -= first;
+                } else {
+                    pieces[0].advance(written);
+                    written = 0;
+                }
             }
         }
-    };
-    let _ = tokio::time::timeout(Duration::from_millis(LINGER_MS), discard).await;
+        Ok(())
+    }
+
+    async fn shutdown_write(&mut self) -> io::Result<()> {
+        self.0.shutdown(Direction::Write)
+    }
 }
