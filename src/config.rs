@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::engine::{DEFAULT_BACKLOG, DEFAULT_SHUTDOWN_GRACE_MS, EngineKind, ServerConfig, Timeouts};
+use crate::engine::uring::{DEFAULT_BUFFERS, DEFAULT_RING_ENTRIES};
+use crate::engine::{
+    DEFAULT_BACKLOG, DEFAULT_SHUTDOWN_GRACE_MS, EngineKind, ServerConfig, Timeouts, UringOptions,
+};
 use crate::files::LoadOptions;
 use crate::http::Limits;
 use crate::http::request::{
@@ -37,7 +40,8 @@ pub struct Cli {
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
 
-    /// I/O engine: tokio-uring or epoll.
+    /// I/O engine: tokio-uring, epoll, or uring (native io_uring: multishot
+    /// accept and receive, provided buffers, batched sends).
     #[arg(long, default_value = "tokio-uring")]
     pub engine: EngineKind,
 
@@ -73,6 +77,38 @@ pub struct Cli {
     /// Milliseconds in-flight responses may take to finish after SIGTERM/SIGINT.
     #[arg(long, default_value_t = DEFAULT_SHUTDOWN_GRACE_MS)]
     pub shutdown_grace_ms: u64,
+
+    // Switches of the uring engine, for measuring what each technique
+    // contributes (see `engine::uring`). Hidden: not for normal use.
+    /// uring: single-shot receives instead of multishot.
+    #[arg(long, hide = true)]
+    pub uring_no_multishot_recv: bool,
+    /// uring: one receive buffer per connection instead of a provided-buffer ring.
+    #[arg(long, hide = true)]
+    pub uring_no_buf_ring: bool,
+    /// uring: no IORING_SETUP_DEFER_TASKRUN.
+    #[arg(long, hide = true)]
+    pub uring_no_defer_taskrun: bool,
+    /// uring: one send per response instead of one per batch.
+    #[arg(long, hide = true)]
+    pub uring_no_batch: bool,
+    /// uring: provided buffers per worker (a power of two up to 32768).
+    #[arg(long, hide = true, default_value_t = DEFAULT_BUFFERS,
+          value_parser = parse_buffer_count)]
+    pub uring_buffers: u16,
+    /// uring: submission queue entries per worker.
+    #[arg(long, hide = true, default_value_t = DEFAULT_RING_ENTRIES,
+          value_parser = clap::value_parser!(u32).range(8..=32768))]
+    pub uring_ring_entries: u32,
+}
+
+fn parse_buffer_count(value: &str) -> Result<u16, String> {
+    let count: u16 = value.parse().map_err(|e| format!("{e}"))?;
+    if count.is_power_of_two() && count <= 32768 {
+        Ok(count)
+    } else {
+        Err(format!("{count} is not a power of two between 1 and 32768"))
+    }
 }
 
 /// `static/` next to the crate when run from a checkout (`cargo run`),
@@ -113,6 +149,14 @@ impl Cli {
             },
             timeouts: Timeouts::default(),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            uring: UringOptions {
+                multishot_recv: !self.uring_no_multishot_recv,
+                buffer_ring: !self.uring_no_buf_ring,
+                defer_taskrun: !self.uring_no_defer_taskrun,
+                batch_sends: !self.uring_no_batch,
+                buffers: self.uring_buffers,
+                ring_entries: self.uring_ring_entries,
+            },
         }
     }
 }
@@ -137,5 +181,28 @@ mod tests {
         let err = Cli::try_parse_from(["ringserve", "--engine", "iocp"]).unwrap_err();
         assert!(err.to_string().contains("unknown engine"), "{err}");
         assert!(Cli::try_parse_from(["ringserve", "--workers", "0"]).is_err());
+        assert!(Cli::try_parse_from(["ringserve", "--uring-buffers", "100"]).is_err());
+    }
+
+    #[test]
+    fn uring_switches_reach_the_engine_options() {
+        let cli = Cli::try_parse_from(["ringserve", "--engine", "uring"]).unwrap();
+        assert_eq!(cli.engine, EngineKind::Uring);
+        assert_eq!(cli.server_config().uring, UringOptions::default());
+        let cli = Cli::try_parse_from([
+            "ringserve",
+            "--uring-no-multishot-recv",
+            "--uring-no-buf-ring",
+            "--uring-no-defer-taskrun",
+            "--uring-no-batch",
+            "--uring-buffers",
+            "64",
+        ])
+        .unwrap();
+        let options = cli.server_config().uring;
+        assert!(
+            !options.multishot_recv && !options.buffer_ring && !options.defer_taskrun && !options.batch_sends
+        );
+        assert_eq!(options.buffers, 64);
     }
 }

@@ -11,6 +11,9 @@
 //!   worker; accept, read and write are io_uring completions.
 //! - [`epoll`]: a tokio current-thread runtime per worker (readiness, epoll),
 //!   the same structure otherwise, so the two compare fairly.
+//! - [`uring`]: a native io_uring loop per worker on the `io-uring` crate:
+//!   one `io_uring_enter` per iteration, multishot accept and receive,
+//!   provided buffers, batched sends, async close.
 //!
 //! An engine is a module with one entry point, `run_worker(Worker, Ready)`.
 //! The two tokio-based engines share their worker and connection loops
@@ -22,6 +25,7 @@ pub mod listener;
 pub mod shutdown;
 mod tokio_loop;
 pub mod tokio_uring;
+pub mod uring;
 
 use std::fmt;
 use std::io;
@@ -37,6 +41,7 @@ use crate::http::Limits;
 
 pub use listener::BindError;
 pub use shutdown::Shutdown;
+pub use uring::UringOptions;
 
 /// Bytes a connection reads into at a time (and its receive buffer's initial
 /// capacity); the same in every engine so they compare fairly.
@@ -54,20 +59,23 @@ pub const ACCEPT_BACKOFF_MS: u64 = 50;
 pub enum EngineKind {
     TokioUring,
     Epoll,
+    /// The native io_uring engine ([`uring`]).
+    Uring,
 }
 
 impl EngineKind {
-    pub const ALL: [EngineKind; 2] = [EngineKind::TokioUring, EngineKind::Epoll];
+    pub const ALL: [EngineKind; 3] = [EngineKind::TokioUring, EngineKind::Epoll, EngineKind::Uring];
 
     pub fn name(self) -> &'static str {
         match self {
             EngineKind::TokioUring => "tokio-uring",
             EngineKind::Epoll => "epoll",
+            EngineKind::Uring => "uring",
         }
     }
 
     fn uses_io_uring(self) -> bool {
-        matches!(self, EngineKind::TokioUring)
+        matches!(self, EngineKind::TokioUring | EngineKind::Uring)
     }
 }
 
@@ -131,6 +139,9 @@ pub struct ServerConfig {
     pub timeouts: Timeouts,
     /// How long in-flight responses may take to finish after a stop signal.
     pub shutdown_grace: Duration,
+    /// Techniques of the `uring` engine (all on by default; switches for
+    /// measurement). Other engines ignore it.
+    pub uring: UringOptions,
 }
 
 pub const DEFAULT_BACKLOG: u32 = 1024;
@@ -148,6 +159,7 @@ impl ServerConfig {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             shutdown_grace: Duration::from_millis(DEFAULT_SHUTDOWN_GRACE_MS),
+            uring: UringOptions::default(),
         }
     }
 }
@@ -162,6 +174,7 @@ pub struct Worker {
     pub timeouts: Timeouts,
     pub shutdown: Shutdown,
     pub shutdown_grace: Duration,
+    pub uring: UringOptions,
 }
 
 /// A worker reports once whether its runtime started.
@@ -238,6 +251,7 @@ impl Server {
                 timeouts: config.timeouts,
                 shutdown: shutdown.clone(),
                 shutdown_grace: config.shutdown_grace,
+                uring: config.uring,
             };
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let ready = Ready(ready_tx.clone());
@@ -306,6 +320,7 @@ fn run_worker(engine: EngineKind, worker: Worker, ready: Ready) {
     match engine {
         EngineKind::TokioUring => tokio_uring::run_worker(worker, ready),
         EngineKind::Epoll => epoll::run_worker(worker, ready),
+        EngineKind::Uring => uring::run_worker(worker, ready),
     }
 }
 
@@ -340,6 +355,11 @@ mod tests {
             assert_eq!(kind.name().parse::<EngineKind>().unwrap(), kind);
         }
         let err = "iocp".parse::<EngineKind>().unwrap_err();
-        assert!(err.contains("tokio-uring") && err.contains("epoll"), "{err}");
+        assert!(
+            err.contains("tokio-uring")
+                && err.contains("epoll")
+                && err.contains("uring,") | err.ends_with("uring)"),
+            "{err}"
+        );
     }
 }

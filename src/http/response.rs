@@ -80,6 +80,12 @@ impl Output {
         }
     }
 
+    /// Bytes the staging buffer can hold without growing (engines that pool
+    /// outputs drop the ones that grew large).
+    pub fn staged_capacity(&self) -> usize {
+        self.staged.capacity()
+    }
+
     /// The bytes to write, in order, without empty pieces.
     pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
         let mut start = 0;

@@ -1,0 +1,875 @@
+//! The `uring` engine: a native io_uring event loop per worker, written
+//! directly on the `io-uring` crate.
+//!
+//! Where the `tokio-uring` engine pays for a general runtime (it parks in
+//! epoll, enters the ring on every park, reads into a buffer per
+//! connection), this loop uses what the kernel offers for servers:
+//!
+//! 1. **One ring per worker**, created on the worker's thread with
+//!    `SINGLE_ISSUER | DEFER_TASKRUN | COOP_TASKRUN`: completions are
+//!    produced only when the loop asks for them, on its own thread, without
+//!    interrupts. Each loop iteration makes one `io_uring_enter`
+//!    ([`Ring::enter`]: submit everything queued and wait for at least one
+//!    completion), then handles every completion that is ready.
+//! 2. **Multishot accept** on the worker's `SO_REUSEPORT` listener (armed
+//!    again whenever the kernel ends it; on EMFILE/ENFILE the loop backs off
+//!    for [`ACCEPT_BACKOFF_MS`] instead of spinning). `TCP_NODELAY` is set on
+//!    the listener, and accepted sockets inherit it: no per-connection
+//!    `setsockopt`.
+//! 3. **Multishot receive with a provided-buffer ring** ([`buffers`]): an
+//!    idle connection owns no receive buffer; the kernel picks one when data
+//!    arrives, the request is parsed straight out of it, and it goes back to
+//!    the ring at once. A head that spans buffers is copied into the
+//!    connection's small `carry` ([`conn`]). When the ring runs dry the
+//!    receive ends with `ENOBUFS`; the data stays in the socket, and the
+//!    connection waits in a starved queue from which a bounded number are
+//!    re-armed per iteration (re-arming while the ring is empty fails again
+//!    at once: a livelock).
+//! 4. **Batched sends**: the responses to every request completed in one
+//!    iteration go out in one `send` (or one `sendmsg` whose iovecs point at
+//!    the staged heads and at the snapshot's refcounted bodies). A short send
+//!    continues where it stopped; a connection never has two sends in flight,
+//!    so responses stay in order.
+//! 5. **Timeouts without syscalls of their own**: per-connection deadlines
+//!    (head → 408, keep-alive idle, send without progress, linger) live in a
+//!    lazy queue ([`deadlines`]) checked once per iteration; one io_uring
+//!    timeout, armed for the earliest, wakes the loop.
+//! 6. **Async close**: an armed multishot receive holds a reference to the
+//!    socket, so closing would not send FIN. Closing cancels the receive
+//!    (and any send), waits for their final completions, then submits
+//!    `Close`.
+//!
+//! Every completion names its operation and connection in `user_data`
+//! ([`op`]): slot index and generation ([`slots`]), so a late completion can
+//! never touch a connection that reused the slot.
+//!
+//! **Memory handed to the kernel** is never moved or freed while an
+//! operation that uses it is in flight: provided buffers live in one
+//! allocation for the worker's lifetime (and are read only while lent to us,
+//! see [`buffers`]); a send's bytes, iovecs and `msghdr` live in a boxed
+//! [`conn::Outbox`] that its connection keeps until the send's completion;
+//! a connection's slot (and its `carry`, which a single-shot receive may be
+//! writing into) is freed only after every operation of the connection has
+//! delivered its final completion; and the loop returns only when no
+//! operation at all is in flight ([`Ring::in_flight`]). If the loop is left
+//! any other way (a panic, a broken ring), the memory is leaked rather than
+//! freed under the kernel ([`Driver`]'s `Drop`).
+//!
+//! **Graceful stop**: a poll on the shutdown eventfd is part of the ring. On
+//! it the loop cancels the accept, shuts down the read side of every
+//! connection (as [`crate::engine::connections`] does for the tokio
+//! engines: a waiting connection sees end-of-file and closes, one mid
+//! response finishes it), force-closes what is left after the grace period,
+//! and returns once nothing is in flight.
+//!
+//! **Switches for measurement** ([`UringOptions`], hidden command-line flags
+//! `--uring-no-multishot-recv`, `--uring-no-buf-ring`,
+//! `--uring-no-defer-taskrun`, `--uring-no-batch`, `--uring-buffers N`):
+//! each turns one technique off so its contribution can be measured. Without
+//! multishot, a single-shot receive still selects a provided buffer and is
+//! armed only while the connection waits for a request; without the buffer
+//! ring, each connection receives into its own 4 KiB buffer (single-shot,
+//! as multishot receive needs provided buffers); without batching, each
+//! response goes out in its own send.
+
+mod buffers;
+mod conn;
+mod deadlines;
+mod op;
+mod slots;
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+
+use self::buffers::{BUFFER_GROUP, BufRing};
+use self::conn::{Conn, DeadlineKind, Input, OutboxPool, Phase, Reaction, RecvState, ServeContext};
+use self::deadlines::{Deadlines, Due, Millis, NEVER};
+use self::op::{Op, OpKind};
+use self::slots::{SlotKey, Slots};
+use crate::engine::{ACCEPT_BACKOFF_MS, READ_BUFFER_BYTES, Ready, Worker, accept_error_is_transient};
+use crate::files::Snapshot;
+use crate::http::Limits;
+
+/// Submission queue entries per worker; the completion queue is
+/// [`COMPLETIONS_PER_SUBMISSION`] times larger, since every armed multishot
+/// receive can complete in the same iteration. When the submission queue
+/// fills mid-iteration the loop submits early (rare: one iteration queues
+/// about one entry per connection that did something).
+pub const DEFAULT_RING_ENTRIES: u32 = 4096;
+const COMPLETIONS_PER_SUBMISSION: u32 = 4;
+/// Provided buffers per worker (of [`READ_BUFFER_BYTES`] each: 4 MiB). They
+/// are only held between a completion and the end of its handling, so this
+/// bounds how many connections can receive in one iteration, not how many
+/// can be open.
+pub const DEFAULT_BUFFERS: u16 = 1024;
+
+/// Which io_uring techniques the engine uses. All on by default; each
+/// switch exists to measure what the technique contributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UringOptions {
+    /// Multishot receive (needs `buffer_ring`).
+    pub multishot_recv: bool,
+    /// Receive into provided buffers (otherwise one buffer per connection).
+    pub buffer_ring: bool,
+    /// `IORING_SETUP_DEFER_TASKRUN`.
+    pub defer_taskrun: bool,
+    /// All responses to one iteration's input in one send.
+    pub batch_sends: bool,
+    /// Provided buffers per worker (a power of two).
+    pub buffers: u16,
+    /// Submission queue entries (a power of two).
+    pub ring_entries: u32,
+}
+
+impl Default for UringOptions {
+    fn default() -> Self {
+        UringOptions {
+            multishot_recv: true,
+            buffer_ring: true,
+            defer_taskrun: true,
+            batch_sends: true,
+            buffers: DEFAULT_BUFFERS,
+            ring_entries: DEFAULT_RING_ENTRIES,
+        }
+    }
+}
+
+/// Receives that found the buffer ring empty, all workers together. A rare
+/// path, counted so tests can tell they reached it.
+static STARVED_RECEIVES: AtomicU64 = AtomicU64::new(0);
+
+#[doc(hidden)]
+pub fn starved_receives() -> u64 {
+    STARVED_RECEIVES.load(Ordering::Relaxed)
+}
+
+/// How connections receive, from the options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecvMode {
+    /// One multishot receive per connection, from the buffer ring.
+    Multishot,
+    /// Single-shot receives that select a buffer from the ring.
+    SingleProvided,
+    /// Single-shot receives into the connection's own buffer (`carry`).
+    SingleOwned,
+}
+
+pub fn run_worker(worker: Worker, ready: Ready) {
+    let mut driver = match Driver::new(&worker) {
+        Ok(driver) => driver,
+        Err(e) => return ready.report(Err(e)),
+    };
+    ready.report(Ok(()));
+    driver.run();
+    // `worker` (and its listener) outlives the driver: the accept was
+    // cancelled and completed before `run` returned.
+    drop(driver);
+}
+
+/// The submission side of the ring, and the count of operations whose final
+/// completion has not arrived.
+struct Ring {
+    ring: IoUring,
+    /// Operations submitted (or queued) whose last completion is still to
+    /// come. The loop returns only when this is zero.
+    in_flight: usize,
+}
+
+impl Ring {
+    /// Queues `entry`, submitting early if the queue is full.
+    ///
+    /// # Safety
+    ///
+    /// Everything `entry` points to must stay valid, unmoved and (for what
+    /// the kernel reads) unchanged until the operation's final completion.
+    unsafe fn push(&mut self, entry: &squeue::Entry) {
+        loop {
+            // SAFETY: the caller keeps what the entry points to alive until
+            // its completion.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                self.in_flight += 1;
+                return;
+            }
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if retry_enter(&e) => std::thread::yield_now(),
+                Err(e) => panic!("io_uring submission failed: {e}"),
+            }
+        }
+    }
+
+    /// The loop's one syscall: submits what is queued and, if `wait`, waits
+    /// for at least one completion; otherwise only collects what is ready
+    /// (deferred task work runs only in an enter that asks for completions).
+    fn enter(&mut self, wait: bool) -> io::Result<()> {
+        let result = if wait {
+            self.ring.submit_and_wait(1)
+        } else {
+            let no_wait = types::Timespec::new();
+            let args = types::SubmitArgs::new().timespec(&no_wait);
+            self.ring.submitter().submit_with_args(1, &args)
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if retry_enter(&e) || e.raw_os_error() == Some(libc::ETIME) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Errors after which entering the ring again is right: a signal, a
+/// completion queue overflow the next drain clears, a transient shortage.
+fn retry_enter(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+    )
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    head: Millis,
+    idle: Millis,
+    send: Millis,
+}
+
+/// One worker's loop and everything it owns.
+///
+/// Field order matters on drop: `ring` goes first, so the kernel is done
+/// with the provided buffers (and any outbox) before they are freed.
+struct Driver {
+    ring: Ring,
+    buffers: Option<BufRing>,
+    conns: Slots<Conn>,
+    pool: OutboxPool,
+    deadlines: Deadlines,
+    /// Connections with output to send once this iteration's completions are
+    /// handled.
+    flush: Vec<SlotKey>,
+    /// Connections whose receive ended with `ENOBUFS`, oldest first.
+    starved: VecDeque<SlotKey>,
+    completions: Vec<(u64, i32, u32)>,
+    mode: RecvMode,
+    batch: bool,
+    snapshot: Arc<Snapshot>,
+    limits: Limits,
+    timeouts: Timeouts,
+    grace_ms: Millis,
+    worker_index: usize,
+    listener_fd: RawFd,
+    stop_fd: RawFd,
+    clock: Instant,
+    now: Millis,
+    accept_armed: bool,
+    /// After a failed accept: when to accept again (`NEVER`: not paused).
+    accept_resume_at: Millis,
+    /// After the stop signal: when the grace period ends.
+    stop_deadline: Option<Millis>,
+    /// When the armed timeout fires (`NEVER`: none armed).
+    timer_at: Millis,
+    timer_cancelled: bool,
+    /// The timeout's duration; read by the kernel when the entry is submitted.
+    timer_spec: types::Timespec,
+}
+
+impl Driver {
+    fn new(worker: &Worker) -> io::Result<Driver> {
+        let options = worker.uring;
+        let mode = match (options.buffer_ring, options.multishot_recv) {
+            (false, _) => RecvMode::SingleOwned,
+            (true, false) => RecvMode::SingleProvided,
+            (true, true) => RecvMode::Multishot,
+        };
+        let entries = options.ring_entries.max(8).next_power_of_two();
+        let mut builder = IoUring::builder();
+        builder
+            .setup_single_issuer()
+            .setup_coop_taskrun()
+            .setup_submit_all()
+            .setup_cqsize(entries * COMPLETIONS_PER_SUBMISSION);
+        if options.defer_taskrun {
+            builder.setup_defer_taskrun();
+        } else {
+            builder.setup_taskrun_flag();
+        }
+        let ring = builder.build(entries)?;
+        let buffers = match mode {
+            RecvMode::SingleOwned => None,
+            RecvMode::Multishot | RecvMode::SingleProvided => {
+                let buffers = BufRing::new(options.buffers, READ_BUFFER_BYTES as u32)?;
+                // SAFETY: the buffer ring is stored in the driver next to the
+                // io_uring, which is dropped first (field order), and the
+                // driver returns only when no operation is in flight.
+                unsafe { buffers.register(&ring.submitter())? };
+                Some(buffers)
+            }
+        };
+        let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let mut driver = Driver {
+            ring: Ring { ring, in_flight: 0 },
+            buffers,
+            conns: Slots::default(),
+            pool: OutboxPool::default(),
+            deadlines: Deadlines::default(),
+            flush: Vec::new(),
+            starved: VecDeque::new(),
+            completions: Vec::with_capacity((entries * COMPLETIONS_PER_SUBMISSION) as usize),
+            mode,
+            batch: options.batch_sends,
+            snapshot: Arc::clone(&worker.snapshot),
+            limits: worker.limits,
+            timeouts: Timeouts {
+                head: millis(worker.timeouts.head),
+                idle: millis(worker.timeouts.idle),
+                send: millis(worker.timeouts.send),
+            },
+            grace_ms: millis(worker.shutdown_grace),
+            worker_index: worker.index,
+            listener_fd: worker.listener.as_raw_fd(),
+            stop_fd: worker.shutdown.eventfd().as_raw_fd(),
+            clock: Instant::now(),
+            now: 0,
+            accept_armed: false,
+            accept_resume_at: NEVER,
+            stop_deadline: None,
+            timer_at: NEVER,
+            timer_cancelled: false,
+            timer_spec: types::Timespec::new(),
+        };
+        driver.arm_accept();
+        let poll = opcode::PollAdd::new(types::Fd(driver.stop_fd), libc::POLLIN as u32)
+            .build()
+            .user_data(Op::worker(OpKind::StopSignal).encode());
+        // SAFETY: a poll references no memory of ours; the eventfd belongs
+        // to the worker's `Shutdown`, which outlives the driver.
+        unsafe { driver.ring.push(&poll) };
+        // Submit now, so a kernel that refuses these operations is reported
+        // through `Ready` rather than failing later.
+        driver.ring.ring.submit()?;
+        Ok(driver)
+    }
+
+    fn run(&mut self) {
+        loop {
+            self.prepare();
+            if self.finished() {
+                return;
+            }
+            if let Err(e) = self.ring.enter(self.starved.is_empty()) {
+                eprintln!(
+                    "ringserve: worker {}: io_uring_enter failed: {e}; worker stops",
+                    self.worker_index
+                );
+                return;
+            }
+            self.now = self.clock_now();
+            self.handle_completions();
+            self.expire_deadlines();
+        }
+    }
+
+    fn clock_now(&self) -> Millis {
+        u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(NEVER - 1)
+    }
+
+    /// Work done once per iteration, just before entering the kernel.
+    fn prepare(&mut self) {
+        self.flush_sends();
+        self.rearm_starved();
+        if let Some(buffers) = &mut self.buffers {
+            // Every buffer a completion lent us has been handled and recycled.
+            debug_assert_eq!(buffers.lent_count(), 0);
+            buffers.publish();
+        }
+        if self.stop_deadline.is_some() && self.conns.is_empty() && !self.accept_armed {
+            self.cancel_timer();
+        } else {
+            self.arm_timer();
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.stop_deadline.is_some() && self.conns.is_empty() && self.ring.in_flight == 0
+    }
+
+    fn handle_completions(&mut self) {
+        let mut completions = std::mem::take(&mut self.completions);
+        completions.extend(
+            self.ring
+                .ring
+                .completion()
+                .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())),
+        );
+        for &(user_data, result, flags) in &completions {
+            if !cqueue::more(flags) {
+                self.ring.in_flight -= 1;
+            }
+            let Some(op) = Op::decode(user_data) else {
+                continue;
+            };
+            match op.kind {
+                OpKind::Accept => self.on_accept(result, flags),
+                OpKind::StopSignal => self.on_stop_signal(),
+                OpKind::Timer => self.timer_at = NEVER,
+                OpKind::Recv => self.on_recv(op.key, result, flags),
+                OpKind::Send => self.on_send(op.key, result),
+                OpKind::TimerUpdate | OpKind::Cancel | OpKind::Close => {}
+            }
+        }
+        completions.clear();
+        self.completions = completions;
+    }
+
+    // ---- accept ----
+
+    fn arm_accept(&mut self) {
+        let accept = opcode::AcceptMulti::new(types::Fd(self.listener_fd))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(Op::worker(OpKind::Accept).encode());
+        // SAFETY: multishot accept without an address references no memory
+        // of ours; the listener outlives the driver.
+        unsafe { self.ring.push(&accept) };
+        self.accept_armed = true;
+    }
+
+    fn on_accept(&mut self, result: i32, flags: u32) {
+        if !cqueue::more(flags) {
+            self.accept_armed = false;
+        }
+        if result >= 0 {
+            let fd = result;
+            if self.stop_deadline.is_some() {
+                self.submit_close(fd, Op::worker(OpKind::Close));
+            } else {
+                let key = self
+                    .conns
+                    .insert(Conn::new(fd, self.now, self.mode == RecvMode::SingleOwned));
+                self.settle(key);
+            }
+        } else if result != -libc::ECANCELED {
+            let error = io::Error::from_raw_os_error(-result);
+            if !accept_error_is_transient(&error) {
+                eprintln!(
+                    "ringserve: worker {}: accept failed: {error}; backing off",
+                    self.worker_index
+                );
+                self.accept_resume_at = self.now + ACCEPT_BACKOFF_MS;
+                if self.accept_armed {
+                    self.submit_cancel(Op::worker(OpKind::Accept));
+                }
+            }
+        }
+        if !self.accept_armed && self.stop_deadline.is_none() && self.accept_resume_at == NEVER {
+            self.arm_accept();
+        }
+    }
+
+    // ---- receive ----
+
+    fn on_recv(&mut self, key: SlotKey, result: i32, flags: u32) {
+        let bid = cqueue::buffer_select(flags);
+        let Some(conn) = self.conns.get_mut(key) else {
+            // Cannot happen (a slot is freed only after its receive's final
+            // completion), but a buffer must never leak out of the ring.
+            if let (Some(bid), Some(buffers)) = (bid, &mut self.buffers) {
+                buffers.lend(bid);
+                buffers.recycle(bid);
+            }
+            return;
+        };
+        if !cqueue::more(flags) {
+            conn.recv = RecvState::Idle;
+        }
+        let cx = ServeContext {
+            snapshot: &self.snapshot,
+            limits: &self.limits,
+            batch: self.batch,
+            own_buffers: self.mode == RecvMode::SingleOwned,
+            now: self.now,
+        };
+        let reaction = if result > 0 {
+            let len = result as usize;
+            match (bid, &mut self.buffers) {
+                (Some(bid), Some(buffers)) => {
+                    buffers.lend(bid);
+                    let reaction =
+                        conn.on_received(Input::Fresh(buffers.lent_bytes(bid, len)), &cx, &mut self.pool);
+                    buffers.recycle(bid);
+                    reaction
+                }
+                (None, None) => {
+                    debug_assert!(len <= conn.carry.capacity() - conn.carry.len());
+                    // SAFETY: the receive pointed the kernel at `carry`'s
+                    // spare capacity with that capacity as its length, and
+                    // the kernel wrote `len` bytes there.
+                    unsafe { conn.carry.set_len(conn.carry.len() + len) };
+                    conn.on_received(Input::InCarry(len), &cx, &mut self.pool)
+                }
+                _ => {
+                    debug_assert!(false, "receive completion without the buffer it should name");
+                    conn.close_requested = true;
+                    Reaction::Nothing
+                }
+            }
+        } else if result == 0 {
+            conn.eof = true;
+            Reaction::Nothing
+        } else if result == -libc::ENOBUFS {
+            // The data stays in the socket; receive again once buffers are back.
+            STARVED_RECEIVES.fetch_add(1, Ordering::Relaxed);
+            if conn.phase != Phase::Closing {
+                conn.recv = RecvState::Starved;
+                self.starved.push_back(key);
+            }
+            Reaction::Nothing
+        } else if result == -libc::ECANCELED {
+            Reaction::Nothing
+        } else {
+            // ECONNRESET and the like.
+            conn.close_requested = true;
+            Reaction::Nothing
+        };
+        self.react(key, reaction);
+        self.settle(key);
+    }
+
+    fn arm_recv(&mut self, key: SlotKey) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let user_data = Op::conn(OpKind::Recv, key).encode();
+        let fd = types::Fd(conn.fd);
+        let entry = match self.mode {
+            RecvMode::Multishot => opcode::RecvMulti::new(fd, BUFFER_GROUP).build(),
+            RecvMode::SingleProvided => {
+                let len = self.buffers.as_ref().map_or(0, BufRing::buffer_bytes);
+                opcode::Recv::new(fd, std::ptr::null_mut(), len)
+                    .buf_group(BUFFER_GROUP)
+                    .build()
+                    .flags(squeue::Flags::BUFFER_SELECT)
+            }
+            RecvMode::SingleOwned => {
+                if conn.carry.capacity() - conn.carry.len() < READ_BUFFER_BYTES / 2 {
+                    conn.carry.reserve(READ_BUFFER_BYTES);
+                }
+                let spare = conn.carry.spare_capacity_mut();
+                opcode::Recv::new(fd, spare.as_mut_ptr().cast(), spare.len() as u32).build()
+            }
+        };
+        conn.recv = RecvState::Armed;
+        // SAFETY: provided-buffer receives reference the buffer ring, which
+        // lives as long as the driver. The own-buffer receive points into
+        // `carry`'s spare capacity: `carry` is not touched while its receive
+        // is armed (it is touched only on the receive's completion, and the
+        // connection arms a single-shot receive only while waiting for input,
+        // see `Conn::wants_recv`), and the slot holding it is freed only
+        // after the receive's final completion.
+        unsafe { self.ring.push(&entry.user_data(user_data)) };
+    }
+
+    /// Re-arms a bounded number of starved connections: all of them at once
+    /// would empty the ring again and fail again.
+    fn rearm_starved(&mut self) {
+        let budget = self
+            .buffers
+            .as_ref()
+            .map_or(0, |b| usize::from(b.count() / 4).max(1));
+        for _ in 0..budget {
+            let Some(key) = self.starved.pop_front() else {
+                return;
+            };
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if conn.recv != RecvState::Starved {
+                continue;
+            }
+            conn.recv = RecvState::Idle;
+            self.settle(key);
+        }
+    }
+
+    // ---- send ----
+
+    fn flush_sends(&mut self) {
+        let mut flush = std::mem::take(&mut self.flush);
+        for &key in &flush {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            conn.queued_for_flush = false;
+            if conn.phase == Phase::Closing || conn.send_in_flight || conn.outbox.is_none() {
+                continue;
+            }
+            self.submit_send(key);
+            // The deadline is now the send's.
+            self.settle(key);
+        }
+        flush.clear();
+        self.flush = flush;
+    }
+
+    fn submit_send(&mut self, key: SlotKey) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.on_send_submitted(self.now);
+        let fd = conn.fd;
+        let Some(outbox) = conn.outbox.as_mut() else {
+            return;
+        };
+        let entry = outbox.next_send(fd, Op::conn(OpKind::Send, key).encode());
+        // SAFETY: the entry points into the boxed outbox (output bytes,
+        // iovecs, msghdr). The connection keeps the box, unchanged, until
+        // this send's completion: `on_send` is the only place a sending
+        // outbox is released or changed, and a closing connection's slot is
+        // freed only once no send is in flight.
+        unsafe { self.ring.push(&entry) };
+    }
+
+    fn on_send(&mut self, key: SlotKey, result: i32) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.phase == Phase::Closing {
+            conn.send_in_flight = false;
+        } else if result <= 0 {
+            // EPIPE, ECONNRESET, ECANCELED (send timeout), or no progress.
+            conn.send_in_flight = false;
+            conn.close_requested = true;
+        } else {
+            let cx = ServeContext {
+                snapshot: &self.snapshot,
+                limits: &self.limits,
+                batch: self.batch,
+                own_buffers: self.mode == RecvMode::SingleOwned,
+                now: self.now,
+            };
+            let reaction = conn.on_sent(result as usize, &cx, &mut self.pool);
+            self.react(key, reaction);
+        }
+        self.settle(key);
+    }
+
+    // ---- the connection state machine's effects ----
+
+    fn react(&mut self, key: SlotKey, reaction: Reaction) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        match reaction {
+            Reaction::Nothing | Reaction::Flush => {}
+            Reaction::PauseReads => {
+                conn.reads_paused = true;
+                if conn.recv == RecvState::Armed {
+                    conn.recv = RecvState::Cancelling;
+                    self.submit_cancel(Op::conn(OpKind::Recv, key));
+                }
+            }
+            Reaction::Resend => self.submit_send(key),
+            Reaction::StartLinger => {
+                // SAFETY: shutdown(2) reads no memory of ours; the descriptor
+                // is open (closed only by this connection's Close).
+                if unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) } != 0 {
+                    conn.close_requested = true;
+                }
+            }
+            Reaction::Close => conn.close_requested = true,
+        }
+    }
+
+    /// Brings a connection's submissions in line with its state after an
+    /// event: arms its receive, queues its output, starts or finishes its
+    /// close, and sets its deadline.
+    fn settle(&mut self, key: SlotKey) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.phase != Phase::Closing && conn.should_close() {
+            conn.phase = Phase::Closing;
+            let cancel_recv = conn.recv == RecvState::Armed;
+            let cancel_send = conn.send_in_flight;
+            if cancel_recv {
+                conn.recv = RecvState::Cancelling;
+            } else if conn.recv == RecvState::Starved {
+                // Its entry in the starved queue goes stale.
+                conn.recv = RecvState::Idle;
+            }
+            if cancel_recv {
+                self.submit_cancel(Op::conn(OpKind::Recv, key));
+            }
+            if cancel_send {
+                self.submit_cancel(Op::conn(OpKind::Send, key));
+            }
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.phase == Phase::Closing {
+            let receiving = matches!(conn.recv, RecvState::Armed | RecvState::Cancelling);
+            if !receiving && !conn.send_in_flight {
+                // Nothing of this connection is in the kernel any more: free
+                // its slot and close its descriptor.
+                let fd = conn.fd;
+                if let Some(conn) = self.conns.remove(key) {
+                    conn.release(&mut self.pool);
+                }
+                self.submit_close(fd, Op::conn(OpKind::Close, key));
+            }
+            return;
+        }
+        if conn.wants_recv(self.mode == RecvMode::Multishot) {
+            self.arm_recv(key);
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.outbox.is_some() && !conn.send_in_flight && !conn.queued_for_flush {
+            conn.queued_for_flush = true;
+            self.flush.push(key);
+        }
+        let (at, kind) = conn.deadline(self.timeouts.head, self.timeouts.idle, self.timeouts.send);
+        conn.deadline_kind = kind;
+        self.deadlines.set(&mut conn.timer, key, at);
+    }
+
+    fn submit_cancel(&mut self, target: Op) {
+        let cancel = opcode::AsyncCancel::new(target.encode())
+            .build()
+            .user_data(Op::worker(OpKind::Cancel).encode());
+        // SAFETY: a cancel references no memory of ours.
+        unsafe { self.ring.push(&cancel) };
+    }
+
+    fn submit_close(&mut self, fd: RawFd, op: Op) {
+        let close = opcode::Close::new(types::Fd(fd)).build().user_data(op.encode());
+        // SAFETY: a close references no memory of ours; nothing else uses
+        // `fd` after this (its connection's slot is already freed).
+        unsafe { self.ring.push(&close) };
+    }
+
+    // ---- time ----
+
+    fn expire_deadlines(&mut self) {
+        while let Some((key, at)) = self.deadlines.pop_due(self.now) {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if self.deadlines.on_popped(&mut conn.timer, key, at, self.now) != Due::Expired {
+                continue;
+            }
+            let reaction = match conn.deadline_kind {
+                DeadlineKind::Head => conn.on_head_timeout(&mut self.pool),
+                DeadlineKind::Idle | DeadlineKind::Send | DeadlineKind::Linger => Reaction::Close,
+            };
+            self.react(key, reaction);
+            self.settle(key);
+        }
+        if self.accept_resume_at <= self.now {
+            self.accept_resume_at = NEVER;
+            if !self.accept_armed && self.stop_deadline.is_none() {
+                self.arm_accept();
+            }
+        }
+        if self.stop_deadline.is_some_and(|at| at <= self.now) {
+            // Grace is over: close whatever is left.
+            for key in self.conns.keys() {
+                if let Some(conn) = self.conns.get_mut(key) {
+                    conn.close_requested = true;
+                }
+                self.settle(key);
+            }
+        }
+    }
+
+    /// Arms (or moves earlier) the one timeout that wakes the loop for the
+    /// next deadline.
+    fn arm_timer(&mut self) {
+        let mut next = self
+            .deadlines
+            .next_due()
+            .unwrap_or(NEVER)
+            .min(self.accept_resume_at);
+        if let Some(at) = self.stop_deadline {
+            next = next.min(at);
+        }
+        if next == NEVER || next >= self.timer_at {
+            return;
+        }
+        let after = next.saturating_sub(self.now).max(1);
+        self.timer_spec = types::Timespec::new()
+            .sec(after / 1000)
+            .nsec(((after % 1000) * 1_000_000) as u32);
+        let entry = if self.timer_at == NEVER {
+            opcode::Timeout::new(&self.timer_spec)
+                .build()
+                .user_data(Op::worker(OpKind::Timer).encode())
+        } else {
+            // If the armed timeout has fired meanwhile, the update fails and
+            // the timeout's own completion re-arms it.
+            opcode::TimeoutUpdate::new(Op::worker(OpKind::Timer).encode(), &self.timer_spec)
+                .build()
+                .user_data(Op::worker(OpKind::TimerUpdate).encode())
+        };
+        // SAFETY: the kernel reads the timespec when the entry is submitted,
+        // which happens in this iteration's enter (or earlier); it lives in
+        // the driver, which outlives that.
+        unsafe { self.ring.push(&entry) };
+        self.timer_at = next;
+    }
+
+    fn cancel_timer(&mut self) {
+        if self.timer_at != NEVER && !self.timer_cancelled {
+            self.timer_cancelled = true;
+            self.submit_cancel(Op::worker(OpKind::Timer));
+        }
+    }
+
+    // ---- stop ----
+
+    fn on_stop_signal(&mut self) {
+        self.stop_deadline = Some(self.now.saturating_add(self.grace_ms));
+        self.accept_resume_at = NEVER;
+        if self.accept_armed {
+            self.submit_cancel(Op::worker(OpKind::Accept));
+        }
+        for key in self.conns.keys() {
+            let Some(conn) = self.conns.get(key) else {
+                continue;
+            };
+            if conn.phase != Phase::Closing {
+                // SAFETY: shutdown(2) reads no memory of ours; the descriptor
+                // is open (its Close has not been submitted).
+                unsafe { libc::shutdown(conn.fd, libc::SHUT_RD) };
+            }
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if self.ring.in_flight > 0 {
+            // Left with operations in flight (a panic, a failed enter): the
+            // kernel may still write into provided buffers or read outboxes
+            // after the ring closes, so leak them rather than free them.
+            std::mem::forget(self.buffers.take());
+            std::mem::forget(self.conns.drain_values());
+            return;
+        }
+        if self.buffers.is_some() {
+            let _ = self.ring.ring.submitter().unregister_buf_ring(BUFFER_GROUP);
+        }
+        for conn in self.conns.drain_values() {
+            // Only reachable if the loop was left early; close what is open.
+            // SAFETY: the descriptor belongs to this connection alone.
+            unsafe { libc::close(conn.fd) };
+        }
+    }
+}

@@ -1,0 +1,578 @@
+//! End-to-end tests aimed at the `uring` engine's own machinery: close and
+//! FIN with a multishot receive armed, pipelining and splits across provided
+//! buffers, large bodies through `sendmsg`, the `ENOBUFS` path with a tiny
+//! buffer ring, aborted connections, timeouts and graceful stop. The engine
+//! variants with a technique switched off (see `engine::uring`) run the core
+//! cases too, since they take different code paths.
+//!
+//! The shared suite (`tests/e2e.rs`) covers HTTP behaviour on every engine.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use ringserve::engine::{EngineKind, Server, ServerConfig, UringOptions};
+use ringserve::files::{LoadOptions, Snapshot};
+
+const BIG_BYTES: usize = 4 * 1024 * 1024;
+const MID_BYTES: usize = 64 * 1024;
+
+struct Site {
+    files: HashMap<&'static str, Vec<u8>>,
+    snapshot: Arc<Snapshot>,
+    _dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn site() -> Site {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "ringserve-uring-test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pattern = |len: usize, seed: u8| -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    };
+    let mut files = HashMap::new();
+    files.insert("k1.txt", b"0123456789abcdef".repeat(64));
+    files.insert("mid.bin", pattern(MID_BYTES, 7));
+    files.insert("big.bin", pattern(BIG_BYTES, 3));
+    for (name, body) in &files {
+        std::fs::write(dir.join(name), body).unwrap();
+    }
+    let snapshot = Arc::new(Snapshot::load(&LoadOptions::new(&dir)).unwrap());
+    Site {
+        files,
+        snapshot,
+        _dir: TempDir(dir),
+    }
+}
+
+fn config(options: UringOptions) -> ServerConfig {
+    ServerConfig {
+        uring: options,
+        ..ServerConfig::loopback(EngineKind::Uring)
+    }
+}
+
+fn start(config: &ServerConfig) -> (Server, Site) {
+    let site = site();
+    let server = Server::start(config, Arc::clone(&site.snapshot)).expect("server starts");
+    (server, site)
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET /{path} HTTP/1.1\r\nHost: test\r\n\r\n").into_bytes()
+}
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+/// Reads one response (heads always carry Content-Length here).
+fn read_response(stream: &mut TcpStream, pending: &mut Vec<u8>, head_request: bool) -> io::Result<Response> {
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end + 4]).into_owned();
+            let status: u16 = head[9..12].parse().unwrap();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("Content-Length: "))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            let length = if head_request || status == 304 { 0 } else { length };
+            while pending.len() < end + 4 + length {
+                fill(stream, pending)?;
+            }
+            let body = pending[end + 4..end + 4 + length].to_vec();
+            pending.drain(..end + 4 + length);
+            return Ok(Response { status, head, body });
+        }
+        fill(stream, pending)?;
+    }
+}
+
+fn fill(stream: &mut TcpStream, pending: &mut Vec<u8>) -> io::Result<()> {
+    let mut chunk = [0u8; 64 * 1024];
+    let n = stream.read(&mut chunk)?;
+    if n == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    pending.extend_from_slice(&chunk[..n]);
+    Ok(())
+}
+
+/// Reads until the server closes; returns what was read and how long it took.
+fn read_to_close(stream: &mut TcpStream) -> (Vec<u8>, Duration) {
+    let started = Instant::now();
+    let mut all = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return (all, started.elapsed()),
+            Ok(n) => all.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return (all, started.elapsed()),
+            Err(e) => panic!("reading until close: {e} after {} bytes", all.len()),
+        }
+    }
+}
+
+fn expect_file(response: &Response, site: &Site, name: &str) {
+    assert_eq!(response.status, 200, "{}", response.head);
+    assert!(response.body == site.files[name], "body of {name} differs");
+}
+
+/// The variants of the engine, each with one technique off.
+fn variants() -> Vec<(&'static str, UringOptions)> {
+    let all = UringOptions::default();
+    vec![
+        ("default", all),
+        (
+            "no-multishot-recv",
+            UringOptions {
+                multishot_recv: false,
+                ..all
+            },
+        ),
+        (
+            "no-buf-ring",
+            UringOptions {
+                buffer_ring: false,
+                multishot_recv: false,
+                ..all
+            },
+        ),
+        (
+            "no-defer-taskrun",
+            UringOptions {
+                defer_taskrun: false,
+                ..all
+            },
+        ),
+        (
+            "no-batch",
+            UringOptions {
+                batch_sends: false,
+                ..all
+            },
+        ),
+    ]
+}
+
+#[test]
+fn connection_close_gets_the_response_then_fin() {
+    for (name, options) in variants() {
+        let (server, site) = start(&config(options));
+        let mut stream = connect(server.local_addr());
+        stream
+            .write_all(b"GET /k1.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let (bytes, took) = read_to_close(&mut stream);
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{name}: {text}");
+        assert!(text.contains("Connection: close\r\n"), "{name}");
+        assert!(bytes.ends_with(&site.files["k1.txt"]), "{name}");
+        assert!(took < Duration::from_secs(2), "{name}: FIN took {took:?}");
+        server.stop();
+    }
+}
+
+#[test]
+fn fifty_pipelined_requests_in_one_write_are_answered_in_order() {
+    for (name, options) in variants() {
+        let (server, site) = start(&config(options));
+        let mut stream = connect(server.local_addr());
+        let mut burst = Vec::new();
+        for i in 0..50 {
+            burst.extend(get(if i % 3 == 0 { "nope" } else { "k1.txt" }));
+        }
+        stream.write_all(&burst).unwrap();
+        let mut pending = Vec::new();
+        for i in 0..50 {
+            let response = read_response(&mut stream, &mut pending, false).unwrap();
+            if i % 3 == 0 {
+                assert_eq!(response.status, 404, "{name}: request {i}");
+            } else {
+                expect_file(&response, &site, "k1.txt");
+            }
+        }
+        server.stop();
+    }
+}
+
+#[test]
+fn requests_split_into_single_bytes() {
+    for (name, options) in variants() {
+        let (server, site) = start(&config(options));
+        let mut stream = connect(server.local_addr());
+        let mut pending = Vec::new();
+        for _ in 0..3 {
+            for byte in get("k1.txt") {
+                stream.write_all(&[byte]).unwrap();
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let response = read_response(&mut stream, &mut pending, false).unwrap();
+            expect_file(&response, &site, "k1.txt");
+        }
+        // A head longer than one provided buffer, spanning several.
+        let mut long = b"GET /k1.txt HTTP/1.1\r\nHost: t\r\n".to_vec();
+        for i in 0..60 {
+            long.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "v".repeat(140)).as_bytes());
+        }
+        long.extend_from_slice(b"\r\n");
+        assert!(long.len() > 8192 && long.len() < 16 * 1024);
+        for piece in long.chunks(1000) {
+            stream.write_all(piece).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let response = read_response(&mut stream, &mut pending, false).unwrap();
+        assert_eq!(response.status, 200, "{name}");
+        server.stop();
+    }
+}
+
+#[test]
+fn large_bodies_arrive_intact_and_keep_alive_continues() {
+    for (name, options) in variants() {
+        let (server, site) = start(&config(options));
+        let mut stream = connect(server.local_addr());
+        let mut burst = get("big.bin");
+        burst.extend(get("mid.bin"));
+        burst.extend(get("k1.txt"));
+        burst.extend(get("big.bin"));
+        stream.write_all(&burst).unwrap();
+        let mut pending = Vec::new();
+        for file in ["big.bin", "mid.bin", "k1.txt", "big.bin"] {
+            let response = read_response(&mut stream, &mut pending, false).unwrap();
+            expect_file(&response, &site, file);
+        }
+        eprintln!("{name}: ok");
+        server.stop();
+    }
+}
+
+#[test]
+fn a_slow_reader_of_a_large_body_is_served_completely() {
+    let (server, site) = start(&config(UringOptions::default()));
+    let mut stream = connect(server.local_addr());
+    stream.write_all(&get("big.bin")).unwrap();
+    let mut pending = Vec::new();
+    // Read slowly at first, so sends come back short and must resume.
+    let mut chunk = [0u8; 16 * 1024];
+    for _ in 0..20 {
+        let n = stream.read(&mut chunk).unwrap();
+        pending.extend_from_slice(&chunk[..n]);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let response = read_response(&mut stream, &mut pending, false).unwrap();
+    expect_file(&response, &site, "big.bin");
+    server.stop();
+}
+
+#[test]
+fn many_concurrent_connections_each_get_every_byte() {
+    for (name, options) in variants() {
+        let (server, site) = start(&config(options));
+        let addr = server.local_addr();
+        let site = Arc::new(site);
+        let clients: Vec<_> = (0..100)
+            .map(|c| {
+                let site = Arc::clone(&site);
+                std::thread::spawn(move || {
+                    let mut stream = connect(addr);
+                    let mut pending = Vec::new();
+                    for i in 0..50 {
+                        let file = if (c + i) % 10 == 0 { "mid.bin" } else { "k1.txt" };
+                        stream.write_all(&get(file)).unwrap();
+                        let response = read_response(&mut stream, &mut pending, false).unwrap();
+                        expect_file(&response, &site, file);
+                    }
+                })
+            })
+            .collect();
+        for client in clients {
+            client
+                .join()
+                .unwrap_or_else(|_| panic!("{name}: a client failed"));
+        }
+        server.stop();
+    }
+}
+
+/// A ring of two buffers and hundreds of connections sending at the same
+/// moment: most receives find the ring empty and end with `ENOBUFS`. No
+/// request may be lost and the worker must not spin.
+#[test]
+fn an_empty_buffer_ring_loses_no_request() {
+    for multishot_recv in [true, false] {
+        let options = UringOptions {
+            buffers: 2,
+            multishot_recv,
+            ..UringOptions::default()
+        };
+        let (server, site) = start(&config(options));
+        let addr = server.local_addr();
+        let site = Arc::new(site);
+        let starved_before = ringserve::engine::uring::starved_receives();
+        let connections = 300;
+        let rounds = 5;
+        let barrier = Arc::new(Barrier::new(connections));
+        let clients: Vec<_> = (0..connections)
+            .map(|_| {
+                let site = Arc::clone(&site);
+                let barrier = Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    let mut stream = connect(addr);
+                    let mut pending = Vec::new();
+                    for _ in 0..rounds {
+                        let mut burst = get("k1.txt");
+                        burst.extend(get("nope"));
+                        barrier.wait();
+                        stream.write_all(&burst).unwrap();
+                        expect_file(
+                            &read_response(&mut stream, &mut pending, false).unwrap(),
+                            &site,
+                            "k1.txt",
+                        );
+                        assert_eq!(
+                            read_response(&mut stream, &mut pending, false).unwrap().status,
+                            404
+                        );
+                    }
+                })
+            })
+            .collect();
+        for client in clients {
+            client.join().expect("a client failed");
+        }
+        let starved = ringserve::engine::uring::starved_receives() - starved_before;
+        eprintln!("multishot {multishot_recv}: {starved} receives found the ring empty");
+        assert!(starved > 0, "the test did not reach the ENOBUFS path");
+        server.stop();
+    }
+}
+
+#[test]
+fn aborted_connections_free_everything() {
+    let (server, site) = start(&config(UringOptions::default()));
+    let addr = server.local_addr();
+    for i in 0..200 {
+        let mut stream = connect(addr);
+        match i % 4 {
+            // Ask for a large body and reset without reading it.
+            0 => {
+                stream.write_all(&get("big.bin")).unwrap();
+                let mut some = [0u8; 1000];
+                let _ = stream.read(&mut some);
+                socket2::SockRef::from(&stream)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+            }
+            // Half a head, then gone.
+            1 => stream.write_all(b"GET /k1.txt HTTP/1.1\r\nHo").unwrap(),
+            // Pipelined requests, then a half-close before reading.
+            2 => {
+                let mut burst = get("mid.bin");
+                burst.extend(get("k1.txt"));
+                stream.write_all(&burst).unwrap();
+                stream.shutdown(Shutdown::Write).unwrap();
+                let mut pending = Vec::new();
+                expect_file(
+                    &read_response(&mut stream, &mut pending, false).unwrap(),
+                    &site,
+                    "mid.bin",
+                );
+                expect_file(
+                    &read_response(&mut stream, &mut pending, false).unwrap(),
+                    &site,
+                    "k1.txt",
+                );
+                let (rest, _) = read_to_close(&mut stream);
+                assert!(rest.is_empty());
+            }
+            // Connect and leave.
+            _ => {}
+        }
+    }
+    // The server still serves.
+    let mut stream = connect(addr);
+    stream.write_all(&get("k1.txt")).unwrap();
+    expect_file(
+        &read_response(&mut stream, &mut Vec::new(), false).unwrap(),
+        &site,
+        "k1.txt",
+    );
+    server.stop();
+}
+
+#[test]
+fn head_timeout_answers_408_and_idle_timeout_closes() {
+    let mut config = config(UringOptions::default());
+    config.timeouts.head = Duration::from_millis(300);
+    config.timeouts.idle = Duration::from_millis(600);
+    let (server, site) = start(&config);
+    let addr = server.local_addr();
+
+    let mut slow = connect(addr);
+    slow.write_all(b"GET /k1.txt HTTP/1.1\r\nHost: t\r\n").unwrap();
+    let started = Instant::now();
+    // Bytes that keep coming do not extend a head deadline.
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(50));
+        slow.write_all(b"X-Slow: 1\r\n").unwrap();
+    }
+    let (bytes, _) = read_to_close(&mut slow);
+    let waited = started.elapsed();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+
+    let mut idle = connect(addr);
+    idle.write_all(&get("k1.txt")).unwrap();
+    let mut pending = Vec::new();
+    expect_file(
+        &read_response(&mut idle, &mut pending, false).unwrap(),
+        &site,
+        "k1.txt",
+    );
+    let started = Instant::now();
+    let (bytes, _) = read_to_close(&mut idle);
+    assert!(bytes.is_empty(), "an idle close sends nothing");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    server.stop();
+}
+
+#[test]
+fn a_client_that_stops_reading_is_dropped_after_the_send_timeout() {
+    let mut config = config(UringOptions::default());
+    config.timeouts.send = Duration::from_millis(400);
+    let (server, _site) = start(&config);
+    let mut stream = connect(server.local_addr());
+    // 16 MiB asked for and nothing read: more than the socket buffers hold.
+    let mut burst = Vec::new();
+    for _ in 0..4 {
+        burst.extend(get("big.bin"));
+    }
+    stream.write_all(&burst).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // By now the server gave up: reading drains what was buffered, then ends.
+    let (bytes, _) = read_to_close(&mut stream);
+    assert!(
+        bytes.len() < 4 * BIG_BYTES,
+        "the whole response arrived: no timeout happened"
+    );
+    server.stop();
+}
+
+#[test]
+fn stop_lets_a_response_in_flight_finish_and_closes_idle_connections() {
+    let mut config = config(UringOptions::default());
+    config.shutdown_grace = Duration::from_secs(5);
+    let (server, site) = start(&config);
+    let addr = server.local_addr();
+    let mut idle = connect(addr);
+    idle.write_all(&get("k1.txt")).unwrap();
+    let mut pending = Vec::new();
+    expect_file(
+        &read_response(&mut idle, &mut pending, false).unwrap(),
+        &site,
+        "k1.txt",
+    );
+
+    // Two large responses: more than the socket buffers hold, so the server
+    // is still sending when the stop signal comes.
+    let mut busy = connect(addr);
+    let mut burst = get("big.bin");
+    burst.extend(get("big.bin"));
+    busy.write_all(&burst).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+
+    let started = Instant::now();
+    let stopper = std::thread::spawn(move || server.stop());
+    let (rest, _) = read_to_close(&mut idle);
+    assert!(rest.is_empty());
+    let mut pending = Vec::new();
+    for _ in 0..2 {
+        expect_file(
+            &read_response(&mut busy, &mut pending, false).unwrap(),
+            &site,
+            "big.bin",
+        );
+    }
+    let (rest, _) = read_to_close(&mut busy);
+    assert!(rest.is_empty() && pending.is_empty());
+    stopper.join().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "the listener is closed after stop"
+    );
+}
+
+#[test]
+fn stop_closes_what_is_left_after_the_grace_period() {
+    let mut config = config(UringOptions::default());
+    config.shutdown_grace = Duration::from_millis(300);
+    let (server, _site) = start(&config);
+    let mut stuck = connect(server.local_addr());
+    let mut burst = Vec::new();
+    for _ in 0..4 {
+        burst.extend(get("big.bin"));
+    }
+    stuck.write_all(&burst).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    server.stop();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn bad_requests_get_an_error_and_the_connection_ends() {
+    let (server, _site) = start(&config(UringOptions::default()));
+    let mut stream = connect(server.local_addr());
+    stream
+        .write_all(b"BLAH\r\n\r\nGET /k1.txt HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let (bytes, took) = read_to_close(&mut stream);
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+    assert!(took < Duration::from_secs(2));
+    server.stop();
+}
