@@ -8,26 +8,36 @@
 //! response bytes (or refcounted pieces of the snapshot for large bodies, in
 //! one `writev`).
 //!
+//! Timeouts follow the core's rules ([`crate::http::deadline`]), waited for
+//! with a tokio timer per connection ([`super::timer`]). tokio-uring cannot
+//! cancel an operation: a read or write dropped at its deadline stays in the
+//! ring, holding a reference to the socket, so closing the descriptor would
+//! neither send a FIN nor free the socket. Every connection that abandoned
+//! an operation therefore ends with `shutdown(SHUT_RDWR)`, which completes
+//! whatever is pending, before its descriptor is closed ([`Ending`]).
+//!
 //! This is the baseline for comparisons: tokio-uring parks in epoll with the
 //! ring's descriptor registered there and enters the ring on every park, and
 //! has no multishot operations or provided buffers (see the README).
 
-use std::io;
-use std::net::Shutdown as Direction;
+use std::net::{Shutdown as Direction, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Buf;
+use tokio::time::Sleep;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::{TcpListener, TcpStream};
 
-use crate::engine::connections::Connections;
+use crate::access_log::{ConnectionLog, FLUSH_INTERVAL};
+use crate::engine::timer::{before, connection_timer};
 use crate::engine::{
-    ACCEPT_BACKOFF_MS, LINGER_MAX_BYTES, LINGER_MS, READ_BUFFER_BYTES, Ready, Worker, WorkerContext,
-    accept_error_is_transient,
+    ACCEPT_BACKOFF_MS, LINGER_MAX_BYTES, READ_BUFFER_BYTES, Ready, Worker, WorkerContext,
+    accept_error_is_transient, set_reset_on_close,
 };
-use crate::http::{Next, Output, Session};
+use crate::http::{DeadlineClock, Expiry, Next, Observer, Output, Session};
 
 /// Ring size: submissions in flight per worker before the runtime must enter
 /// the kernel. tokio-uring sizes the completion queue at twice this.
@@ -42,21 +52,23 @@ pub fn run_worker(worker: Worker, ready: Ready) {
     runtime.block_on(serve(worker));
 }
 
-async fn serve(worker: Worker) {
+async fn serve(mut worker: Worker) {
+    let context = Rc::new(WorkerContext::new(&mut worker));
     let listener = TcpListener::from_std(worker.listener);
-    let context = Rc::new(WorkerContext {
-        snapshot: worker.snapshot,
-        limits: worker.limits,
-        connections: Connections::default(),
-    });
+    if context.access_log.is_some() {
+        tokio_uring::spawn(flush_log_every_second(Rc::clone(&context)));
+    }
     loop {
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+            accepted = async {
+                context.connections.wait_for_room().await;
+                listener.accept().await
+            } => accepted,
             () = worker.shutdown.wait() => break,
         };
         match accepted {
-            Ok((stream, _peer)) => {
-                tokio_uring::spawn(serve_connection(stream, Rc::clone(&context)));
+            Ok((stream, peer)) => {
+                tokio_uring::spawn(serve_connection(stream, peer, Rc::clone(&context)));
             }
             Err(e) if accept_error_is_transient(&e) => {}
             Err(e) => {
@@ -70,52 +82,167 @@ async fn serve(worker: Worker) {
     }
     drop(listener);
     context.connections.drain(worker.shutdown_grace).await;
+    if let Some(log) = &context.access_log {
+        log.borrow_mut().flush();
+    }
 }
 
-async fn serve_connection(stream: TcpStream, context: Rc<WorkerContext>) {
-    let _registration = context.connections.register(stream.as_raw_fd());
+async fn flush_log_every_second(context: Rc<WorkerContext>) {
+    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Some(log) = &context.access_log {
+            log.borrow_mut().flush_if_due();
+        }
+    }
+}
+
+/// How a connection ended, which decides how its socket is closed (in order
+/// of how much cleaning up it needs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ending {
+    /// No operation is in flight: closing the descriptor is enough.
+    Clean,
+    /// An operation was dropped at a deadline and is still in the ring.
+    Abandoned,
+    /// A write made no progress: reset, and complete the abandoned write.
+    Stalled,
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, context: Rc<WorkerContext>) {
+    let registration = context.connections.register(stream.as_raw_fd());
+    let ending = match &context.access_log {
+        None => run_connection(&stream, &context, &mut ()).await,
+        Some(log) => {
+            let mut observer = ConnectionLog { log, peer: peer.ip() };
+            run_connection(&stream, &context, &mut observer).await
+        }
+    };
+    if ending == Ending::Stalled {
+        set_reset_on_close(stream.as_raw_fd());
+    }
+    if ending != Ending::Clean {
+        let _ = stream.shutdown(Direction::Both);
+    }
+    drop(registration);
+}
+
+async fn run_connection<O: Observer>(
+    stream: &TcpStream,
+    context: &WorkerContext,
+    observer: &mut O,
+) -> Ending {
+    let timeouts = &context.timeouts;
+    let mut clock = DeadlineClock::new(Instant::now());
+    let timer = connection_timer(Instant::now() + timeouts.head);
+    tokio::pin!(timer);
     let mut session = Session::new();
     let mut input: Vec<u8> = Vec::with_capacity(READ_BUFFER_BYTES);
     let mut output = Output::with_capacity(READ_BUFFER_BYTES);
     loop {
-        let progress = session.on_input(&input, &context.snapshot, &context.limits, &mut output);
+        let progress =
+            session.on_input_observed(&input, &context.snapshot, &context.limits, &mut output, observer);
         input.drain(..progress.consumed);
-        if !output.is_empty() && write_output(&stream, &mut output).await.is_err() {
-            return;
+        if !output.is_empty() {
+            match write_output(stream, &mut output, timer.as_mut(), context).await {
+                Ok(()) => {}
+                Err(WriteFailed::Peer) => return Ending::Clean,
+                Err(WriteFailed::Stalled) => return Ending::Stalled,
+            }
         }
         match progress.next {
             Next::Read => {}
             Next::Write => continue,
-            Next::Close => return,
-            Next::Linger => return linger(&stream, input).await,
+            Next::Close => return Ending::Clean,
+            Next::Linger => return linger(stream, input, context).await,
+        }
+        let deadline = clock.for_read(&session, input.len(), Instant::now(), timeouts);
+        if deadline.expiry == Expiry::RequestTimeout {
+            // A head is partly here (rare: most heads arrive in one read).
+            // Read into a second buffer so the partial head stays ours even if
+            // the read is abandoned, for the 408 and its log line.
+            let spare = Vec::with_capacity(READ_BUFFER_BYTES);
+            match before(timer.as_mut(), deadline.at, stream.read(spare)).await {
+                Some((Ok(0) | Err(_), _)) => return Ending::Clean,
+                Some((Ok(_), spare)) => input.extend_from_slice(&spare),
+                None => {
+                    session.on_head_timeout(&input, &mut output, observer);
+                    return match write_output(stream, &mut output, timer.as_mut(), context).await {
+                        Ok(()) => linger(stream, Vec::new(), context).await.max(Ending::Abandoned),
+                        Err(WriteFailed::Peer) => Ending::Abandoned,
+                        Err(WriteFailed::Stalled) => Ending::Stalled,
+                    };
+                }
+            }
+            continue;
         }
         if input.len() == input.capacity() {
             input.reserve(READ_BUFFER_BYTES);
         }
         let filled = input.len();
-        let (result, slice) = stream.read(input.slice(filled..)).await;
-        input = slice.into_inner();
-        match result {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+        match before(timer.as_mut(), deadline.at, stream.read(input.slice(filled..))).await {
+            Some((result, slice)) => {
+                input = slice.into_inner();
+                match result {
+                    Ok(0) | Err(_) => return Ending::Clean,
+                    Ok(_) => {}
+                }
+            }
+            None => return Ending::Abandoned,
         }
     }
 }
 
-async fn write_output(stream: &TcpStream, output: &mut Output) -> io::Result<()> {
+/// Why a write ended the connection.
+enum WriteFailed {
+    /// The peer is gone (reset, broken pipe); nothing is left in flight.
+    Peer,
+    /// The send deadline passed without progress; the write is abandoned.
+    Stalled,
+}
+
+/// Writes everything in `output`, one operation at a time; each must make
+/// progress within the send timeout, so a slow reader that keeps reading is
+/// never cut off.
+async fn write_output(
+    stream: &TcpStream,
+    output: &mut Output,
+    mut timer: Pin<&mut Sleep>,
+    context: &WorkerContext,
+) -> Result<(), WriteFailed> {
     if output.as_contiguous().is_some() {
-        let (result, staged) = stream.write_all(output.take_staged()).await;
+        let mut staged = output.take_staged();
+        let mut written = 0;
+        while written < staged.len() {
+            let deadline = DeadlineClock::for_write(Instant::now(), &context.timeouts);
+            let (result, slice) = before(
+                timer.as_mut(),
+                deadline.at,
+                stream.write(staged.slice(written..)).submit(),
+            )
+            .await
+            .ok_or(WriteFailed::Stalled)?;
+            staged = slice.into_inner();
+            match result {
+                Ok(0) | Err(_) => return Err(WriteFailed::Peer),
+                Ok(n) => written += n,
+            }
+        }
         output.restore_staged(staged);
-        return result;
+        return Ok(());
     }
     let mut pieces = output.take_pieces();
     while !pieces.is_empty() {
-        let (result, returned) = stream.writev(pieces).await;
+        let deadline = DeadlineClock::for_write(Instant::now(), &context.timeouts);
+        let (result, returned) = before(timer.as_mut(), deadline.at, stream.writev(pieces))
+            .await
+            .ok_or(WriteFailed::Stalled)?;
         pieces = returned;
-        let mut written = result?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
+        let mut written = match result {
+            Ok(0) | Err(_) => return Err(WriteFailed::Peer),
+            Ok(n) => n,
+        };
         while written > 0 {
             let first = pieces[0].len();
             if written >= first {
@@ -131,14 +258,17 @@ async fn write_output(stream: &TcpStream, output: &mut Output) -> io::Result<()>
 }
 
 /// Half-closes, then discards what the client still sends, within bounds.
-async fn linger(stream: &TcpStream, mut buffer: Vec<u8>) {
+async fn linger(stream: &TcpStream, mut buffer: Vec<u8>, context: &WorkerContext) -> Ending {
     if stream.shutdown(Direction::Write).is_err() {
-        return;
+        return Ending::Clean;
     }
     let discard = async {
         let mut discarded = 0;
         while discarded < LINGER_MAX_BYTES {
             buffer.clear();
+            if buffer.capacity() == 0 {
+                buffer.reserve(READ_BUFFER_BYTES);
+            }
             let (result, returned) = stream.read(buffer).await;
             buffer = returned;
             match result {
@@ -147,5 +277,8 @@ async fn linger(stream: &TcpStream, mut buffer: Vec<u8>) {
             }
         }
     };
-    let _ = tokio::time::timeout(Duration::from_millis(LINGER_MS), discard).await;
+    match tokio::time::timeout(context.timeouts.linger, discard).await {
+        Ok(()) => Ending::Clean,
+        Err(_) => Ending::Abandoned,
+    }
 }
