@@ -19,6 +19,7 @@ use tokio::task::LocalSet;
 use tokio::time::Sleep;
 
 use crate::access_log::{ConnectionLog, FLUSH_INTERVAL};
+use crate::engine::connections::Registration;
 use crate::engine::timer::{before, connection_timer};
 use crate::engine::{
     ACCEPT_BACKOFF_MS, LINGER_MAX_BYTES, READ_BUFFER_BYTES, Ready, Worker, WorkerContext,
@@ -52,7 +53,15 @@ pub fn run_worker(mut worker: Worker, ready: Ready) {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    tokio::task::spawn_local(serve_connection(stream, peer, Rc::clone(&context)));
+                    // Registered here, not in the task: the cap must count it
+                    // before the next accept.
+                    let registration = context.connections.register(stream.as_raw_fd());
+                    tokio::task::spawn_local(serve_connection(
+                        stream,
+                        registration,
+                        peer,
+                        Rc::clone(&context),
+                    ));
                 }
                 Err(e) if accept_error_is_transient(&e) => {}
                 Err(e) => {
@@ -83,18 +92,27 @@ async fn flush_log_every_second(context: Rc<WorkerContext>) {
     }
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, context: Rc<WorkerContext>) {
+/// Serves one connection; `registration` (its entry in the worker's table)
+/// is dropped before the stream closes its descriptor.
+async fn serve_connection(
+    stream: TcpStream,
+    registration: Registration,
+    peer: SocketAddr,
+    context: Rc<WorkerContext>,
+) {
+    let mut stream = stream;
     match &context.access_log {
-        None => run_connection(stream, &context, &mut ()).await,
+        None => run_connection(&mut stream, &context, &mut ()).await,
         Some(log) => {
             let mut observer = ConnectionLog { log, peer: peer.ip() };
-            run_connection(stream, &context, &mut observer).await;
+            run_connection(&mut stream, &context, &mut observer).await;
         }
     }
+    drop(registration);
+    drop(stream);
 }
 
-async fn run_connection<O: Observer>(mut stream: TcpStream, context: &WorkerContext, observer: &mut O) {
-    let _registration = context.connections.register(stream.as_raw_fd());
+async fn run_connection<O: Observer>(stream: &mut TcpStream, context: &WorkerContext, observer: &mut O) {
     let timeouts = &context.timeouts;
     let mut clock = DeadlineClock::new(Instant::now());
     let timer = connection_timer(Instant::now() + timeouts.head);
@@ -107,17 +125,17 @@ async fn run_connection<O: Observer>(mut stream: TcpStream, context: &WorkerCont
             session.on_input_observed(&input, &context.snapshot, &context.limits, &mut output, observer);
         input.drain(..progress.consumed);
         if !output.is_empty() {
-            let written = write_output(&mut stream, &output, timer.as_mut(), context).await;
+            let written = write_output(stream, &output, timer.as_mut(), context).await;
             output.clear();
             if let Err(ending) = written {
-                return ending.apply(&stream);
+                return ending.apply(stream);
             }
         }
         match progress.next {
             Next::Read => {}
             Next::Write => continue,
             Next::Close => return,
-            Next::Linger => return linger(&mut stream, input, context).await,
+            Next::Linger => return linger(stream, input, context).await,
         }
         if input.len() == input.capacity() {
             input.reserve(READ_BUFFER_BYTES);
@@ -128,11 +146,11 @@ async fn run_connection<O: Observer>(mut stream: TcpStream, context: &WorkerCont
             Some(Ok(_)) => {}
             None if deadline.expiry == Expiry::RequestTimeout => {
                 session.on_head_timeout(&input, &mut output, observer);
-                if write_output(&mut stream, &output, timer.as_mut(), context)
+                if write_output(stream, &output, timer.as_mut(), context)
                     .await
                     .is_ok()
                 {
-                    linger(&mut stream, Vec::new(), context).await;
+                    linger(stream, Vec::new(), context).await;
                 }
                 return;
             }

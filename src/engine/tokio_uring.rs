@@ -32,6 +32,7 @@ use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::{TcpListener, TcpStream};
 
 use crate::access_log::{ConnectionLog, FLUSH_INTERVAL};
+use crate::engine::connections::Registration;
 use crate::engine::timer::{before, connection_timer};
 use crate::engine::{
     ACCEPT_BACKOFF_MS, LINGER_MAX_BYTES, READ_BUFFER_BYTES, Ready, Worker, WorkerContext,
@@ -68,7 +69,10 @@ async fn serve(mut worker: Worker) {
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio_uring::spawn(serve_connection(stream, peer, Rc::clone(&context)));
+                // Registered here, not in the task: the cap must count it
+                // before the next accept.
+                let registration = context.connections.register(stream.as_raw_fd());
+                tokio_uring::spawn(serve_connection(stream, registration, peer, Rc::clone(&context)));
             }
             Err(e) if accept_error_is_transient(&e) => {}
             Err(e) => {
@@ -110,8 +114,14 @@ enum Ending {
     Stalled,
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, context: Rc<WorkerContext>) {
-    let registration = context.connections.register(stream.as_raw_fd());
+/// Serves one connection; `registration` (its entry in the worker's table)
+/// is dropped before the stream closes its descriptor.
+async fn serve_connection(
+    stream: TcpStream,
+    registration: Registration,
+    peer: SocketAddr,
+    context: Rc<WorkerContext>,
+) {
     let ending = match &context.access_log {
         None => run_connection(&stream, &context, &mut ()).await,
         Some(log) => {
@@ -126,6 +136,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, context: Rc<Worke
         let _ = stream.shutdown(Direction::Both);
     }
     drop(registration);
+    drop(stream);
 }
 
 async fn run_connection<O: Observer>(
