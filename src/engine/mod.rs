@@ -368,6 +368,41 @@ pub fn set_reset_on_close(fd: std::os::fd::RawFd) {
     };
 }
 
+/// What an accept loop does about `accept` failures, the same in every
+/// engine: errors about one peer are ignored; errors about this process
+/// (EMFILE, ENFILE, ENOBUFS, ENOMEM) pause accepting for
+/// [`ACCEPT_BACKOFF_MS`] instead of spinning, and are reported once per
+/// episode rather than every retry.
+#[derive(Debug, Default)]
+pub struct AcceptBackoff {
+    failures: u64,
+}
+
+impl AcceptBackoff {
+    /// After a failed accept: how long to pause (`None`: retry at once).
+    pub fn on_error(&mut self, worker: usize, error: &io::Error) -> Option<Duration> {
+        if accept_error_is_transient(error) {
+            return None;
+        }
+        if self.failures == 0 {
+            eprintln!("ringserve: worker {worker}: accept failed: {error}; pausing accepts until it clears");
+        }
+        self.failures += 1;
+        Some(Duration::from_millis(ACCEPT_BACKOFF_MS))
+    }
+
+    /// After a successful accept.
+    pub fn on_success(&mut self, worker: usize) {
+        if self.failures > 0 {
+            eprintln!(
+                "ringserve: worker {worker}: accepting again after {} failed attempts",
+                self.failures
+            );
+            self.failures = 0;
+        }
+    }
+}
+
 /// Whether an `accept` error is about one peer (retry at once) rather than
 /// about this process (back off: descriptors or memory ran out).
 pub fn accept_error_is_transient(error: &io::Error) -> bool {

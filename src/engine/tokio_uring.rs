@@ -24,7 +24,7 @@ use std::net::{Shutdown as Direction, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Buf;
 use tokio::time::Sleep;
@@ -35,8 +35,7 @@ use crate::access_log::{ConnectionLog, FLUSH_INTERVAL};
 use crate::engine::connections::Registration;
 use crate::engine::timer::{before, connection_timer};
 use crate::engine::{
-    ACCEPT_BACKOFF_MS, LINGER_MAX_BYTES, READ_BUFFER_BYTES, Ready, Worker, WorkerContext,
-    accept_error_is_transient, set_reset_on_close,
+    AcceptBackoff, LINGER_MAX_BYTES, READ_BUFFER_BYTES, Ready, Worker, WorkerContext, set_reset_on_close,
 };
 use crate::http::{DeadlineClock, Expiry, Next, Observer, Output, Session};
 
@@ -59,6 +58,7 @@ async fn serve(mut worker: Worker) {
     if context.access_log.is_some() {
         tokio_uring::spawn(flush_log_every_second(Rc::clone(&context)));
     }
+    let mut backoff = AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
             accepted = async {
@@ -69,18 +69,16 @@ async fn serve(mut worker: Worker) {
         };
         match accepted {
             Ok((stream, peer)) => {
+                backoff.on_success(worker.index);
                 // Registered here, not in the task: the cap must count it
                 // before the next accept.
                 let registration = context.connections.register(stream.as_raw_fd());
                 tokio_uring::spawn(serve_connection(stream, registration, peer, Rc::clone(&context)));
             }
-            Err(e) if accept_error_is_transient(&e) => {}
             Err(e) => {
-                eprintln!(
-                    "ringserve: worker {}: accept failed: {e}; backing off",
-                    worker.index
-                );
-                tokio::time::sleep(Duration::from_millis(ACCEPT_BACKOFF_MS)).await;
+                if let Some(pause) = backoff.on_error(worker.index, &e) {
+                    tokio::time::sleep(pause).await;
+                }
             }
         }
     }
