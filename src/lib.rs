@@ -18,4 +18,6 @@ pub mod access_log;
 pub mod config;
 pub mod engine;
 pub mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
