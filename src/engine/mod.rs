@@ -13,12 +13,15 @@
 //!   the same structure otherwise, so the two compare fairly.
 //!
 //! An engine is a module with one entry point, `run_worker(Worker, Ready)`.
+//! The two tokio-based engines share their worker and connection loops
+//! ([`tokio_loop`]) and implement only its I/O traits.
 
 pub mod connections;
 pub mod epoll;
 pub mod listener;
 pub mod shutdown;
 pub mod timer;
+mod tokio_loop;
 pub mod tokio_uring;
 
 use std::fmt;
@@ -150,29 +153,6 @@ pub struct Worker {
     pub max_connections: usize,
     /// This worker's access log buffer, if logging is on.
     pub access_log: Option<WorkerLog>,
-}
-
-/// What the connection tasks of one tokio-based worker share (by `Rc`).
-#[derive(Debug)]
-pub struct WorkerContext {
-    pub snapshot: Arc<Snapshot>,
-    pub limits: Limits,
-    pub timeouts: Timeouts,
-    pub connections: connections::Connections,
-    pub access_log: Option<std::cell::RefCell<WorkerLog>>,
-}
-
-impl WorkerContext {
-    /// Takes what connection tasks share out of `worker`.
-    pub fn new(worker: &mut Worker) -> WorkerContext {
-        WorkerContext {
-            snapshot: Arc::clone(&worker.snapshot),
-            limits: worker.limits,
-            timeouts: worker.timeouts,
-            connections: connections::Connections::new(worker.max_connections),
-            access_log: worker.access_log.take().map(std::cell::RefCell::new),
-        }
-    }
 }
 
 /// A worker reports once whether its runtime started.
@@ -366,6 +346,14 @@ pub fn set_reset_on_close(fd: std::os::fd::RawFd) {
             std::mem::size_of::<libc::linger>() as libc::socklen_t,
         )
     };
+}
+
+/// Shuts down both directions of `fd`: pending reads and writes on it end at
+/// once (also operations in flight in an io_uring), and the peer sees the end.
+pub fn shutdown_both(fd: std::os::fd::RawFd) {
+    // SAFETY: shutdown(2) takes two integers and reads no memory of ours; a
+    // stale `fd` only yields EBADF.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
 }
 
 /// What an accept loop does about `accept` failures, the same in every
