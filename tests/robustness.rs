@@ -9,25 +9,23 @@
 //! whole file runs in seconds. Process-level rules (signals, descriptor
 //! limits, leaks, the access log) are in `tests/process.rs`.
 
+mod support;
+
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
+use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringserve::engine::{EngineKind, Server, ServerConfig};
-use ringserve::files::{LoadOptions, Snapshot};
+use ringserve::engine::{EngineKind, ServerConfig};
+use support::{IO_TIMEOUT, TestServer, for_each_engine, panic_message};
 
-/// Longest any single read or write in these tests may block.
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const BIG_BYTES: usize = 16 * 1024 * 1024;
 const MEDIUM_BYTES: usize = 8 * 1024 * 1024;
 
-// ---------------------------------------------------------------------------
-// Helpers
-
-/// A generated site: small files, a dotfile, a symlink leading outside, and
-/// two large files for the send-side tests.
+/// A generated site (made once per test process): small files, a dotfile, a
+/// symlink leading outside the root, and two large files for the send-side
+/// tests.
 fn site() -> PathBuf {
     use std::sync::OnceLock;
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
@@ -49,154 +47,14 @@ fn site() -> PathBuf {
     .clone()
 }
 
-fn snapshot() -> Arc<Snapshot> {
-    use std::sync::OnceLock;
-    static SNAPSHOT: OnceLock<Arc<Snapshot>> = OnceLock::new();
-    Arc::clone(SNAPSHOT.get_or_init(|| Arc::new(Snapshot::load(&LoadOptions::new(site())).unwrap())))
-}
-
-/// A server in this process; stopped on drop.
-struct TestServer {
-    server: Option<Server>,
-    addr: SocketAddr,
-}
-
-impl TestServer {
-    fn start(engine: EngineKind, configure: impl FnOnce(&mut ServerConfig)) -> TestServer {
-        let mut config = ServerConfig::loopback(engine);
-        config.timeouts.linger = Duration::from_millis(300);
-        config.shutdown_grace = Duration::from_millis(200);
-        configure(&mut config);
-        let server = Server::start(&config, snapshot()).expect("server starts");
-        let addr = server.local_addr();
-        TestServer {
-            server: Some(server),
-            addr,
-        }
-    }
-
-    fn connect(&self) -> TcpStream {
-        let stream = TcpStream::connect(self.addr).unwrap();
-        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        stream
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.stop();
-        }
-    }
-}
-
-/// Runs `test` for every engine, all of them even if one fails.
-fn for_each_engine(test: impl Fn(EngineKind) + Sync) {
-    let test = &test;
-    let failures: Vec<String> = std::thread::scope(|scope| {
-        let handles: Vec<_> = EngineKind::ALL
-            .into_iter()
-            .map(|engine| (engine, scope.spawn(move || test(engine))))
-            .collect();
-        handles
-            .into_iter()
-            .filter_map(|(engine, handle)| {
-                handle
-                    .join()
-                    .err()
-                    .map(|e| format!("[{engine}] {}", message(&*e)))
-            })
-            .collect()
-    });
-    assert!(failures.is_empty(), "failed:\n{}", failures.join("\n"));
-}
-
-fn message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_default()
-}
-
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    head: String,
-    body_len: usize,
-}
-
-/// Reads one response (status line, fields, `Content-Length` body) from
-/// `stream`, keeping bytes beyond it in `pending`. `None` on end of stream
-/// before any byte. The body is counted and dropped.
-fn read_response(stream: &mut TcpStream, pending: &mut Vec<u8>, head_only: bool) -> Option<Response> {
-    let mut chunk = [0u8; 64 * 1024];
-    let head_end = loop {
-        if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = stream.read(&mut chunk).expect("response arrives in time");
-        if n == 0 {
-            assert!(
-                pending.is_empty(),
-                "stream ended inside a head: {:?}",
-                String::from_utf8_lossy(pending)
-            );
-            return None;
-        }
-        pending.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8(pending[..head_end].to_vec()).expect("ASCII head");
-    pending.drain(..head_end);
-    let status: u16 = head[9..12].parse().expect("status code");
-    let length: usize = field(&head, "content-length").map_or(0, |v| v.parse().unwrap());
-    let body_len = if head_only || status == 304 { 0 } else { length };
-    let mut remaining = body_len;
-    let take = remaining.min(pending.len());
-    pending.drain(..take);
-    remaining -= take;
-    while remaining > 0 {
-        let n = stream
-            .read(&mut chunk[..remaining.min(64 * 1024)])
-            .expect("body arrives");
-        assert!(n > 0, "stream ended inside a body");
-        remaining -= n;
-    }
-    Some(Response {
-        status,
-        head,
-        body_len,
-    })
-}
-
-fn field<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.split("\r\n")
-        .filter_map(|line| line.split_once(':'))
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim())
-}
-
-/// True if the server closes the connection (end of stream or reset) within
-/// a few seconds, having sent nothing more.
-fn closes(stream: &mut TcpStream, pending: &[u8]) -> bool {
-    assert!(
-        pending.is_empty(),
-        "unexpected extra bytes: {:?}",
-        String::from_utf8_lossy(pending)
-    );
-    stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let mut byte = [0u8; 1024];
-    match stream.read(&mut byte) {
-        Ok(0) => true,
-        Ok(n) => panic!(
-            "unexpected extra bytes: {:?}",
-            String::from_utf8_lossy(&byte[..n])
-        ),
-        Err(e) if e.kind() == ErrorKind::ConnectionReset => true,
-        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
-        Err(e) => panic!("read failed: {e}"),
-    }
+/// One worker serving [`site`], with a short linger and grace, adjusted by
+/// `configure`.
+fn start(engine: EngineKind, configure: impl FnOnce(&mut ServerConfig)) -> TestServer {
+    let mut config = ServerConfig::loopback(engine);
+    config.timeouts.linger = Duration::from_millis(300);
+    config.shutdown_grace = Duration::from_millis(200);
+    configure(&mut config);
+    TestServer::start(config, &site())
 }
 
 const FOLLOW_UP: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
@@ -506,38 +364,29 @@ fn cases() -> Vec<Case> {
 fn every_case_gets_its_status_and_connection_fate() {
     let cases = cases();
     for_each_engine(|engine| {
-        let server = TestServer::start(engine, |_| {});
+        let server = start(engine, |_| {});
         let mut failures = Vec::new();
         for case in &cases {
-            let mut stream = server.connect();
-            stream.write_all(&case.raw).unwrap();
-            let mut pending = Vec::new();
-            let response = read_response(&mut stream, &mut pending, false).expect("a response");
-            if response.status != case.status {
-                failures.push(format!(
-                    "{}: status {} (wanted {})",
-                    case.name, response.status, case.status
-                ));
-                continue;
-            }
-            let says_close = field(&response.head, "connection") == Some("close");
-            if case.closes {
-                if !says_close && case.status >= 400 {
-                    failures.push(format!("{}: no Connection: close", case.name));
+            let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+                let mut client = server.connect();
+                client.send(&case.raw);
+                let response = client.read_response(false);
+                assert_eq!(response.status, case.status, "status");
+                if response.status == 405 {
+                    assert_eq!(response.header("Allow"), Some("GET, HEAD"));
                 }
-                if !closes(&mut stream, &pending) {
-                    failures.push(format!("{}: connection stayed open", case.name));
+                if case.closes {
+                    if case.status >= 400 {
+                        assert_eq!(response.header("Connection"), Some("close"));
+                    }
+                    client.expect_closed();
+                } else {
+                    // Kept alive: the same connection answers the next request.
+                    assert_eq!(client.request(FOLLOW_UP).status, 200, "follow-up");
                 }
-            } else {
-                // Kept alive: the same connection answers the next request.
-                stream.write_all(FOLLOW_UP).unwrap();
-                match read_response(&mut stream, &mut pending, false) {
-                    Some(next) if next.status == 200 => {}
-                    other => failures.push(format!("{}: follow-up got {other:?}", case.name)),
-                }
-            }
-            if response.status == 405 && field(&response.head, "allow") != Some("GET, HEAD") {
-                failures.push(format!("{}: 405 without Allow", case.name));
+            }));
+            if let Err(payload) = outcome {
+                failures.push(format!("{}: {}", case.name, panic_message(payload.as_ref())));
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -547,56 +396,38 @@ fn every_case_gets_its_status_and_connection_fate() {
 #[test]
 fn one_hundred_pipelined_requests_in_one_write() {
     for_each_engine(|engine| {
-        let server = TestServer::start(engine, |_| {});
+        let server = start(engine, |_| {});
         let mut stream = server.connect();
         let mut burst = Vec::new();
         for i in 0..100 {
             let path = ["/book", "/nope", "/", "/docs/"][i % 4];
             burst.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
         }
-        stream.write_all(&burst).unwrap();
-        let mut pending = Vec::new();
-        let statuses: Vec<u16> = (0..100)
-            .map(|_| read_response(&mut stream, &mut pending, false).unwrap().status)
-            .collect();
+        stream.send(&burst);
+        let statuses: Vec<u16> = (0..100).map(|_| stream.read_response(false).status).collect();
         let expected: Vec<u16> = (0..100).map(|i| [200, 404, 200, 200][i % 4]).collect();
         assert_eq!(statuses, expected);
-        stream.write_all(FOLLOW_UP).unwrap();
-        assert_eq!(
-            read_response(&mut stream, &mut pending, false).unwrap().status,
-            200
-        );
+        stream.send(FOLLOW_UP);
+        assert_eq!(stream.read_response(false).status, 200);
     });
 }
 
 #[test]
 fn valid_garbage_valid_gives_200_400_and_close() {
     for_each_engine(|engine| {
-        let server = TestServer::start(engine, |_| {});
+        let server = start(engine, |_| {});
         let mut stream = server.connect();
-        stream
-            .write_all(b"GET /book HTTP/1.1\r\nHost: a\r\n\r\n\x16\x03\x01garbage\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
-            .unwrap();
-        let mut pending = Vec::new();
-        assert_eq!(
-            read_response(&mut stream, &mut pending, false).unwrap().status,
-            200
-        );
-        assert_eq!(
-            read_response(&mut stream, &mut pending, false).unwrap().status,
-            400
-        );
-        assert!(
-            closes(&mut stream, &pending),
-            "no third response, and the connection closes"
-        );
+        stream.send(b"GET /book HTTP/1.1\r\nHost: a\r\n\r\n\x16\x03\x01garbage\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(stream.read_response(false).status, 200);
+        assert_eq!(stream.read_response(false).status, 400);
+        stream.expect_closed();
     });
 }
 
 #[test]
 fn a_get_body_is_consumed_and_the_pipelined_request_after_it_answered() {
     for_each_engine(|engine| {
-        let server = TestServer::start(engine, |_| {});
+        let server = start(engine, |_| {});
         let mut stream = server.connect();
         // The body looks like a request: it must not be answered as one.
         let body = "GET /nope HTTP/1.1\r\n\r\n";
@@ -604,31 +435,26 @@ fn a_get_body_is_consumed_and_the_pipelined_request_after_it_answered() {
             "GET /book HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}GET / HTTP/1.1\r\nHost: a\r\n\r\n",
             body.len()
         );
-        stream.write_all(raw.as_bytes()).unwrap();
-        let mut pending = Vec::new();
-        assert_eq!(
-            read_response(&mut stream, &mut pending, false).unwrap().status,
-            200
-        );
-        let second = read_response(&mut stream, &mut pending, false).unwrap();
-        assert_eq!((second.status, second.body_len), (200, "<h1>home</h1>".len()));
+        stream.send(raw.as_bytes());
+        assert_eq!(stream.read_response(false).status, 200);
+        let second = stream.read_response(false);
+        assert_eq!((second.status, second.body.len()), (200, "<h1>home</h1>".len()));
     });
 }
 
 #[test]
 fn a_smuggled_request_behind_a_refused_one_is_never_answered() {
     for_each_engine(|engine| {
-        let server = TestServer::start(engine, |_| {});
+        let server = start(engine, |_| {});
         for raw in [
             &b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /book HTTP/1.1\r\nHost: a\r\n\r\n"[..],
             b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /book HTTP/1.1\r\nHost: a\r\n\r\n",
         ] {
             let mut stream = server.connect();
-            stream.write_all(raw).unwrap();
-            let mut pending = Vec::new();
-            let first = read_response(&mut stream, &mut pending, false).unwrap();
+            stream.send(raw);
+            let first = stream.read_response(false);
             assert!(first.status == 400 || first.status == 501, "{}", first.status);
-            assert!(closes(&mut stream, &pending), "exactly one response, then close");
+            stream.expect_closed();
         }
     });
 }
@@ -636,20 +462,14 @@ fn a_smuggled_request_behind_a_refused_one_is_never_answered() {
 #[test]
 fn a_half_closed_client_still_receives_the_full_response() {
     for_each_engine(|engine| {
-        let server = TestServer::start(engine, |_| {});
+        let server = start(engine, |_| {});
         let mut stream = server.connect();
-        stream
-            .write_all(b"GET /medium.bin HTTP/1.1\r\nHost: a\r\n\r\nGET /book HTTP/1.1\r\nHost: a\r\n\r\n")
-            .unwrap();
-        stream.shutdown(Shutdown::Write).unwrap();
-        let mut pending = Vec::new();
-        let big = read_response(&mut stream, &mut pending, false).unwrap();
-        assert_eq!((big.status, big.body_len), (200, MEDIUM_BYTES));
-        assert_eq!(
-            read_response(&mut stream, &mut pending, false).unwrap().status,
-            200
-        );
-        assert!(closes(&mut stream, &pending));
+        stream.send(b"GET /medium.bin HTTP/1.1\r\nHost: a\r\n\r\nGET /book HTTP/1.1\r\nHost: a\r\n\r\n");
+        stream.shutdown_write();
+        let big = stream.read_response(false);
+        assert_eq!((big.status, big.body.len()), (200, MEDIUM_BYTES));
+        assert_eq!(stream.read_response(false).status, 200);
+        stream.expect_closed();
     });
 }
 
@@ -659,24 +479,23 @@ fn a_half_closed_client_still_receives_the_full_response() {
 #[test]
 fn head_and_idle_timeouts() {
     for_each_engine(|engine| {
-        let server = TestServer::start(engine, |config| {
+        let server = start(engine, |config| {
             config.timeouts.head = Duration::from_millis(400);
             config.timeouts.idle = Duration::from_millis(700);
         });
         // A fresh connection that says nothing: closed silently.
         let mut silent = server.connect();
         let started = Instant::now();
-        assert!(closes(&mut silent, &[]), "a silent fresh connection is closed");
+        silent.expect_closed();
         assert!(started.elapsed() >= Duration::from_millis(350));
 
         // Slowloris: one header line every 100 ms keeps bytes coming, but the
         // head deadline is total: 408 at about 400 ms.
         let mut slow = server.connect();
-        slow.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+        slow.send(b"GET / HTTP/1.1\r\n");
         let started = Instant::now();
-        let mut pending = Vec::new();
         let reader = {
-            let mut slow = slow.try_clone().unwrap();
+            let mut slow = slow.stream().try_clone().unwrap();
             std::thread::spawn(move || {
                 for i in 0..30 {
                     std::thread::sleep(Duration::from_millis(100));
@@ -686,25 +505,24 @@ fn head_and_idle_timeouts() {
                 }
             })
         };
-        let response = read_response(&mut slow, &mut pending, false).unwrap();
+        let response = slow.read_response(false);
         assert_eq!(response.status, 408);
-        assert_eq!(field(&response.head, "connection"), Some("close"));
+        assert_eq!(response.header("Connection"), Some("close"));
         assert!(
             started.elapsed() < Duration::from_millis(2000),
             "{:?}",
             started.elapsed()
         );
-        assert!(closes(&mut slow, &pending));
+        slow.expect_closed();
         reader.join().unwrap();
 
         // Keep-alive idle: closed silently after the idle timeout, not the
         // head timeout.
         let mut idle = server.connect();
-        idle.write_all(FOLLOW_UP).unwrap();
-        let mut pending = Vec::new();
-        assert_eq!(read_response(&mut idle, &mut pending, false).unwrap().status, 200);
+        idle.send(FOLLOW_UP);
+        assert_eq!(idle.read_response(false).status, 200);
         let started = Instant::now();
-        assert!(closes(&mut idle, &pending));
+        idle.expect_closed();
         let waited = started.elapsed();
         assert!(
             waited >= Duration::from_millis(600),
@@ -717,10 +535,10 @@ fn head_and_idle_timeouts() {
 fn five_hundred_slow_clients_do_not_starve_normal_requests() {
     const SLOW_CLIENTS: usize = 500;
     for_each_engine(|engine| {
-        let server = TestServer::start(engine, |config| {
+        let server = start(engine, |config| {
             config.timeouts.head = Duration::from_millis(2000);
         });
-        let addr = server.addr;
+        let addr = server.addr();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -746,15 +564,8 @@ fn five_hundred_slow_clients_do_not_starve_normal_requests() {
         let mut served = 0;
         while started.elapsed() < Duration::from_millis(1500) {
             let mut stream = server.connect();
-            stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            stream
-                .write_all(b"GET /book HTTP/1.1\r\nHost: a\r\n\r\n")
-                .unwrap();
-            let mut pending = Vec::new();
-            assert_eq!(
-                read_response(&mut stream, &mut pending, false).unwrap().status,
-                200
-            );
+            stream.send(b"GET /book HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(stream.read_response(false).status, 200);
             served += 1;
         }
         assert!(served >= 10, "only {served} normal requests completed");
@@ -797,7 +608,7 @@ async fn slow_client(addr: SocketAddr) -> Option<u16> {
 #[test]
 fn a_client_that_stops_reading_is_dropped_and_a_slow_reader_is_not() {
     for_each_engine(|engine| {
-        let server = TestServer::start(engine, |config| {
+        let server = start(engine, |config| {
             // Progress is seen when the kernel reports the socket writable
             // again (half its send buffer free, up to 2 MiB here), so the
             // timeout must exceed what the reader below takes to drain that.
@@ -814,7 +625,7 @@ fn a_client_that_stops_reading_is_dropped_and_a_slow_reader_is_not() {
 
         // Stops reading: after the send timeout the server gives up, so far
         // fewer than all bytes can ever arrive.
-        let mut stalled = small_receive_buffer(server.addr);
+        let mut stalled = small_receive_buffer(server.addr());
         stalled
             .write_all(b"GET /big.bin HTTP/1.1\r\nHost: a\r\n\r\n")
             .unwrap();
@@ -833,7 +644,7 @@ fn a_client_that_stops_reading_is_dropped_and_a_slow_reader_is_not() {
 
         // Reads 256 KiB every 50 ms (5 MiB/s): the whole body takes three
         // times the send timeout, but progress never stops for that long.
-        let mut slow = small_receive_buffer(server.addr);
+        let mut slow = small_receive_buffer(server.addr());
         slow.write_all(b"GET /big.bin HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
             .unwrap();
         let started = Instant::now();
@@ -870,34 +681,19 @@ fn a_client_that_stops_reading_is_dropped_and_a_slow_reader_is_not() {
 #[test]
 fn the_connection_cap_holds_new_clients_until_one_leaves() {
     for_each_engine(|engine| {
-        let server = TestServer::start(engine, |config| config.max_connections = 2);
+        let server = start(engine, |config| config.max_connections = 2);
         let mut held = Vec::new();
         for _ in 0..2 {
             let mut stream = server.connect();
-            stream.write_all(FOLLOW_UP).unwrap();
-            let mut pending = Vec::new();
-            assert_eq!(
-                read_response(&mut stream, &mut pending, false).unwrap().status,
-                200
-            );
+            stream.send(FOLLOW_UP);
+            assert_eq!(stream.read_response(false).status, 200);
             held.push(stream);
         }
         // The third connects (the kernel's backlog) but is not served yet.
         let mut third = server.connect();
-        third.write_all(FOLLOW_UP).unwrap();
-        third.set_read_timeout(Some(Duration::from_millis(400))).unwrap();
-        let mut byte = [0u8; 1];
-        let early = third.read(&mut byte);
-        assert!(
-            matches!(&early, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
-            "served beyond the cap: {early:?}"
-        );
+        third.send(FOLLOW_UP);
+        third.expect_silent_and_open(Duration::from_millis(400));
         drop(held.pop());
-        third.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        let mut pending = Vec::new();
-        assert_eq!(
-            read_response(&mut third, &mut pending, false).unwrap().status,
-            200
-        );
+        assert_eq!(third.read_response(false).status, 200);
     });
 }
