@@ -189,7 +189,10 @@ impl Session {
                 }
             }
             let rest = &input[pos..];
-            if rest.is_empty() {
+            // A lone CR where a request would start may still become an empty
+            // line: wait for the next byte without starting a head scan (which
+            // would stop the empty-line skipping above). Found by fuzzing.
+            if rest.is_empty() || (self.scanned == 0 && rest == b"\r") {
                 return Progress {
                     consumed: pos,
                     next: Next::Read,
@@ -705,5 +708,16 @@ GET /%zz HTTP/1.1\r\nHost: a\r\n\r\n";
         assert!(text.contains("Connection: close\r\n"));
         assert_eq!(seen.0[0].0, "GET /slow HTTP/1.1");
         assert_eq!(seen.0[0].1, 408);
+    }
+
+    #[test]
+    fn a_cr_split_from_its_lf_after_a_body_is_still_an_empty_line() {
+        let (snapshot, _dir) = site();
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n0\r\n\r\nGET /book HTTP/1.1\r\nHost: a\r\n\r\n";
+        let whole = drive(&snapshot, raw, raw.len());
+        assert_eq!((statuses(&whole.0), whole.1), (vec![200, 200], false));
+        for step in 1..raw.len() {
+            assert_eq!(drive(&snapshot, raw, step), whole, "step {step}");
+        }
     }
 }
