@@ -14,7 +14,10 @@
 //!
 //! An engine is a module with one entry point, `run_worker(Worker, Ready)`.
 //! The two tokio-based engines share their worker and connection loops
-//! ([`tokio_loop`]) and implement only its I/O traits.
+//! ([`tokio_loop`]) and implement only its I/O traits; both wait for the
+//! core's deadlines ([`crate::http::deadline`]) with one tokio timer per
+//! connection ([`timer`]). [`connections`] caps and drains a worker's
+//! connections; [`AcceptBackoff`] pauses accepting when descriptors run out.
 
 pub mod connections;
 pub mod epoll;

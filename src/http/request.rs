@@ -12,7 +12,7 @@
 //! accept one, and `httparse` does); a bare CR is rejected by `httparse`.
 //!
 //! Strictness (RFC 9112, stricter than nginx where the RFCs allow): `httparse`
-//! runs with every leniency off ([`strict_parser`]), so one space between the
+//! runs with every leniency off (`strict_parser`), so one space between the
 //! request-line parts, no whitespace before a colon or before the first
 //! field, no obs-fold, token field names, and no control bytes (CR, LF, NUL,
 //! DEL, …) in targets or values are all 400. On top of that this module refuses
