@@ -7,15 +7,20 @@
 //! for large bodies) when ready.
 
 use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::LocalSet;
+use tokio::time::Sleep;
 
-use crate::engine::tokio_loop::{self, Acceptor, ConnectionIo};
+use crate::engine::timer::before;
+use crate::engine::tokio_loop::{self, Acceptor, ConnectionIo, WriteFailed};
 use crate::engine::{Ready, Worker};
-use crate::http::Output;
+use crate::http::{DeadlineClock, Output, Timeouts};
 
 pub fn run_worker(worker: Worker, ready: Ready) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -37,9 +42,9 @@ struct EpollAcceptor(TcpListener);
 impl Acceptor for EpollAcceptor {
     type Connection = EpollConnection;
 
-    async fn accept(&self) -> io::Result<EpollConnection> {
-        let (stream, _peer) = self.0.accept().await?;
-        Ok(EpollConnection(stream))
+    async fn accept(&self) -> io::Result<(EpollConnection, SocketAddr)> {
+        let (stream, peer) = self.0.accept().await?;
+        Ok((EpollConnection(stream), peer))
     }
 }
 
@@ -54,8 +59,13 @@ impl ConnectionIo for EpollConnection {
         self.0.read_buf(input).await
     }
 
-    async fn write_output(&mut self, output: &mut Output) -> io::Result<()> {
-        let result = write_all_chunks(&mut self.0, output).await;
+    async fn write_output(
+        &mut self,
+        output: &mut Output,
+        timer: Pin<&mut Sleep>,
+        timeouts: &Timeouts,
+    ) -> Result<(), WriteFailed> {
+        let result = write_all_chunks(&mut self.0, output, timer, timeouts).await;
         output.clear();
         result
     }
@@ -65,18 +75,34 @@ impl ConnectionIo for EpollConnection {
     }
 }
 
-async fn write_all_chunks(stream: &mut TcpStream, output: &Output) -> io::Result<()> {
-    if let Some(bytes) = output.as_contiguous() {
-        return stream.write_all(bytes).await;
+/// Writes `output` with as few calls as the socket allows; each call must
+/// make progress before its send deadline.
+async fn write_all_chunks(
+    stream: &mut TcpStream,
+    output: &Output,
+    mut timer: Pin<&mut Sleep>,
+    timeouts: &Timeouts,
+) -> Result<(), WriteFailed> {
+    if let Some(mut bytes) = output.as_contiguous() {
+        while !bytes.is_empty() {
+            let deadline = DeadlineClock::for_write(Instant::now(), timeouts);
+            match before(timer.as_mut(), deadline.at, stream.write(bytes)).await {
+                None => return Err(WriteFailed::Stalled),
+                Some(Ok(0) | Err(_)) => return Err(WriteFailed::Peer),
+                Some(Ok(n)) => bytes = &bytes[n..],
+            }
+        }
+        return Ok(());
     }
     let mut slices: Vec<IoSlice<'_>> = output.chunks().map(IoSlice::new).collect();
     let mut remaining = &mut slices[..];
     while !remaining.is_empty() {
-        let written = stream.write_vectored(remaining).await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+        let deadline = DeadlineClock::for_write(Instant::now(), timeouts);
+        match before(timer.as_mut(), deadline.at, stream.write_vectored(remaining)).await {
+            None => return Err(WriteFailed::Stalled),
+            Some(Ok(0) | Err(_)) => return Err(WriteFailed::Peer),
+            Some(Ok(n)) => IoSlice::advance_slices(&mut remaining, n),
         }
-        IoSlice::advance_slices(&mut remaining, written);
     }
     Ok(())
 }

@@ -151,7 +151,36 @@ fn load_file(path: &Path, url_path: Vec<u8>) -> Result<FileEntry, LoadError> {
     let body = std::fs::read(path).map_err(read_error)?;
     let modified_secs = metadata.modified().map(head::unix_secs).unwrap_or(0);
     let file_name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-    let content_type = head::content_type_for(&file_name);
+    Ok(file_entry(url_path, &file_name, body, modified_secs))
+}
+
+/// A snapshot of files given as `(url path, body)` pairs, without touching
+/// the file system: for tests, property tests and fuzzing, which need a small
+/// site that is the same on every run. Directories are implied by the paths.
+pub(super) fn snapshot_from_memory(files: &[(&str, &[u8])], modified_secs: u64) -> Snapshot {
+    let mut entries = Vec::new();
+    let mut directories: Vec<Vec<u8>> = Vec::new();
+    for (url_path, body) in files {
+        let (parent, file_name) = split_last_segment(url_path.as_bytes());
+        let mut ancestor = parent;
+        while !ancestor.is_empty() && !directories.iter().any(|d| d == ancestor) {
+            directories.push(ancestor.to_vec());
+            ancestor = split_last_segment(ancestor).0;
+        }
+        let file_name = String::from_utf8_lossy(file_name);
+        entries.push(file_entry(
+            url_path.as_bytes().to_vec(),
+            &file_name,
+            body.to_vec(),
+            modified_secs,
+        ));
+    }
+    let routes = build_routes(&entries, &directories, &["index.html".to_owned()]);
+    Snapshot::from_parts(entries, routes)
+}
+
+fn file_entry(url_path: Vec<u8>, file_name: &str, body: Vec<u8>, modified_secs: u64) -> FileEntry {
+    let content_type = head::content_type_for(file_name);
     let etag = head::etag_for(&body);
     let fields = HeadFields {
         content_type: &content_type,
@@ -159,7 +188,7 @@ fn load_file(path: &Path, url_path: Vec<u8>) -> Result<FileEntry, LoadError> {
         etag: &etag,
         modified_secs,
     };
-    Ok(FileEntry {
+    FileEntry {
         url_path: url_path.into_boxed_slice(),
         ok_head: head::render_ok_head(&fields),
         not_modified_head: head::render_not_modified_head(&fields),
@@ -167,7 +196,7 @@ fn load_file(path: &Path, url_path: Vec<u8>) -> Result<FileEntry, LoadError> {
         modified_secs,
         content_type: content_type.into_boxed_str(),
         body: Bytes::from(body),
-    })
+    }
 }
 
 fn build_routes(

@@ -65,6 +65,12 @@ impl Snapshot {
         load::load_snapshot(options)
     }
 
+    /// A snapshot of `(url path, body)` pairs held in memory, all modified
+    /// at `modified_secs`: a small fixed site for tests and fuzzing.
+    pub fn from_memory(files: &[(&str, &[u8])], modified_secs: u64) -> Snapshot {
+        load::snapshot_from_memory(files, modified_secs)
+    }
+
     pub(crate) fn from_parts(files: Vec<FileEntry>, routes: FxHashMap<Box<[u8]>, Route>) -> Self {
         Snapshot { files, routes }
     }

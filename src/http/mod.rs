@@ -6,16 +6,19 @@
 //! [`request`] (find and parse a head), [`target`] (normalise the path),
 //! [`conditional`] (validators), [`response`] (append precomputed heads and
 //! bodies to an [`response::Output`]), [`status`] (codes and error pages) and
-//! [`date`] (the per-thread `Date` cache).
+//! [`date`] (the per-thread `Date` cache). [`deadline`] holds the timeout
+//! rules every engine applies around its reads and writes.
 
 pub mod conditional;
 pub mod date;
+pub mod deadline;
 pub mod request;
 pub mod response;
 pub mod session;
 pub mod status;
 pub mod target;
 
+pub use deadline::{Deadline, DeadlineClock, Expiry, Timeouts};
 pub use request::Limits;
 pub use response::Output;
-pub use session::{Next, Progress, Session};
+pub use session::{Exchange, Next, Observer, Progress, Session};

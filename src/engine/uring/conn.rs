@@ -19,18 +19,23 @@
 //! completed in the same loop iteration) accumulate in the outbox and leave
 //! in one send; input that arrives while a send is in flight waits in
 //! `carry` until it completes.
+//!
+//! Which deadline applies is the core's decision ([`DeadlineClock`]), asked
+//! after every event: the send deadline while output is pending, otherwise
+//! the read deadline for the session's state and what is in `carry`.
 
+use std::cell::RefCell;
+use std::net::IpAddr;
 use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types};
 
 use super::deadlines::{Millis, NEVER, TimerSlot};
-use crate::engine::{LINGER_MAX_BYTES, LINGER_MS, READ_BUFFER_BYTES};
+use crate::access_log::{ConnectionLog, WorkerLog};
+use crate::engine::{LINGER_MAX_BYTES, READ_BUFFER_BYTES};
 use crate::files::Snapshot;
-use crate::http::date::date_line;
-use crate::http::response::{ConnectionHeader, write_error};
-use crate::http::status::Status;
-use crate::http::{Limits, Next, Output, Session};
+use crate::http::{DeadlineClock, Expiry, Limits, Next, Output, Progress, Session, Timeouts};
 
 /// Input waiting in `carry` beyond which a connection stops receiving until
 /// its responses are sent (a client pipelining faster than it reads).
@@ -67,19 +72,6 @@ pub enum Phase {
     Closing,
 }
 
-/// Which timeout the connection's deadline is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeadlineKind {
-    /// A request head (or body) started and has not completed: 408.
-    Head,
-    /// Keep-alive, waiting for the next request: close quietly.
-    Idle,
-    /// A send made no progress: the client stopped reading.
-    Send,
-    /// End of the linger period.
-    Linger,
-}
-
 /// Received bytes, either in a kernel buffer or already appended to `carry`
 /// (the engine variant where each connection receives into its own buffer).
 #[derive(Debug, Clone, Copy)]
@@ -110,13 +102,28 @@ pub enum Reaction {
 pub struct ServeContext<'a> {
     pub snapshot: &'a Snapshot,
     pub limits: &'a Limits,
+    pub timeouts: &'a Timeouts,
+    /// The worker's access log, if logging is on.
+    pub log: Option<&'a RefCell<WorkerLog>>,
     /// One send for all answered requests (`false`: one per request, to
     /// measure what batching is worth).
     pub batch: bool,
     /// The connection receives into `carry` (no provided buffers): keep its
     /// allocation.
     pub own_buffers: bool,
+    /// The worker's clock: `now` is milliseconds since `epoch`.
+    pub epoch: Instant,
     pub now: Millis,
+}
+
+impl ServeContext<'_> {
+    fn instant(&self, at: Millis) -> Instant {
+        self.epoch + Duration::from_millis(at)
+    }
+
+    fn millis(&self, at: Instant) -> Millis {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(NEVER - 1)
+    }
 }
 
 #[derive(Debug)]
@@ -138,15 +145,18 @@ pub struct Conn {
     pub carry: Vec<u8>,
     pub outbox: Option<Box<Outbox>>,
     pub timer: TimerSlot,
-    pub deadline_kind: DeadlineKind,
-    /// When the current incomplete request began (`NEVER`: none).
-    partial_since: Millis,
-    /// When the connection last became idle or its send last progressed.
-    last_progress: Millis,
+    /// What happens if the current deadline passes.
+    pub expiry: Expiry,
+    /// When the current request started arriving (the core's rules).
+    clock: DeadlineClock,
+    /// When the current send was submitted or last made progress.
+    send_progress: Millis,
+    /// The peer's address, known only when the access log is on.
+    peer: Option<IpAddr>,
 }
 
 impl Conn {
-    pub fn new(fd: RawFd, now: Millis, own_buffers: bool) -> Conn {
+    pub fn new(fd: RawFd, peer: Option<IpAddr>, cx: &ServeContext<'_>) -> Conn {
         Conn {
             fd,
             phase: Phase::Open,
@@ -158,16 +168,17 @@ impl Conn {
             reads_paused: false,
             after_send: Next::Read,
             session: Session::new(),
-            carry: if own_buffers {
+            carry: if cx.own_buffers {
                 Vec::with_capacity(READ_BUFFER_BYTES)
             } else {
                 Vec::new()
             },
             outbox: None,
             timer: TimerSlot::default(),
-            deadline_kind: DeadlineKind::Idle,
-            partial_since: NEVER,
-            last_progress: now,
+            expiry: Expiry::Close,
+            clock: DeadlineClock::new(cx.instant(cx.now)),
+            send_progress: cx.now,
+            peer,
         }
     }
 
@@ -192,18 +203,24 @@ impl Conn {
         self.close_requested || (self.eof && self.outbox.is_none() && !self.send_in_flight)
     }
 
-    /// The current deadline and what it is.
-    pub fn deadline(&self, head_ms: Millis, idle_ms: Millis, send_ms: Millis) -> (Millis, DeadlineKind) {
+    /// The current deadline (`NEVER`: none) and what its passing means, by
+    /// the core's rules: while output is pending, the send deadline, counted
+    /// from the last progress; otherwise the read deadline.
+    pub fn deadline(&mut self, cx: &ServeContext<'_>) -> (Millis, Expiry) {
         match self.phase {
-            Phase::Closing => (NEVER, DeadlineKind::Idle),
-            Phase::Lingering { until, .. } => (until, DeadlineKind::Linger),
+            Phase::Closing => (NEVER, Expiry::Close),
+            Phase::Lingering { until, .. } => (until, Expiry::Close),
             Phase::Open if self.outbox.is_some() || self.send_in_flight => {
-                (self.last_progress.saturating_add(send_ms), DeadlineKind::Send)
+                let deadline = DeadlineClock::for_write(cx.instant(self.send_progress), cx.timeouts);
+                (cx.millis(deadline.at), deadline.expiry)
             }
-            Phase::Open if self.partial_since != NEVER => {
-                (self.partial_since.saturating_add(head_ms), DeadlineKind::Head)
+            Phase::Open => {
+                let now = cx.instant(cx.now);
+                let deadline = self
+                    .clock
+                    .for_read(&self.session, self.carry.len(), now, cx.timeouts);
+                (cx.millis(deadline.at), deadline.expiry)
             }
-            Phase::Open => (self.last_progress.saturating_add(idle_ms), DeadlineKind::Idle),
         }
     }
 
@@ -211,7 +228,7 @@ impl Conn {
     /// no-progress clock).
     pub fn on_send_submitted(&mut self, now: Millis) {
         if !self.send_in_flight && self.outbox.as_ref().is_some_and(|o| o.sent == 0) {
-            self.last_progress = now;
+            self.send_progress = now;
         }
         self.send_in_flight = true;
     }
@@ -270,19 +287,14 @@ impl Conn {
     /// out of `fresh` when nothing is carried.
     fn answer(&mut self, fresh: Option<&[u8]>, cx: &ServeContext<'_>, pool: &mut OutboxPool) -> Reaction {
         let mut outbox = self.outbox.take().unwrap_or_else(|| pool.take());
-        let before = outbox.output.len();
         let progress = match fresh {
-            Some(data) if self.carry.is_empty() => {
-                let data = &data[..request_limit(data, cx.batch)];
-                let progress = self
-                    .session
-                    .on_input(data, cx.snapshot, cx.limits, &mut outbox.output);
+            Some(all) if self.carry.is_empty() => {
+                let data = &all[..request_limit(all, cx.batch)];
+                let progress = run_session(&mut self.session, data, cx, self.peer, &mut outbox.output);
                 // Only the start of a head spanning buffers (or input left
                 // after back-pressure) is copied out of the kernel buffer.
                 self.carry.extend_from_slice(&data[progress.consumed..]);
-                if let Some(rest) = fresh.map(|all| &all[data.len()..]) {
-                    self.carry.extend_from_slice(rest);
-                }
+                self.carry.extend_from_slice(&all[data.len()..]);
                 progress
             }
             _ => {
@@ -290,24 +302,22 @@ impl Conn {
                     self.carry.extend_from_slice(data);
                 }
                 let limit = request_limit(&self.carry, cx.batch);
-                let progress =
-                    self.session
-                        .on_input(&self.carry[..limit], cx.snapshot, cx.limits, &mut outbox.output);
+                let progress = run_session(
+                    &mut self.session,
+                    &self.carry[..limit],
+                    cx,
+                    self.peer,
+                    &mut outbox.output,
+                );
                 self.carry.drain(..progress.consumed);
                 progress
             }
         };
         if self.carry.is_empty() && !cx.own_buffers && self.carry.capacity() > 0 {
+            // Idle connections own no buffer.
             self.carry = Vec::new();
         }
         self.after_send = progress.next;
-        let answered = outbox.output.len() > before;
-        let incomplete = !self.carry.is_empty() || !self.session.is_idle();
-        if !incomplete {
-            self.partial_since = NEVER;
-        } else if answered || self.partial_since == NEVER {
-            self.partial_since = cx.now;
-        }
         if self.carry.len() <= MAX_CARRY_BYTES / 2 {
             self.reads_paused = false;
         }
@@ -326,7 +336,7 @@ impl Conn {
     /// A send completed with `sent` bytes.
     pub fn on_sent(&mut self, sent: usize, cx: &ServeContext<'_>, pool: &mut OutboxPool) -> Reaction {
         self.send_in_flight = false;
-        self.last_progress = cx.now;
+        self.send_progress = cx.now;
         let outbox = self.outbox.as_mut().expect("a send completed without an outbox");
         outbox.sent += sent;
         if outbox.sent < outbox.output.len() {
@@ -340,10 +350,9 @@ impl Conn {
             Next::Linger => {
                 self.phase = Phase::Lingering {
                     discarded: self.carry.len(),
-                    until: cx.now.saturating_add(LINGER_MS),
+                    until: cx.millis(cx.instant(cx.now) + cx.timeouts.linger),
                 };
                 self.carry = Vec::new();
-                self.partial_since = NEVER;
                 Reaction::StartLinger
             }
             Next::Read | Next::Write => {
@@ -357,23 +366,24 @@ impl Conn {
         }
     }
 
-    /// The head deadline passed: answer 408 and linger, if the connection
-    /// is between sends; otherwise just close.
-    pub fn on_head_timeout(&mut self, pool: &mut OutboxPool) -> Reaction {
+    /// The request deadline passed with part of a head in `carry`: the
+    /// session answers 408, then the connection lingers and closes.
+    pub fn on_head_timeout(&mut self, cx: &ServeContext<'_>, pool: &mut OutboxPool) -> Reaction {
         if self.phase != Phase::Open || self.send_in_flight || self.outbox.is_some() {
             return Reaction::Close;
         }
         let mut outbox = pool.take();
-        write_error(
-            &mut outbox.output,
-            Status::RequestTimeout,
-            true,
-            &date_line(),
-            ConnectionHeader::Close,
-        );
+        self.after_send = match (cx.log, self.peer) {
+            (Some(log), Some(peer)) => {
+                let mut observer = ConnectionLog { log, peer };
+                self.session
+                    .on_head_timeout(&self.carry, &mut outbox.output, &mut observer)
+            }
+            _ => self
+                .session
+                .on_head_timeout(&self.carry, &mut outbox.output, &mut ()),
+        };
         self.outbox = Some(outbox);
-        self.after_send = Next::Linger;
-        self.partial_since = NEVER;
         self.carry.clear();
         Reaction::Flush
     }
@@ -383,6 +393,23 @@ impl Conn {
         if let Some(outbox) = self.outbox {
             pool.give(outbox);
         }
+    }
+}
+
+/// Runs the session over `input`, telling the access log if there is one.
+fn run_session(
+    session: &mut Session,
+    input: &[u8],
+    cx: &ServeContext<'_>,
+    peer: Option<IpAddr>,
+    output: &mut Output,
+) -> Progress {
+    match (cx.log, peer) {
+        (Some(log), Some(peer)) => {
+            let mut observer = ConnectionLog { log, peer };
+            session.on_input_observed(input, cx.snapshot, cx.limits, output, &mut observer)
+        }
+        _ => session.on_input(input, cx.snapshot, cx.limits, output),
     }
 }
 

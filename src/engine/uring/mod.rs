@@ -78,23 +78,26 @@ mod deadlines;
 mod op;
 mod slots;
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::{IpAddr, TcpListener};
+use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use self::buffers::{BUFFER_GROUP, BufRing};
-use self::conn::{Conn, DeadlineKind, Input, OutboxPool, Phase, Reaction, RecvState, ServeContext};
+use self::conn::{Conn, Input, OutboxPool, Phase, Reaction, RecvState, ServeContext};
 use self::deadlines::{Deadlines, Due, Millis, NEVER};
 use self::op::{Op, OpKind};
 use self::slots::{SlotKey, Slots};
-use crate::engine::{ACCEPT_BACKOFF_MS, READ_BUFFER_BYTES, Ready, Worker, accept_error_is_transient};
+use crate::access_log::{FLUSH_INTERVAL, WorkerLog};
+use crate::engine::{AcceptBackoff, READ_BUFFER_BYTES, Ready, Shutdown, Worker, set_reset_on_close};
 use crate::files::Snapshot;
-use crate::http::Limits;
+use crate::http::{Expiry, Limits, Timeouts};
 
 /// Submission queue entries per worker; the completion queue is
 /// [`COMPLETIONS_PER_SUBMISSION`] times larger, since every armed multishot
@@ -161,15 +164,12 @@ enum RecvMode {
 }
 
 pub fn run_worker(worker: Worker, ready: Ready) {
-    let mut driver = match Driver::new(&worker) {
+    let mut driver = match Driver::new(worker) {
         Ok(driver) => driver,
         Err(e) => return ready.report(Err(e)),
     };
     ready.report(Ok(()));
     driver.run();
-    // `worker` (and its listener) outlives the driver: the accept was
-    // cancelled and completed before `run` returned.
-    drop(driver);
 }
 
 /// The submission side of the ring, and the count of operations whose final
@@ -232,12 +232,38 @@ fn retry_enter(error: &io::Error) -> bool {
     )
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Timeouts {
-    head: Millis,
-    idle: Millis,
-    send: Millis,
+/// Builds the [`ServeContext`] from the driver's fields (a macro, not a
+/// method, so it borrows only those fields and not the whole driver).
+macro_rules! serve_context {
+    ($driver:ident) => {
+        ServeContext {
+            snapshot: &$driver.snapshot,
+            limits: &$driver.limits,
+            timeouts: &$driver.timeouts,
+            log: $driver.access_log.as_ref(),
+            batch: $driver.batch,
+            own_buffers: $driver.mode == RecvMode::SingleOwned,
+            epoch: $driver.epoch,
+            now: $driver.now,
+        }
+    };
 }
+
+/// The listener's accept: multishot while there is room under the connection
+/// cap, single-shot when close to it, so the cap stays exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AcceptState {
+    Idle,
+    Armed {
+        multishot: bool,
+    },
+    /// Cancelled (cap near, back-off, stop); its final completion is due.
+    Cancelling,
+}
+
+/// Below this much room under the cap, accepts are single-shot: a multishot
+/// accept could take several connections in one iteration.
+const SINGLE_SHOT_ACCEPT_ROOM: usize = 64;
 
 /// One worker's loop and everything it owns.
 ///
@@ -254,19 +280,31 @@ struct Driver {
     flush: Vec<SlotKey>,
     /// Connections whose receive ended with `ENOBUFS`, oldest first.
     starved: VecDeque<SlotKey>,
+    /// Accepted over the cap (a multishot accept raced the cap): served, in
+    /// order, as soon as there is room.
+    waiting: VecDeque<RawFd>,
     completions: Vec<(u64, i32, u32)>,
     mode: RecvMode,
     batch: bool,
     snapshot: Arc<Snapshot>,
     limits: Limits,
     timeouts: Timeouts,
-    grace_ms: Millis,
+    grace: Duration,
+    max_connections: usize,
+    access_log: Option<RefCell<WorkerLog>>,
+    /// When to hand the access log's buffer over next.
+    next_log_flush: Millis,
     worker_index: usize,
-    listener_fd: RawFd,
-    stop_fd: RawFd,
-    clock: Instant,
+    /// Closed once the stop signal came and the accept has ended.
+    listener: Option<TcpListener>,
+    /// Holds the eventfd the stop poll watches.
+    shutdown: Shutdown,
+    /// The worker's clock: `now` is milliseconds since `epoch`, read once per
+    /// iteration.
+    epoch: Instant,
     now: Millis,
-    accept_armed: bool,
+    accept: AcceptState,
+    backoff: AcceptBackoff,
     /// After a failed accept: when to accept again (`NEVER`: not paused).
     accept_resume_at: Millis,
     /// After the stop signal: when the grace period ends.
@@ -279,14 +317,14 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(worker: &Worker) -> io::Result<Driver> {
+    fn new(mut worker: Worker) -> io::Result<Driver> {
         let options = worker.uring;
         let mode = match (options.buffer_ring, options.multishot_recv) {
             (false, _) => RecvMode::SingleOwned,
             (true, false) => RecvMode::SingleProvided,
             (true, true) => RecvMode::Multishot,
         };
-        let entries = options.ring_entries.max(8).next_power_of_two();
+        let entries = options.ring_entries.clamp(8, 32768).next_power_of_two();
         let mut builder = IoUring::builder();
         builder
             .setup_single_issuer()
@@ -310,7 +348,6 @@ impl Driver {
                 Some(buffers)
             }
         };
-        let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let mut driver = Driver {
             ring: Ring { ring, in_flight: 0 },
             buffers,
@@ -319,35 +356,39 @@ impl Driver {
             deadlines: Deadlines::default(),
             flush: Vec::new(),
             starved: VecDeque::new(),
+            waiting: VecDeque::new(),
             completions: Vec::with_capacity((entries * COMPLETIONS_PER_SUBMISSION) as usize),
             mode,
             batch: options.batch_sends,
             snapshot: Arc::clone(&worker.snapshot),
             limits: worker.limits,
-            timeouts: Timeouts {
-                head: millis(worker.timeouts.head),
-                idle: millis(worker.timeouts.idle),
-                send: millis(worker.timeouts.send),
-            },
-            grace_ms: millis(worker.shutdown_grace),
+            timeouts: worker.timeouts,
+            grace: worker.shutdown_grace,
+            max_connections: worker.max_connections.max(1),
+            access_log: worker.access_log.take().map(RefCell::new),
+            next_log_flush: millis(FLUSH_INTERVAL),
             worker_index: worker.index,
-            listener_fd: worker.listener.as_raw_fd(),
-            stop_fd: worker.shutdown.eventfd().as_raw_fd(),
-            clock: Instant::now(),
+            listener: Some(worker.listener),
+            shutdown: worker.shutdown,
+            epoch: Instant::now(),
             now: 0,
-            accept_armed: false,
+            accept: AcceptState::Idle,
+            backoff: AcceptBackoff::default(),
             accept_resume_at: NEVER,
             stop_deadline: None,
             timer_at: NEVER,
             timer_cancelled: false,
             timer_spec: types::Timespec::new(),
         };
-        driver.arm_accept();
-        let poll = opcode::PollAdd::new(types::Fd(driver.stop_fd), libc::POLLIN as u32)
-            .build()
-            .user_data(Op::worker(OpKind::StopSignal).encode());
+        driver.maintain_accept();
+        let poll = opcode::PollAdd::new(
+            types::Fd(driver.shutdown.eventfd().as_raw_fd()),
+            libc::POLLIN as u32,
+        )
+        .build()
+        .user_data(Op::worker(OpKind::StopSignal).encode());
         // SAFETY: a poll references no memory of ours; the eventfd belongs
-        // to the worker's `Shutdown`, which outlives the driver.
+        // to the driver's `Shutdown`, which lives as long as the ring.
         unsafe { driver.ring.push(&poll) };
         // Submit now, so a kernel that refuses these operations is reported
         // through `Ready` rather than failing later.
@@ -359,27 +400,28 @@ impl Driver {
         loop {
             self.prepare();
             if self.finished() {
-                return;
+                break;
             }
             if let Err(e) = self.ring.enter(self.starved.is_empty()) {
                 eprintln!(
                     "ringserve: worker {}: io_uring_enter failed: {e}; worker stops",
                     self.worker_index
                 );
-                return;
+                break;
             }
-            self.now = self.clock_now();
+            self.now = millis(self.epoch.elapsed());
             self.handle_completions();
             self.expire_deadlines();
         }
-    }
-
-    fn clock_now(&self) -> Millis {
-        u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(NEVER - 1)
+        if let Some(log) = &self.access_log {
+            log.borrow_mut().flush();
+        }
     }
 
     /// Work done once per iteration, just before entering the kernel.
     fn prepare(&mut self) {
+        self.serve_waiting();
+        self.maintain_accept();
         self.flush_sends();
         self.rearm_starved();
         if let Some(buffers) = &mut self.buffers {
@@ -387,7 +429,7 @@ impl Driver {
             debug_assert_eq!(buffers.lent_count(), 0);
             buffers.publish();
         }
-        if self.stop_deadline.is_some() && self.conns.is_empty() && !self.accept_armed {
+        if self.stop_deadline.is_some() && self.conns.is_empty() && self.accept == AcceptState::Idle {
             self.cancel_timer();
         } else {
             self.arm_timer();
@@ -428,46 +470,95 @@ impl Driver {
 
     // ---- accept ----
 
-    fn arm_accept(&mut self) {
-        let accept = opcode::AcceptMulti::new(types::Fd(self.listener_fd))
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(Op::worker(OpKind::Accept).encode());
-        // SAFETY: multishot accept without an address references no memory
-        // of ours; the listener outlives the driver.
-        unsafe { self.ring.push(&accept) };
-        self.accept_armed = true;
+    /// Connections open or accepted and waiting for room.
+    fn open_connections(&self) -> usize {
+        self.conns.len() + self.waiting.len()
+    }
+
+    /// Arms, switches or cancels the accept for the room under the cap;
+    /// after the stop signal, closes the listener once the accept has ended
+    /// (new clients are refused while responses in flight finish).
+    fn maintain_accept(&mut self) {
+        if self.stop_deadline.is_some() && self.accept == AcceptState::Idle {
+            if let Some(listener) = self.listener.take() {
+                self.submit_close(listener.into_raw_fd(), Op::worker(OpKind::Close));
+            }
+        }
+        let Some(listener_fd) = self.listener.as_ref().map(AsRawFd::as_raw_fd) else {
+            return;
+        };
+        let paused = self.stop_deadline.is_some() || self.accept_resume_at != NEVER;
+        let room = self.max_connections.saturating_sub(self.open_connections());
+        let multishot = room > SINGLE_SHOT_ACCEPT_ROOM;
+        match self.accept {
+            AcceptState::Idle if !paused && room > 0 => {
+                let accept = if multishot {
+                    opcode::AcceptMulti::new(types::Fd(listener_fd))
+                        .flags(libc::SOCK_CLOEXEC)
+                        .build()
+                } else {
+                    opcode::Accept::new(types::Fd(listener_fd), std::ptr::null_mut(), std::ptr::null_mut())
+                        .flags(libc::SOCK_CLOEXEC)
+                        .build()
+                };
+                // SAFETY: an accept without an address references no memory
+                // of ours; the listener is closed only after the accept's
+                // final completion.
+                unsafe {
+                    self.ring
+                        .push(&accept.user_data(Op::worker(OpKind::Accept).encode()))
+                };
+                self.accept = AcceptState::Armed { multishot };
+            }
+            AcceptState::Armed {
+                multishot: armed_multishot,
+            } if paused || (armed_multishot && !multishot) => {
+                self.submit_cancel(Op::worker(OpKind::Accept));
+                self.accept = AcceptState::Cancelling;
+            }
+            _ => {}
+        }
     }
 
     fn on_accept(&mut self, result: i32, flags: u32) {
         if !cqueue::more(flags) {
-            self.accept_armed = false;
+            self.accept = AcceptState::Idle;
         }
         if result >= 0 {
             let fd = result;
+            self.backoff.on_success(self.worker_index);
             if self.stop_deadline.is_some() {
                 self.submit_close(fd, Op::worker(OpKind::Close));
+            } else if self.conns.len() >= self.max_connections {
+                self.waiting.push_back(fd);
             } else {
-                let key = self
-                    .conns
-                    .insert(Conn::new(fd, self.now, self.mode == RecvMode::SingleOwned));
-                self.settle(key);
+                self.start_connection(fd);
             }
         } else if result != -libc::ECANCELED {
             let error = io::Error::from_raw_os_error(-result);
-            if !accept_error_is_transient(&error) {
-                eprintln!(
-                    "ringserve: worker {}: accept failed: {error}; backing off",
-                    self.worker_index
-                );
-                self.accept_resume_at = self.now + ACCEPT_BACKOFF_MS;
-                if self.accept_armed {
-                    self.submit_cancel(Op::worker(OpKind::Accept));
-                }
+            if let Some(pause) = self.backoff.on_error(self.worker_index, &error) {
+                self.accept_resume_at = self.now + millis(pause);
             }
         }
-        if !self.accept_armed && self.stop_deadline.is_none() && self.accept_resume_at == NEVER {
-            self.arm_accept();
+        self.maintain_accept();
+    }
+
+    fn start_connection(&mut self, fd: RawFd) {
+        // The peer's address is only needed for the access log (a multishot
+        // accept does not report it: one getpeername per connection then).
+        let peer = self.access_log.as_ref().and_then(|_| peer_ip(fd));
+        let conn = Conn::new(fd, peer, &serve_context!(self));
+        let key = self.conns.insert(conn);
+        self.settle(key);
+    }
+
+    /// Serves connections accepted over the cap, as room appears.
+    fn serve_waiting(&mut self) {
+        while self.conns.len() < self.max_connections {
+            let Some(fd) = self.waiting.pop_front() else {
+                return;
+            };
+            self.start_connection(fd);
         }
     }
 
@@ -475,6 +566,7 @@ impl Driver {
 
     fn on_recv(&mut self, key: SlotKey, result: i32, flags: u32) {
         let bid = cqueue::buffer_select(flags);
+        let cx = serve_context!(self);
         let Some(conn) = self.conns.get_mut(key) else {
             // Cannot happen (a slot is freed only after its receive's final
             // completion), but a buffer must never leak out of the ring.
@@ -487,20 +579,13 @@ impl Driver {
         if !cqueue::more(flags) {
             conn.recv = RecvState::Idle;
         }
-        let cx = ServeContext {
-            snapshot: &self.snapshot,
-            limits: &self.limits,
-            batch: self.batch,
-            own_buffers: self.mode == RecvMode::SingleOwned,
-            now: self.now,
-        };
         let reaction = if result > 0 {
             let len = result as usize;
             match (bid, &mut self.buffers) {
                 (Some(bid), Some(buffers)) => {
                     buffers.lend(bid);
-                    let reaction =
-                        conn.on_received(Input::Fresh(buffers.lent_bytes(bid, len)), &cx, &mut self.pool);
+                    let input = Input::Fresh(buffers.lent_bytes(bid, len));
+                    let reaction = conn.on_received(input, &cx, &mut self.pool);
                     buffers.recycle(bid);
                     reaction
                 }
@@ -635,23 +720,17 @@ impl Driver {
     }
 
     fn on_send(&mut self, key: SlotKey, result: i32) {
+        let cx = serve_context!(self);
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
         if conn.phase == Phase::Closing {
             conn.send_in_flight = false;
         } else if result <= 0 {
-            // EPIPE, ECONNRESET, ECANCELED (send timeout), or no progress.
+            // EPIPE, ECONNRESET, or no progress.
             conn.send_in_flight = false;
             conn.close_requested = true;
         } else {
-            let cx = ServeContext {
-                snapshot: &self.snapshot,
-                limits: &self.limits,
-                batch: self.batch,
-                own_buffers: self.mode == RecvMode::SingleOwned,
-                now: self.now,
-            };
             let reaction = conn.on_sent(result as usize, &cx, &mut self.pool);
             self.react(key, reaction);
         }
@@ -709,6 +788,7 @@ impl Driver {
                 self.submit_cancel(Op::conn(OpKind::Send, key));
             }
         }
+        let cx = serve_context!(self);
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -725,19 +805,16 @@ impl Driver {
             }
             return;
         }
-        if conn.wants_recv(self.mode == RecvMode::Multishot) {
-            self.arm_recv(key);
-        }
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
+        let (at, expiry) = conn.deadline(&cx);
+        conn.expiry = expiry;
+        self.deadlines.set(&mut conn.timer, key, at);
         if conn.outbox.is_some() && !conn.send_in_flight && !conn.queued_for_flush {
             conn.queued_for_flush = true;
             self.flush.push(key);
         }
-        let (at, kind) = conn.deadline(self.timeouts.head, self.timeouts.idle, self.timeouts.send);
-        conn.deadline_kind = kind;
-        self.deadlines.set(&mut conn.timer, key, at);
+        if conn.wants_recv(self.mode == RecvMode::Multishot) {
+            self.arm_recv(key);
+        }
     }
 
     fn submit_cancel(&mut self, target: Op) {
@@ -755,36 +832,53 @@ impl Driver {
         unsafe { self.ring.push(&close) };
     }
 
+    /// Ends a connection now: with a reset if `reset` (a peer that stopped
+    /// reading: its unsent data is useless), after cancelling what is in
+    /// flight.
+    fn abort(&mut self, key: SlotKey, reset: bool) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if reset {
+                set_reset_on_close(conn.fd);
+            }
+            conn.close_requested = true;
+        }
+        self.settle(key);
+    }
+
     // ---- time ----
 
     fn expire_deadlines(&mut self) {
         while let Some((key, at)) = self.deadlines.pop_due(self.now) {
+            let cx = serve_context!(self);
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
             if self.deadlines.on_popped(&mut conn.timer, key, at, self.now) != Due::Expired {
                 continue;
             }
-            let reaction = match conn.deadline_kind {
-                DeadlineKind::Head => conn.on_head_timeout(&mut self.pool),
-                DeadlineKind::Idle | DeadlineKind::Send | DeadlineKind::Linger => Reaction::Close,
-            };
-            self.react(key, reaction);
-            self.settle(key);
+            match conn.expiry {
+                Expiry::Close => self.abort(key, false),
+                Expiry::Abort => self.abort(key, true),
+                Expiry::RequestTimeout => {
+                    let reaction = conn.on_head_timeout(&cx, &mut self.pool);
+                    self.react(key, reaction);
+                    self.settle(key);
+                }
+            }
         }
         if self.accept_resume_at <= self.now {
             self.accept_resume_at = NEVER;
-            if !self.accept_armed && self.stop_deadline.is_none() {
-                self.arm_accept();
-            }
         }
         if self.stop_deadline.is_some_and(|at| at <= self.now) {
-            // Grace is over: close whatever is left.
+            // Grace is over: reset whatever is left.
             for key in self.conns.keys() {
-                if let Some(conn) = self.conns.get_mut(key) {
-                    conn.close_requested = true;
-                }
-                self.settle(key);
+                self.abort(key, true);
+            }
+        }
+        if self.now >= self.next_log_flush {
+            self.next_log_flush = self.now + millis(FLUSH_INTERVAL);
+            if let Some(log) = &self.access_log {
+                log.borrow_mut().flush_if_due();
             }
         }
     }
@@ -799,6 +893,9 @@ impl Driver {
             .min(self.accept_resume_at);
         if let Some(at) = self.stop_deadline {
             next = next.min(at);
+        }
+        if self.access_log.is_some() {
+            next = next.min(self.next_log_flush);
         }
         if next == NEVER || next >= self.timer_at {
             return;
@@ -835,22 +932,37 @@ impl Driver {
     // ---- stop ----
 
     fn on_stop_signal(&mut self) {
-        self.stop_deadline = Some(self.now.saturating_add(self.grace_ms));
-        self.accept_resume_at = NEVER;
-        if self.accept_armed {
-            self.submit_cancel(Op::worker(OpKind::Accept));
+        self.stop_deadline = Some(self.now.saturating_add(millis(self.grace)));
+        self.maintain_accept();
+        while let Some(fd) = self.waiting.pop_front() {
+            self.submit_close(fd, Op::worker(OpKind::Close));
         }
         for key in self.conns.keys() {
             let Some(conn) = self.conns.get(key) else {
                 continue;
             };
             if conn.phase != Phase::Closing {
+                // A connection waiting for a request sees end-of-file and
+                // closes; one mid-response finishes it first.
                 // SAFETY: shutdown(2) reads no memory of ours; the descriptor
                 // is open (its Close has not been submitted).
                 unsafe { libc::shutdown(conn.fd, libc::SHUT_RD) };
             }
         }
     }
+}
+
+fn millis(duration: Duration) -> Millis {
+    u64::try_from(duration.as_millis()).unwrap_or(NEVER - 1)
+}
+
+/// The peer's address of an accepted socket.
+fn peer_ip(fd: RawFd) -> Option<IpAddr> {
+    // SAFETY: `fd` is an open socket this worker just accepted; the borrow
+    // ends before this function returns.
+    let socket = unsafe { BorrowedFd::borrow_raw(fd) };
+    let address = socket2::SockRef::from(&socket).peer_addr().ok()?;
+    address.as_socket().map(|a| a.ip())
 }
 
 impl Drop for Driver {
@@ -870,6 +982,10 @@ impl Drop for Driver {
             // Only reachable if the loop was left early; close what is open.
             // SAFETY: the descriptor belongs to this connection alone.
             unsafe { libc::close(conn.fd) };
+        }
+        for fd in self.waiting.drain(..) {
+            // SAFETY: as above: accepted, never handed to anything else.
+            unsafe { libc::close(fd) };
         }
     }
 }

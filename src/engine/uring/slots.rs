@@ -47,8 +47,7 @@ impl<T> Default for Slots<T> {
 }
 
 impl<T> Slots<T> {
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.len
     }
 
