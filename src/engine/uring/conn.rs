@@ -65,8 +65,8 @@ pub enum Phase {
     Open,
     /// Refused request answered and sending side shut down: input is read
     /// and discarded until the peer closes, [`LINGER_MAX_BYTES`] or the
-    /// linger deadline.
-    Lingering { discarded: usize, until: Millis },
+    /// linger deadline (counted from the last send's completion).
+    Lingering { discarded: u32 },
     /// Waiting for in-flight operations to end before the descriptor is
     /// closed (closing while a receive is armed would not send FIN).
     Closing,
@@ -149,14 +149,16 @@ pub struct Conn {
     pub expiry: Expiry,
     /// When the current request started arriving (the core's rules).
     clock: DeadlineClock,
-    /// When the current send was submitted or last made progress.
+    /// When the current send was submitted or last made progress (or, when
+    /// lingering, when the last send completed).
     send_progress: Millis,
-    /// The peer's address, known only when the access log is on.
-    peer: Option<IpAddr>,
+    /// The peer's address, known only when the access log is on (boxed:
+    /// every connection pays for the pointer, only logging ones for more).
+    peer: Option<Box<IpAddr>>,
 }
 
 impl Conn {
-    pub fn new(fd: RawFd, peer: Option<IpAddr>, cx: &ServeContext<'_>) -> Conn {
+    pub fn new(fd: RawFd, peer: Option<Box<IpAddr>>, cx: &ServeContext<'_>) -> Conn {
         Conn {
             fd,
             phase: Phase::Open,
@@ -209,7 +211,10 @@ impl Conn {
     pub fn deadline(&mut self, cx: &ServeContext<'_>) -> (Millis, Expiry) {
         match self.phase {
             Phase::Closing => (NEVER, Expiry::Close),
-            Phase::Lingering { until, .. } => (until, Expiry::Close),
+            Phase::Lingering { .. } => (
+                cx.millis(cx.instant(self.send_progress) + cx.timeouts.linger),
+                Expiry::Close,
+            ),
             Phase::Open if self.outbox.is_some() || self.send_in_flight => {
                 let deadline = DeadlineClock::for_write(cx.instant(self.send_progress), cx.timeouts);
                 (cx.millis(deadline.at), deadline.expiry)
@@ -243,12 +248,13 @@ impl Conn {
         match &mut self.phase {
             Phase::Closing => return Reaction::Nothing,
             Phase::Lingering { discarded, .. } => {
-                *discarded += match input {
+                let len = match input {
                     Input::Fresh(data) => data.len(),
                     Input::InCarry(len) => len,
                 };
+                *discarded = discarded.saturating_add(u32::try_from(len).unwrap_or(u32::MAX));
                 self.carry.clear();
-                return if *discarded >= LINGER_MAX_BYTES {
+                return if *discarded as usize >= LINGER_MAX_BYTES {
                     Reaction::Close
                 } else {
                     Reaction::Nothing
@@ -287,10 +293,11 @@ impl Conn {
     /// out of `fresh` when nothing is carried.
     fn answer(&mut self, fresh: Option<&[u8]>, cx: &ServeContext<'_>, pool: &mut OutboxPool) -> Reaction {
         let mut outbox = self.outbox.take().unwrap_or_else(|| pool.take());
+        let peer = self.peer();
         let progress = match fresh {
             Some(all) if self.carry.is_empty() => {
                 let data = &all[..request_limit(all, cx.batch)];
-                let progress = run_session(&mut self.session, data, cx, self.peer, &mut outbox.output);
+                let progress = run_session(&mut self.session, data, cx, peer, &mut outbox.output);
                 // Only the start of a head spanning buffers (or input left
                 // after back-pressure) is copied out of the kernel buffer.
                 self.carry.extend_from_slice(&data[progress.consumed..]);
@@ -306,7 +313,7 @@ impl Conn {
                     &mut self.session,
                     &self.carry[..limit],
                     cx,
-                    self.peer,
+                    peer,
                     &mut outbox.output,
                 );
                 self.carry.drain(..progress.consumed);
@@ -349,8 +356,7 @@ impl Conn {
             Next::Close => Reaction::Close,
             Next::Linger => {
                 self.phase = Phase::Lingering {
-                    discarded: self.carry.len(),
-                    until: cx.millis(cx.instant(cx.now) + cx.timeouts.linger),
+                    discarded: u32::try_from(self.carry.len()).unwrap_or(u32::MAX),
                 };
                 self.carry = Vec::new();
                 Reaction::StartLinger
@@ -373,7 +379,7 @@ impl Conn {
             return Reaction::Close;
         }
         let mut outbox = pool.take();
-        self.after_send = match (cx.log, self.peer) {
+        self.after_send = match (cx.log, self.peer()) {
             (Some(log), Some(peer)) => {
                 let mut observer = ConnectionLog { log, peer };
                 self.session
@@ -386,6 +392,10 @@ impl Conn {
         self.outbox = Some(outbox);
         self.carry.clear();
         Reaction::Flush
+    }
+
+    fn peer(&self) -> Option<IpAddr> {
+        self.peer.as_deref().copied()
     }
 
     /// Hands back what the connection holds (on close).
@@ -519,5 +529,19 @@ impl OutboxPool {
         outbox.sent = 0;
         outbox.iovecs.clear();
         self.free.push(outbox);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle connection costs its slot in the table plus a few small
+    /// allocations (the session's path scratch, a deadline entry); the
+    /// engine's budget is 256 bytes in all, so the slot must stay small.
+    #[test]
+    fn a_connection_slot_stays_small() {
+        let size = std::mem::size_of::<Conn>();
+        assert!(size <= 168, "Conn grew to {size} bytes");
     }
 }

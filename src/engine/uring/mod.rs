@@ -546,7 +546,7 @@ impl Driver {
     fn start_connection(&mut self, fd: RawFd) {
         // The peer's address is only needed for the access log (a multishot
         // accept does not report it: one getpeername per connection then).
-        let peer = self.access_log.as_ref().and_then(|_| peer_ip(fd));
+        let peer = self.access_log.as_ref().and_then(|_| peer_ip(fd)).map(Box::new);
         let conn = Conn::new(fd, peer, &serve_context!(self));
         let key = self.conns.insert(conn);
         self.settle(key);
