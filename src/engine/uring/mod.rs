@@ -336,7 +336,16 @@ impl Driver {
         } else {
             builder.setup_taskrun_flag();
         }
-        let ring = builder.build(entries)?;
+        // ENOSYS and EPERM pass through unchanged: the server reports them
+        // as "io_uring is not available"; EINVAL means a kernel too old for
+        // the flags.
+        let ring = builder.build(entries).map_err(|e| match e.raw_os_error() {
+            Some(libc::EINVAL) => io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("io_uring setup with SINGLE_ISSUER and DEFER_TASKRUN failed ({e}); the uring engine needs Linux 6.1 or later"),
+            ),
+            _ => e,
+        })?;
         let buffers = match mode {
             RecvMode::SingleOwned => None,
             RecvMode::Multishot | RecvMode::SingleProvided => {
@@ -344,7 +353,14 @@ impl Driver {
                 // SAFETY: the buffer ring is stored in the driver next to the
                 // io_uring, which is dropped first (field order), and the
                 // driver returns only when no operation is in flight.
-                unsafe { buffers.register(&ring.submitter())? };
+                unsafe { buffers.register(&ring.submitter()) }.map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "registering the provided-buffer ring failed ({e}); it needs Linux 5.19 or later"
+                        ),
+                    )
+                })?;
                 Some(buffers)
             }
         };
