@@ -377,6 +377,45 @@ fn an_empty_buffer_ring_loses_no_request() {
     }
 }
 
+/// A client that pipelines far more than it reads: the server answers up to
+/// its output high-water mark, keeps at most a bounded amount of input, stops
+/// receiving, and resumes as the client reads. Every response arrives, in order.
+#[test]
+fn pipelining_faster_than_reading_pauses_and_resumes_receiving() {
+    let (server, site) = start(&config(UringOptions::default()));
+    let paused_before = ringserve::engine::uring::paused_reads();
+    let mut stream = connect(server.local_addr());
+    let padding = "p".repeat(200);
+    let requests = 400;
+    let mut burst = Vec::new();
+    for i in 0..requests {
+        let file = if i % 2 == 0 { "mid.bin" } else { "k1.txt" };
+        burst.extend(format!("GET /{file} HTTP/1.1\r\nHost: t\r\nX-Pad: {padding}\r\n\r\n").into_bytes());
+    }
+    assert!(burst.len() > 64 * 1024);
+    let writer = {
+        let mut stream = stream.try_clone().unwrap();
+        std::thread::spawn(move || stream.write_all(&burst).unwrap())
+    };
+    // Let the input pile up before reading anything.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut pending = Vec::new();
+    for i in 0..requests {
+        let file = if i % 2 == 0 { "mid.bin" } else { "k1.txt" };
+        expect_file(
+            &read_response(&mut stream, &mut pending, false).unwrap(),
+            &site,
+            file,
+        );
+    }
+    writer.join().unwrap();
+    assert!(
+        ringserve::engine::uring::paused_reads() > paused_before,
+        "the test did not reach the paused-reads path"
+    );
+    server.stop();
+}
+
 #[test]
 fn aborted_connections_free_everything() {
     let (server, site) = start(&config(UringOptions::default()));

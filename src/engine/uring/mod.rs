@@ -99,13 +99,25 @@ use crate::engine::{AcceptBackoff, READ_BUFFER_BYTES, Ready, Shutdown, Worker, s
 use crate::files::Snapshot;
 use crate::http::{Expiry, Limits, Timeouts};
 
-/// Submission queue entries per worker; the completion queue is
-/// [`COMPLETIONS_PER_SUBMISSION`] times larger, since every armed multishot
-/// receive can complete in the same iteration. When the submission queue
-/// fills mid-iteration the loop submits early (rare: one iteration queues
-/// about one entry per connection that did something).
+/// Submission queue entries per worker. When the queue fills mid-iteration
+/// the loop submits early (rare: one iteration queues about one entry per
+/// connection that did something).
 pub const DEFAULT_RING_ENTRIES: u32 = 4096;
-const COMPLETIONS_PER_SUBMISSION: u32 = 4;
+/// The completion queue is sized for the connection cap: every connection
+/// can complete a receive and a send in the same iteration. At least four
+/// times the submission queue, at most the kernel's limit; beyond it the
+/// kernel keeps overflowing completions and the next enter delivers them.
+const COMPLETIONS_PER_CONNECTION: usize = 2;
+const MIN_COMPLETIONS_PER_SUBMISSION: u32 = 4;
+const MAX_COMPLETION_ENTRIES: u32 = 65536;
+
+fn completion_entries(submission_entries: u32, max_connections: usize) -> u32 {
+    let wanted = max_connections.saturating_mul(COMPLETIONS_PER_CONNECTION);
+    let wanted = u32::try_from(wanted).unwrap_or(u32::MAX).next_power_of_two();
+    wanted
+        .max(submission_entries * MIN_COMPLETIONS_PER_SUBMISSION)
+        .min(MAX_COMPLETION_ENTRIES)
+}
 /// Provided buffers per worker (of [`READ_BUFFER_BYTES`] each: 4 MiB). They
 /// are only held between a completion and the end of its handling, so this
 /// bounds how many connections can receive in one iteration, not how many
@@ -150,6 +162,16 @@ static STARVED_RECEIVES: AtomicU64 = AtomicU64::new(0);
 #[doc(hidden)]
 pub fn starved_receives() -> u64 {
     STARVED_RECEIVES.load(Ordering::Relaxed)
+}
+
+/// Times a connection stopped receiving because too much unanswered input
+/// piled up (a client pipelining faster than it reads); rare, counted for
+/// the same reason.
+static PAUSED_READS: AtomicU64 = AtomicU64::new(0);
+
+#[doc(hidden)]
+pub fn paused_reads() -> u64 {
+    PAUSED_READS.load(Ordering::Relaxed)
 }
 
 /// How connections receive, from the options.
@@ -330,7 +352,7 @@ impl Driver {
             .setup_single_issuer()
             .setup_coop_taskrun()
             .setup_submit_all()
-            .setup_cqsize(entries * COMPLETIONS_PER_SUBMISSION);
+            .setup_cqsize(completion_entries(entries, worker.max_connections));
         if options.defer_taskrun {
             builder.setup_defer_taskrun();
         } else {
@@ -373,7 +395,7 @@ impl Driver {
             flush: Vec::new(),
             starved: VecDeque::new(),
             waiting: VecDeque::new(),
-            completions: Vec::with_capacity((entries * COMPLETIONS_PER_SUBMISSION) as usize),
+            completions: Vec::with_capacity(1024),
             mode,
             batch: options.batch_sends,
             snapshot: Arc::clone(&worker.snapshot),
@@ -762,6 +784,7 @@ impl Driver {
         match reaction {
             Reaction::Nothing | Reaction::Flush => {}
             Reaction::PauseReads => {
+                PAUSED_READS.fetch_add(1, Ordering::Relaxed);
                 conn.reads_paused = true;
                 if conn.recv == RecvState::Armed {
                     conn.recv = RecvState::Cancelling;
@@ -1003,5 +1026,26 @@ impl Drop for Driver {
             // SAFETY: as above: accepted, never handed to anything else.
             unsafe { libc::close(fd) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_completion_queue_is_sized_for_the_connection_cap() {
+        assert_eq!(completion_entries(4096, 16_384), 32_768);
+        assert_eq!(
+            completion_entries(4096, 10),
+            16_384,
+            "at least four per submission entry"
+        );
+        assert_eq!(
+            completion_entries(4096, 1_000_000),
+            65_536,
+            "at most the kernel's limit"
+        );
+        assert_eq!(completion_entries(8, 3_000), 8_192);
     }
 }
