@@ -4,7 +4,9 @@
 //! response checked byte for byte; afterwards the process has as many
 //! descriptors as before and its memory has not grown with the work done.
 //!
-//! Runs for a few seconds by default; `RINGSERVE_STRESS_SECS=60` runs longer.
+//! Runs for a few seconds by default; `RINGSERVE_STRESS_SECS=60` runs longer,
+//! and `RINGSERVE_STRESS_ARGS="--uring-no-multishot-recv"` (for example)
+//! passes extra flags to the server, to stress an engine variant.
 //! The server runs as a child process (the `ringserve` binary), so its
 //! descriptors and memory are measured apart from the clients'.
 
@@ -64,6 +66,7 @@ struct ServerProcess {
 
 impl ServerProcess {
     fn start(root: &Path) -> ServerProcess {
+        let extra = std::env::var("RINGSERVE_STRESS_ARGS").unwrap_or_default();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringserve"))
             .args([
                 "--engine",
@@ -76,6 +79,7 @@ impl ServerProcess {
                 "--root",
             ])
             .arg(root)
+            .args(extra.split_whitespace())
             .stdout(Stdio::piped())
             .spawn()
             .expect("ringserve starts");
@@ -423,8 +427,9 @@ fn a_thousand_connections_of_random_traffic() {
     let rss_second = server.rss_bytes();
 
     eprintln!(
-        "{secs} s, {CONNECTIONS} connections: {} responses checked ({} split), {} closes, {} aborts; \
+        "{secs} s, {CONNECTIONS} connections, server flags {:?}: {} responses checked ({} split), {} closes, {} aborts; \
          server descriptors {baseline} → {after_first} → {after_second}; server RSS {} → {} → {} KiB",
+        std::env::var("RINGSERVE_STRESS_ARGS").unwrap_or_default(),
         tally.responses.load(Ordering::Relaxed),
         tally.splits.load(Ordering::Relaxed),
         tally.closes.load(Ordering::Relaxed),

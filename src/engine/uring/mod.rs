@@ -13,7 +13,9 @@
 //!    completion), then handles every completion that is ready.
 //! 2. **Multishot accept** on the worker's `SO_REUSEPORT` listener (armed
 //!    again whenever the kernel ends it; on EMFILE/ENFILE the loop backs off
-//!    for [`ACCEPT_BACKOFF_MS`] instead of spinning). `TCP_NODELAY` is set on
+//!    for [`ACCEPT_BACKOFF_MS`](crate::engine::ACCEPT_BACKOFF_MS) instead of
+//!    spinning). Within 64 connections of the connection cap it switches to
+//!    single-shot accepts, so the cap stays exact. `TCP_NODELAY` is set on
 //!    the listener, and accepted sockets inherit it: no per-connection
 //!    `setsockopt`.
 //! 3. **Multishot receive with a provided-buffer ring** ([`buffers`]): an
@@ -30,10 +32,11 @@
 //!    the staged heads and at the snapshot's refcounted bodies). A short send
 //!    continues where it stopped; a connection never has two sends in flight,
 //!    so responses stay in order.
-//! 5. **Timeouts without syscalls of their own**: per-connection deadlines
-//!    (head → 408, keep-alive idle, send without progress, linger) live in a
-//!    lazy queue ([`deadlines`]) checked once per iteration; one io_uring
-//!    timeout, armed for the earliest, wakes the loop.
+//! 5. **Timeouts without syscalls of their own**: which deadline applies
+//!    (request head → 408, keep-alive idle, send without progress → reset,
+//!    linger) is the core's rule ([`crate::http::deadline`]); the deadlines
+//!    live in a lazy queue ([`deadlines`]) checked once per iteration, and
+//!    one io_uring timeout, armed for the earliest, wakes the loop.
 //! 6. **Async close**: an armed multishot receive holds a reference to the
 //!    socket, so closing would not send FIN. Closing cancels the receive
 //!    (and any send), waits for their final completions, then submits
@@ -56,11 +59,12 @@
 //! freed under the kernel ([`Driver`]'s `Drop`).
 //!
 //! **Graceful stop**: a poll on the shutdown eventfd is part of the ring. On
-//! it the loop cancels the accept, shuts down the read side of every
-//! connection (as [`crate::engine::connections`] does for the tokio
-//! engines: a waiting connection sees end-of-file and closes, one mid
-//! response finishes it), force-closes what is left after the grace period,
-//! and returns once nothing is in flight.
+//! it the loop cancels the accept and then closes the listener (new clients
+//! are refused), shuts down the read side of every connection (as
+//! [`crate::engine::connections`] does for the tokio engines: a waiting
+//! connection sees end-of-file and closes, one mid-response finishes it),
+//! resets what is left after the grace period, and returns once nothing is
+//! in flight.
 //!
 //! **Switches for measurement** ([`UringOptions`], hidden command-line flags
 //! `--uring-no-multishot-recv`, `--uring-no-buf-ring`,
@@ -118,6 +122,7 @@ fn completion_entries(submission_entries: u32, max_connections: usize) -> u32 {
         .max(submission_entries * MIN_COMPLETIONS_PER_SUBMISSION)
         .min(MAX_COMPLETION_ENTRIES)
 }
+
 /// Provided buffers per worker (of [`READ_BUFFER_BYTES`] each: 4 MiB). They
 /// are only held between a completion and the end of its handling, so this
 /// bounds how many connections can receive in one iteration, not how many
