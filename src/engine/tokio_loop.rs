@@ -8,27 +8,33 @@
 //! The worker loop: accept until the stop signal, spawn one local task per
 //! connection, then drain ([`Connections::drain`]).
 //!
-//! The connection loop: hand received bytes to [`Session::on_input`], drop
-//! what it consumed, write its output, and read, write again, close or linger
-//! as its [`Next`] says.
+//! The connection loop: load the current snapshot, hand received bytes to
+//! [`Session::on_input`], drop what it consumed, write its output
+//! ([`write_output`]: in-memory pieces as they are, file ranges streamed from
+//! disk in chunks of [`FILE_CHUNK_BYTES`]), and read, write again, close or
+//! linger as its [`Next`] says.
 
+use std::fs::File;
 use std::io;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
+
 use crate::engine::connections::Connections;
 use crate::engine::{
-    ACCEPT_BACKOFF_MS, LINGER_MAX_BYTES, LINGER_MS, READ_BUFFER_BYTES, Ready, Worker,
+    ACCEPT_BACKOFF_MS, FILE_CHUNK_BYTES, LINGER_MAX_BYTES, LINGER_MS, READ_BUFFER_BYTES, Ready, Worker,
     accept_error_is_transient,
 };
-use crate::files::Snapshot;
+use crate::files::SnapshotHandle;
+use crate::http::response::{FileRange, Piece};
 use crate::http::{Limits, Next, Output, Session};
 
 /// What the connection tasks of one worker share (by `Rc`: never across threads).
 struct WorkerContext {
-    snapshot: Arc<Snapshot>,
+    snapshot: SnapshotHandle,
     limits: Limits,
     connections: Connections,
 }
@@ -40,16 +46,35 @@ pub(crate) trait Acceptor {
     async fn accept(&self) -> io::Result<Self::Connection>;
 }
 
-/// One accepted socket of one engine.
+/// One accepted socket of one engine, and how that engine reads files.
 pub(crate) trait ConnectionIo {
+    /// A file opened for this engine's reads (see [`Self::open_file`]).
+    type FileReader;
+
     fn raw_fd(&self) -> RawFd;
 
     /// Reads into the spare capacity of `input` (which has some), appending.
     /// `Ok(0)` is end-of-file.
     async fn read_more(&mut self, input: &mut Vec<u8>) -> io::Result<usize>;
 
-    /// Writes all of `output` and leaves it empty.
-    async fn write_output(&mut self, output: &mut Output) -> io::Result<()>;
+    /// Writes all of `buffer`, giving it back for reuse.
+    async fn write_all_owned(&mut self, buffer: BytesMut) -> (io::Result<()>, BytesMut);
+
+    /// Writes all of `pieces`, in order, in as few vectored writes as it can.
+    async fn write_all_pieces(&mut self, pieces: Vec<Bytes>) -> io::Result<()>;
+
+    /// Prepares `file` for [`Self::read_file_at`]; called once per streamed range.
+    fn open_file(&self, file: &Arc<File>) -> io::Result<Self::FileReader>;
+
+    /// Reads up to `len` bytes at `offset` into `buffer` (empty, with at
+    /// least `len` bytes of capacity), giving it back holding what was read.
+    async fn read_file_at(
+        &mut self,
+        file: &Self::FileReader,
+        offset: u64,
+        len: usize,
+        buffer: BytesMut,
+    ) -> (io::Result<usize>, BytesMut);
 
     /// Shuts down the sending side (the peer sees end-of-file).
     async fn shutdown_write(&mut self) -> io::Result<()>;
@@ -103,9 +128,10 @@ async fn serve_connection<C: ConnectionIo>(mut connection: C, context: Rc<Worker
     let mut input: Vec<u8> = Vec::with_capacity(READ_BUFFER_BYTES);
     let mut output = Output::with_capacity(READ_BUFFER_BYTES);
     loop {
-        let progress = session.on_input(&input, &context.snapshot, &context.limits, &mut output);
+        // One load per batch: every request of the batch sees one snapshot.
+        let progress = session.on_input(&input, &context.snapshot.load(), &context.limits, &mut output);
         input.drain(..progress.consumed);
-        if !output.is_empty() && connection.write_output(&mut output).await.is_err() {
+        if !output.is_empty() && write_output(&mut connection, &mut output).await.is_err() {
             return;
         }
         match progress.next {
@@ -122,6 +148,59 @@ async fn serve_connection<C: ConnectionIo>(mut connection: C, context: Rc<Worker
             Ok(_) => {}
         }
     }
+}
+
+/// Writes all of `output` and leaves it empty: the staged bytes in one write
+/// when nothing is shared (the common case), otherwise the in-memory pieces
+/// in vectored writes and each file range streamed in between.
+async fn write_output<C: ConnectionIo>(connection: &mut C, output: &mut Output) -> io::Result<()> {
+    if output.as_contiguous().is_some() {
+        let staged = output.take_staged();
+        let (result, staged) = connection.write_all_owned(staged).await;
+        output.restore_staged(staged);
+        return result;
+    }
+    let mut batch: Vec<Bytes> = Vec::new();
+    for piece in output.take_pieces() {
+        match piece {
+            Piece::Bytes(bytes) => batch.push(bytes),
+            Piece::File(range) => {
+                if !batch.is_empty() {
+                    connection.write_all_pieces(std::mem::take(&mut batch)).await?;
+                }
+                stream_file(connection, &range).await?;
+            }
+        }
+    }
+    if !batch.is_empty() {
+        connection.write_all_pieces(batch).await?;
+    }
+    Ok(())
+}
+
+/// Sends `range` from disk: read a chunk, send it, read the next, with one
+/// buffer of at most [`FILE_CHUNK_BYTES`] for the whole range.
+async fn stream_file<C: ConnectionIo>(connection: &mut C, range: &FileRange) -> io::Result<()> {
+    let reader = connection.open_file(&range.file)?;
+    let capacity = usize::try_from(range.len).map_or(FILE_CHUNK_BYTES, |len| len.min(FILE_CHUNK_BYTES));
+    let mut buffer = BytesMut::with_capacity(capacity);
+    let end = range.offset + range.len;
+    let mut offset = range.offset;
+    while offset < end {
+        let want = usize::try_from(end - offset).map_or(capacity, |left| left.min(capacity));
+        buffer.clear();
+        let (read, filled) = connection.read_file_at(&reader, offset, want, buffer).await;
+        if read? == 0 {
+            // Truncated on disk since the snapshot was built: the response
+            // can no longer be completed, so the connection must end.
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        offset += filled.len() as u64;
+        let (written, returned) = connection.write_all_owned(filled).await;
+        written?;
+        buffer = returned;
+    }
+    Ok(())
 }
 
 /// Half-closes, then discards what the client still sends, within bounds.

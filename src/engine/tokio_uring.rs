@@ -6,24 +6,26 @@
 //! (tokio-uring's model), so each read hands the connection's receive `Vec`
 //! to the kernel and gets it back, and each write hands over the staged
 //! response bytes (or refcounted pieces of the snapshot for large bodies, in
-//! one `writev`). The loops themselves are [`super::tokio_loop`]'s, shared
-//! with the epoll engine.
+//! one `writev`). Files too large for memory are read with io_uring reads at
+//! an offset into one chunk buffer per connection. The loops themselves are
+//! [`super::tokio_loop`]'s, shared with the epoll engine.
 //!
 //! This is the baseline for comparisons: tokio-uring parks in epoll with the
 //! ring's descriptor registered there and enters the ring on every park, and
 //! has no multishot operations or provided buffers (see the README).
 
+use std::fs::File;
 use std::io;
 use std::net::Shutdown as Direction;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 
-use bytes::Buf;
+use bytes::{Buf, Bytes, BytesMut};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::{TcpListener, TcpStream};
 
 use crate::engine::tokio_loop::{self, Acceptor, ConnectionIo};
 use crate::engine::{Ready, Worker};
-use crate::http::Output;
 
 /// Ring size: submissions in flight per worker before the runtime must enter
 /// the kernel. tokio-uring sizes the completion queue at twice this.
@@ -53,6 +55,11 @@ impl Acceptor for UringAcceptor {
 struct UringConnection(TcpStream);
 
 impl ConnectionIo for UringConnection {
+    /// A duplicate of the snapshot's descriptor owned by the ring: the
+    /// snapshot's `File` is shared by every worker, and tokio-uring's `File`
+    /// closes the descriptor it owns.
+    type FileReader = tokio_uring::fs::File;
+
     fn raw_fd(&self) -> RawFd {
         self.0.as_raw_fd()
     }
@@ -65,13 +72,11 @@ impl ConnectionIo for UringConnection {
         result
     }
 
-    async fn write_output(&mut self, output: &mut Output) -> io::Result<()> {
-        if output.as_contiguous().is_some() {
-            let (result, staged) = self.0.write_all(output.take_staged()).await;
-            output.restore_staged(staged);
-            return result;
-        }
-        let mut pieces = output.take_pieces();
+    async fn write_all_owned(&mut self, buffer: BytesMut) -> (io::Result<()>, BytesMut) {
+        self.0.write_all(buffer).await
+    }
+
+    async fn write_all_pieces(&mut self, mut pieces: Vec<Bytes>) -> io::Result<()> {
         while !pieces.is_empty() {
             let (result, returned) = self.0.writev(pieces).await;
             pieces = returned;
@@ -91,6 +96,23 @@ impl ConnectionIo for UringConnection {
             }
         }
         Ok(())
+    }
+
+    fn open_file(&self, file: &Arc<File>) -> io::Result<tokio_uring::fs::File> {
+        Ok(tokio_uring::fs::File::from_std(file.try_clone()?))
+    }
+
+    /// An io_uring read at an offset: the ring reads the page cache (or the
+    /// disk, from its own workers) while this thread serves others.
+    async fn read_file_at(
+        &mut self,
+        file: &tokio_uring::fs::File,
+        offset: u64,
+        len: usize,
+        buffer: BytesMut,
+    ) -> (io::Result<usize>, BytesMut) {
+        let (result, slice) = file.read_at(buffer.slice(..len), offset).await;
+        (result, slice.into_inner())
     }
 
     async fn shutdown_write(&mut self) -> io::Result<()> {

@@ -13,6 +13,7 @@
 
 use std::mem::MaybeUninit;
 
+use crate::http::selection::SelectionHeaders;
 use crate::http::status::Status;
 
 /// Fields of a request head that the server acts on. Borrowed from the input.
@@ -26,8 +27,8 @@ pub struct RequestHead<'a> {
     pub close: bool,
     /// Bytes of request body that follow the head (from `Content-Length`).
     pub body_len: u64,
-    pub if_none_match: Option<&'a [u8]>,
-    pub if_modified_since: Option<&'a [u8]>,
+    /// Validators, range and accepted codings: see [`SelectionHeaders`].
+    pub selection: SelectionHeaders<'a>,
     /// Length of the head in bytes, including the blank line that ends it.
     pub head_len: usize,
 }
@@ -171,8 +172,7 @@ pub fn parse_request<'a>(head: &'a [u8], limits: &Limits) -> Result<RequestHead<
         version,
         close: version == Version::Http10,
         body_len: 0,
-        if_none_match: None,
-        if_modified_since: None,
+        selection: SelectionHeaders::default(),
         head_len: head.len(),
     };
     let mut host_count = 0usize;
@@ -191,7 +191,6 @@ pub fn parse_request<'a>(head: &'a [u8], limits: &Limits) -> Result<RequestHead<
             10 if name.eq_ignore_ascii_case(b"connection") => {
                 apply_connection_tokens(value, version, &mut parsed.close);
             }
-            13 if name.eq_ignore_ascii_case(b"if-none-match") => parsed.if_none_match = Some(value),
             14 if name.eq_ignore_ascii_case(b"content-length") => {
                 let len = parse_content_length(value)?;
                 if content_length.is_some_and(|seen| seen != len) {
@@ -199,11 +198,10 @@ pub fn parse_request<'a>(head: &'a [u8], limits: &Limits) -> Result<RequestHead<
                 }
                 content_length = Some(len);
             }
-            17 if name.eq_ignore_ascii_case(b"if-modified-since") => parsed.if_modified_since = Some(value),
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
                 return Err(RequestError::TransferEncoding);
             }
-            _ => {}
+            _ => parsed.selection.observe(name, value),
         }
     }
     if version == Version::Http11 && host_count == 0 {
@@ -353,7 +351,7 @@ mod tests {
         assert_eq!(head.target, b"/book?x=1");
         assert_eq!(head.version, Version::Http11);
         assert!(!head.close);
-        assert_eq!(head.if_none_match, Some(&b"\"abc\""[..]));
+        assert_eq!(head.selection.if_none_match, Some(&b"\"abc\""[..]));
     }
 
     #[test]
