@@ -184,3 +184,320 @@ fn write_unsatisfiable(
     }
     response::finish_head(out, date, connection);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::files::{Encoding, LoadOptions, Resolved};
+    use crate::http::{Limits, Session};
+    use std::path::PathBuf;
+
+    const DIGITS: &str = "0123456789abcdefghijklmnopqrstuvwxyz";
+
+    struct Site {
+        snapshot: Snapshot,
+        root: PathBuf,
+    }
+
+    impl Drop for Site {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+
+    fn site(name: &str, configure: impl FnOnce(&mut LoadOptions)) -> Site {
+        let root = std::env::temp_dir().join(format!("ringserve-resource-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("digits.txt"), DIGITS).unwrap();
+        let script: String = (0..100).map(|i| format!("console.log({i});\n")).collect();
+        std::fs::write(root.join("app.js"), script).unwrap();
+        std::fs::write(root.join("index.html"), "<p>app</p>").unwrap();
+        std::fs::write(
+            root.join("big.bin"),
+            (0..=255u8).cycle().take(200_000).collect::<Vec<u8>>(),
+        )
+        .unwrap();
+        let mut options = LoadOptions::new(&root);
+        options.max_cached_file_bytes = 100_000;
+        configure(&mut options);
+        let snapshot = Snapshot::load(&options).unwrap();
+        Site { snapshot, root }
+    }
+
+    /// One request in, the whole response out (file ranges read from disk).
+    fn answer(snapshot: &Snapshot, request: &str) -> (String, Vec<u8>) {
+        let mut session = Session::new();
+        let mut out = Output::new();
+        session.on_input(request.as_bytes(), snapshot, &Limits::default(), &mut out);
+        let all = out.to_vec_blocking().unwrap();
+        let split = memchr::memmem::find(&all, b"\r\n\r\n").expect("a complete head") + 4;
+        (
+            String::from_utf8(all[..split].to_vec()).unwrap(),
+            all[split..].to_vec(),
+        )
+    }
+
+    fn get(snapshot: &Snapshot, path: &str, fields: &str) -> (String, Vec<u8>) {
+        answer(
+            snapshot,
+            &format!("GET {path} HTTP/1.1\r\nHost: a\r\n{fields}\r\n"),
+        )
+    }
+
+    fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+        head.split("\r\n")
+            .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(": ")))
+    }
+
+    fn etag(snapshot: &Snapshot, key: &str, encoding: Encoding) -> String {
+        let Resolved::File(entry) = snapshot.resolve(key.as_bytes()) else {
+            panic!()
+        };
+        let representation = entry
+            .representations
+            .iter()
+            .find(|r| r.encoding == encoding)
+            .unwrap();
+        String::from_utf8(representation.etag.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn single_ranges_get_206_with_content_range() {
+        let site = site("single", |_| {});
+        let (head, body) = get(&site.snapshot, "/digits.txt", "Range: bytes=2-5\r\n");
+        assert!(head.starts_with("HTTP/1.1 206 Partial Content\r\n"), "{head}");
+        assert_eq!(header(&head, "Content-Range"), Some("bytes 2-5/36"));
+        assert_eq!(header(&head, "Content-Length"), Some("4"));
+        assert_eq!(header(&head, "Content-Type"), Some("text/plain; charset=utf-8"));
+        assert!(header(&head, "ETag").is_some() && header(&head, "Cache-Control").is_some());
+        assert_eq!(body, b"2345");
+        let (_, body) = get(&site.snapshot, "/digits.txt", "Range: bytes=-3\r\n");
+        assert_eq!(body, b"xyz");
+        let (head, body) = get(&site.snapshot, "/digits.txt", "Range: bytes=30-100\r\n");
+        assert_eq!(header(&head, "Content-Range"), Some("bytes 30-35/36"));
+        assert_eq!(body, b"uvwxyz");
+    }
+
+    #[test]
+    fn unsatisfiable_and_ignored_ranges() {
+        let site = site("unsatisfiable", |_| {});
+        let (head, body) = get(&site.snapshot, "/digits.txt", "Range: bytes=36-\r\n");
+        assert!(head.starts_with("HTTP/1.1 416 "), "{head}");
+        assert_eq!(header(&head, "Content-Range"), Some("bytes */36"));
+        assert!(body.is_empty());
+        for ignored in [
+            "Range: items=0-1\r\n",
+            "Range: bytes=5-1\r\n",
+            "Range: bytes=0-1\r\nRange: bytes=2-3\r\n",
+        ] {
+            let (head, body) = get(&site.snapshot, "/digits.txt", ignored);
+            assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{ignored:?}: {head}");
+            assert_eq!(body, DIGITS.as_bytes());
+        }
+        // HEAD ignores Range.
+        let (head, body) = answer(
+            &site.snapshot,
+            "HEAD /digits.txt HTTP/1.1\r\nHost: a\r\nRange: bytes=0-1\r\n\r\n",
+        );
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && body.is_empty());
+    }
+
+    #[test]
+    fn if_range_with_strong_tag_or_exact_date() {
+        let site = site("if-range", |_| {});
+        let tag = etag(&site.snapshot, "/digits.txt", Encoding::Identity);
+        let (head, _) = get(
+            &site.snapshot,
+            "/digits.txt",
+            &format!("Range: bytes=0-0\r\nIf-Range: {tag}\r\n"),
+        );
+        assert!(head.starts_with("HTTP/1.1 206 "), "{head}");
+        let (head, body) = get(
+            &site.snapshot,
+            "/digits.txt",
+            "Range: bytes=0-0\r\nIf-Range: \"stale\"\r\n",
+        );
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert_eq!(body.len(), 36);
+        let weak = format!("W/{tag}");
+        let (head, _) = get(
+            &site.snapshot,
+            "/digits.txt",
+            &format!("Range: bytes=0-0\r\nIf-Range: {weak}\r\n"),
+        );
+        assert!(
+            head.starts_with("HTTP/1.1 200 "),
+            "a weak tag never allows a range: {head}"
+        );
+        let (full, _) = get(&site.snapshot, "/digits.txt", "");
+        let modified = header(&full, "Last-Modified").unwrap();
+        let (head, _) = get(
+            &site.snapshot,
+            "/digits.txt",
+            &format!("Range: bytes=0-0\r\nIf-Range: {modified}\r\n"),
+        );
+        assert!(head.starts_with("HTTP/1.1 206 "), "{head}");
+    }
+
+    #[test]
+    fn multiple_ranges_are_multipart() {
+        let site = site("multipart", |_| {});
+        let (head, body) = get(
+            &site.snapshot,
+            "/digits.txt",
+            "Range: bytes=0-1, 10-11, 11-12\r\n",
+        );
+        assert!(head.starts_with("HTTP/1.1 206 "), "{head}");
+        let content_type = header(&head, "Content-Type").unwrap();
+        let boundary = content_type
+            .strip_prefix("multipart/byteranges; boundary=")
+            .unwrap();
+        assert_eq!(
+            header(&head, "Content-Length").unwrap().parse::<usize>().unwrap(),
+            body.len()
+        );
+        let text = String::from_utf8(body).unwrap();
+        let expected = format!(
+            "\r\n--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Range: bytes 0-1/36\r\n\r\n01\
+             \r\n--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Range: bytes 10-12/36\r\n\r\nabc\
+             \r\n--{boundary}--\r\n"
+        );
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn ranges_of_files_on_disk_are_file_pieces() {
+        let site = site("disk-range", |_| {});
+        let mut session = Session::new();
+        let mut out = Output::new();
+        let request = "GET /big.bin HTTP/1.1\r\nHost: a\r\nRange: bytes=1000-1999, 150000-\r\n\r\n";
+        session.on_input(request.as_bytes(), &site.snapshot, &Limits::default(), &mut out);
+        assert!(out.has_file_ranges());
+        let all = out.to_vec_blocking().unwrap();
+        let text = String::from_utf8_lossy(&all);
+        assert!(text.contains("Content-Range: bytes 1000-1999/200000"));
+        assert!(text.contains("Content-Range: bytes 150000-199999/200000"));
+        let (_, body) = get(&site.snapshot, "/big.bin", "Range: bytes=256-258\r\n");
+        assert_eq!(body, [0, 1, 2]);
+        let (head, body) = get(&site.snapshot, "/big.bin", "");
+        assert_eq!(header(&head, "Content-Length"), Some("200000"));
+        assert!(body.iter().enumerate().all(|(i, &b)| b == (i % 256) as u8));
+    }
+
+    #[test]
+    fn preconditions_give_412_and_304_with_the_right_fields() {
+        let site = site("preconditions", |_| {});
+        let tag = etag(&site.snapshot, "/app.js", Encoding::Identity);
+        let (head, _) = get(&site.snapshot, "/app.js", "If-Match: \"nope\"\r\n");
+        assert!(head.starts_with("HTTP/1.1 412 "), "{head}");
+        let (head, _) = get(&site.snapshot, "/app.js", &format!("If-Match: {tag}\r\n"));
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        let (head, _) = get(
+            &site.snapshot,
+            "/app.js",
+            "If-Unmodified-Since: Sun, 06 Nov 1994 08:49:37 GMT\r\n",
+        );
+        assert!(head.starts_with("HTTP/1.1 412 "), "{head}");
+        let (head, body) = get(&site.snapshot, "/app.js", &format!("If-None-Match: {tag}\r\n"));
+        assert!(head.starts_with("HTTP/1.1 304 Not Modified\r\n"), "{head}");
+        for present in ["ETag", "Date", "Cache-Control", "Vary"] {
+            assert!(header(&head, present).is_some(), "{present} in {head}");
+        }
+        assert!(header(&head, "Content-Length").is_none() && body.is_empty());
+        // A 304 beats a Range.
+        let (head, _) = get(
+            &site.snapshot,
+            "/app.js",
+            &format!("If-None-Match: {tag}\r\nRange: bytes=0-1\r\n"),
+        );
+        assert!(head.starts_with("HTTP/1.1 304 "), "{head}");
+        // The identity tag does not validate the gzip representation.
+        let (head, _) = get(
+            &site.snapshot,
+            "/app.js",
+            &format!("Accept-Encoding: gzip\r\nIf-None-Match: {tag}\r\n"),
+        );
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    }
+
+    #[test]
+    fn negotiation_picks_a_variant_and_ranges_apply_to_it() {
+        let site = site("negotiate", |_| {});
+        let (head, gzip) = get(&site.snapshot, "/app.js", "Accept-Encoding: gzip\r\n");
+        assert_eq!(header(&head, "Content-Encoding"), Some("gzip"));
+        assert_eq!(header(&head, "Vary"), Some("Accept-Encoding"));
+        assert_eq!(
+            header(&head, "ETag").unwrap(),
+            etag(&site.snapshot, "/app.js", Encoding::Gzip)
+        );
+        let (head, _) = get(&site.snapshot, "/app.js", "Accept-Encoding: gzip, br\r\n");
+        assert_eq!(header(&head, "Content-Encoding"), Some("br"));
+        let (head, _) = get(&site.snapshot, "/app.js", "");
+        assert_eq!(header(&head, "Content-Encoding"), None);
+        assert_eq!(
+            header(&head, "Vary"),
+            Some("Accept-Encoding"),
+            "identity varies too"
+        );
+        let (head, part) = get(
+            &site.snapshot,
+            "/app.js",
+            "Accept-Encoding: gzip\r\nRange: bytes=0-9\r\n",
+        );
+        assert_eq!(
+            header(&head, "Content-Range"),
+            Some(&*format!("bytes 0-9/{}", gzip.len()))
+        );
+        assert_eq!(header(&head, "Content-Encoding"), Some("gzip"));
+        assert_eq!(part, gzip[..10]);
+    }
+
+    #[test]
+    fn unknown_paths_fallback_and_404_page() {
+        let site = site("not-found", |_| {});
+        let (head, _) = get(&site.snapshot, "/missing", "Accept: text/html\r\n");
+        assert!(
+            head.starts_with("HTTP/1.1 404 "),
+            "no fallback configured: {head}"
+        );
+        std::fs::write(site.root.join("404.html"), "<p>custom</p>").unwrap();
+        let options = LoadOptions {
+            fallback: Some("index.html".to_owned()),
+            ..LoadOptions::new(&site.root)
+        };
+        let snapshot = Snapshot::load(&options).unwrap();
+        let (head, body) = get(&snapshot, "/app/route/42", "Accept: text/html,*/*;q=0.8\r\n");
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert_eq!(body, b"<p>app</p>");
+        let (head, body) = get(&snapshot, "/missing.js", "Accept: */*\r\n");
+        assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"), "{head}");
+        assert_eq!(body, b"<p>custom</p>");
+        assert_eq!(header(&head, "Cache-Control"), Some("no-cache"));
+        let (head, body) = answer(&snapshot, "HEAD /missing.js HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(head.starts_with("HTTP/1.1 404 ") && body.is_empty());
+        assert_eq!(header(&head, "Content-Length"), Some("13"));
+    }
+
+    #[test]
+    fn extra_headers_and_cache_policy_reach_every_response() {
+        let config =
+            std::env::temp_dir().join(format!("ringserve-resource-config-{}.toml", std::process::id()));
+        std::fs::write(
+            &config,
+            "[[rules]]\nglob = \"**\"\nheaders = { X-Content-Type-Options = \"nosniff\" }\n",
+        )
+        .unwrap();
+        let config_path = config.clone();
+        let site = site("policy", move |options| options.config_file = Some(config_path));
+        let tag = etag(&site.snapshot, "/digits.txt", Encoding::Identity);
+        for fields in ["", "Range: bytes=0-1\r\n", &format!("If-None-Match: {tag}\r\n")] {
+            let (head, _) = get(&site.snapshot, "/digits.txt", fields);
+            assert_eq!(header(&head, "X-Content-Type-Options"), Some("nosniff"), "{head}");
+            assert_eq!(header(&head, "Cache-Control"), Some("no-cache"), "{head}");
+        }
+        let (head, _) = get(&site.snapshot, "/", "");
+        assert_eq!(header(&head, "Cache-Control"), Some("no-cache"));
+        std::fs::remove_file(config).unwrap();
+    }
+}
