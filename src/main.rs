@@ -47,8 +47,14 @@ fn run(cli: &Cli) -> Result<(), String> {
         load_ms
     );
     eprintln!(
-        "ringserve: snapshot holds {} bytes in memory ({} variants, {} bytes; {} files streamed from disk)",
-        stats.memory_bytes, stats.variants, stats.variant_bytes, stats.disk_files
+        "ringserve: snapshot holds {} bytes in memory ({} variants, {} bytes; {} files streamed from disk); \
+         compressed files: {} bytes, {} bytes in their smallest variant",
+        stats.memory_bytes,
+        stats.variants,
+        stats.variant_bytes,
+        stats.disk_files,
+        stats.compressed_identity_bytes,
+        stats.compressed_best_bytes
     );
 
     let (reload_requests, _reload_thread) = Reloader::new(options.clone(), handle)
