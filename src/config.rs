@@ -11,7 +11,12 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::engine::{DEFAULT_BACKLOG, DEFAULT_SHUTDOWN_GRACE_MS, EngineKind, ServerConfig, Timeouts};
+use crate::access_log::{AccessLogConfig, LogDestination, LogFormat};
+use crate::engine::{
+    DEFAULT_BACKLOG, DEFAULT_HEAD_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_LINGER_MS,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_SEND_TIMEOUT_MS, DEFAULT_SHUTDOWN_GRACE_MS, EngineKind, ServerConfig,
+    Timeouts,
+};
 use crate::files::LoadOptions;
 use crate::files::load::DEFAULT_MAX_CACHED_FILE_BYTES;
 use crate::http::Limits;
@@ -74,6 +79,39 @@ pub struct Cli {
     /// Milliseconds in-flight responses may take to finish after SIGTERM/SIGINT.
     #[arg(long, default_value_t = DEFAULT_SHUTDOWN_GRACE_MS)]
     pub shutdown_grace_ms: u64,
+
+    /// Milliseconds to receive a whole request head (and body), counted from
+    /// its first byte or from accept; not extended by bytes that trickle in
+    /// (on expiry: 408 if part of a head arrived, else a silent close).
+    #[arg(long, default_value_t = DEFAULT_HEAD_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub head_timeout_ms: u64,
+
+    /// Milliseconds a keep-alive connection may wait for its next request.
+    #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_ms: u64,
+
+    /// Milliseconds a write may make no progress before the connection is reset
+    /// (a slow reader that keeps reading is never cut off).
+    #[arg(long, default_value_t = DEFAULT_SEND_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub send_timeout_ms: u64,
+
+    /// Milliseconds to read and discard input after refusing a request, so
+    /// the client can read the error before the connection closes.
+    #[arg(long, default_value_t = DEFAULT_LINGER_MS)]
+    pub linger_ms: u64,
+
+    /// Open connections per worker; beyond it new ones wait in the backlog.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
+
+    /// Write an access log to FILE (appended), or to stdout with `-`. Off by default.
+    #[arg(long, value_name = "FILE|-")]
+    pub access_log: Option<LogDestination>,
+
+    /// Access log format: common, combined or json.
+    #[arg(long, default_value = "combined", requires = "access_log")]
+    pub access_log_format: LogFormat,
 
     /// File name a directory's `/` serves; repeat for several, in order of preference.
     #[arg(long = "index", value_name = "NAME", default_value = "index.html")]
@@ -187,8 +225,18 @@ impl Cli {
                 max_header_count: usize::from(self.max_headers),
                 max_body_bytes: self.max_body,
             },
-            timeouts: Timeouts::default(),
+            timeouts: Timeouts {
+                head: Duration::from_millis(self.head_timeout_ms),
+                idle: Duration::from_millis(self.idle_timeout_ms),
+                send: Duration::from_millis(self.send_timeout_ms),
+                linger: Duration::from_millis(self.linger_ms),
+            },
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            max_connections: self.max_connections,
+            access_log: self.access_log.clone().map(|destination| AccessLogConfig {
+                destination,
+                format: self.access_log_format,
+            }),
         }
     }
 }
@@ -215,6 +263,63 @@ mod tests {
         assert!(Cli::try_parse_from(["ringserve", "--workers", "0"]).is_err());
         let err = Cli::try_parse_from(["ringserve", "--max-cached-file", "8X"]).unwrap_err();
         assert!(err.to_string().contains("unknown unit"), "{err}");
+        assert!(Cli::try_parse_from(["ringserve", "--max-connections", "0"]).is_err());
+        assert!(Cli::try_parse_from(["ringserve", "--head-timeout-ms", "0"]).is_err());
+        let err = Cli::try_parse_from(["ringserve", "--access-log", "-", "--access-log-format", "xml"])
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown log format"), "{err}");
+    }
+
+    #[test]
+    fn every_limit_and_timeout_reaches_the_server_config() {
+        let cli = Cli::try_parse_from([
+            "ringserve",
+            "--max-request-line=100",
+            "--max-head=200",
+            "--max-headers=3",
+            "--max-body=4",
+            "--head-timeout-ms=5",
+            "--idle-timeout-ms=6",
+            "--send-timeout-ms=7",
+            "--linger-ms=8",
+            "--shutdown-grace-ms=9",
+            "--max-connections=10",
+            "--access-log=-",
+            "--access-log-format=json",
+        ])
+        .unwrap();
+        let config = cli.server_config();
+        assert_eq!(
+            config.limits,
+            Limits {
+                max_request_line_bytes: 100,
+                max_head_bytes: 200,
+                max_header_count: 3,
+                max_body_bytes: 4,
+            }
+        );
+        let ms = Duration::from_millis;
+        assert_eq!(
+            config.timeouts,
+            Timeouts {
+                head: ms(5),
+                idle: ms(6),
+                send: ms(7),
+                linger: ms(8),
+            }
+        );
+        assert_eq!(config.shutdown_grace, ms(9));
+        assert_eq!(config.max_connections, 10);
+        assert_eq!(
+            config.access_log,
+            Some(AccessLogConfig {
+                destination: LogDestination::Stdout,
+                format: LogFormat::Json,
+            })
+        );
+        let off = Cli::try_parse_from(["ringserve"]).unwrap().server_config();
+        assert_eq!(off.access_log, None, "the access log is off by default");
+        assert_eq!(off.timeouts, Timeouts::default());
     }
 
     #[test]

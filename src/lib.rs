@@ -11,9 +11,13 @@
 //! `SO_REUSEPORT` listener and its own event loop (an io_uring ring or an
 //! epoll instance), and moves bytes between sockets and the core. Engines
 //! differ only in how they do I/O, so comparing them compares I/O models.
-//! [`config`] turns the command line into the settings the rest takes.
+//! [`config`] turns the command line into the settings the rest takes, and
+//! [`access_log`] writes one line per response when asked to, off the hot path.
 
+pub mod access_log;
 pub mod config;
 pub mod engine;
 pub mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;

@@ -9,18 +9,24 @@
 
 use std::fs::File;
 use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
-
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::LocalSet;
+use tokio::time::Sleep;
 
-use crate::engine::tokio_loop::{self, Acceptor, ConnectionIo};
+use crate::engine::timer::before;
+use crate::engine::tokio_loop::{self, Acceptor, ConnectionIo, WriteFailed};
 use crate::engine::{Ready, Worker};
+use crate::http::response::PieceRef;
+use crate::http::{DeadlineClock, Output, Timeouts};
 
 pub fn run_worker(worker: Worker, ready: Ready) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -42,9 +48,9 @@ struct EpollAcceptor(TcpListener);
 impl Acceptor for EpollAcceptor {
     type Connection = EpollConnection;
 
-    async fn accept(&self) -> io::Result<EpollConnection> {
-        let (stream, _peer) = self.0.accept().await?;
-        Ok(EpollConnection(stream))
+    async fn accept(&self) -> io::Result<(EpollConnection, SocketAddr)> {
+        let (stream, peer) = self.0.accept().await?;
+        Ok((EpollConnection(stream), peer))
     }
 }
 
@@ -61,22 +67,19 @@ impl ConnectionIo for EpollConnection {
         self.0.read_buf(input).await
     }
 
-    async fn write_all_owned(&mut self, buffer: BytesMut) -> (io::Result<()>, BytesMut) {
-        let result = self.0.write_all(&buffer).await;
-        (result, buffer)
+    async fn write_output(
+        &mut self,
+        output: &mut Output,
+        timer: Pin<&mut Sleep>,
+        timeouts: &Timeouts,
+    ) -> Result<(), WriteFailed> {
+        let result = write_all_chunks(&mut self.0, output, timer, timeouts).await;
+        output.clear();
+        result
     }
 
-    async fn write_all_pieces(&mut self, pieces: Vec<Bytes>) -> io::Result<()> {
-        let mut slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
-        let mut remaining = &mut slices[..];
-        while !remaining.is_empty() {
-            let written = self.0.write_vectored(remaining).await?;
-            if written == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            IoSlice::advance_slices(&mut remaining, written);
-        }
-        Ok(())
+    async fn shutdown_write(&mut self) -> io::Result<()> {
+        self.0.shutdown().await
     }
 
     fn open_file(&self, file: &Arc<File>) -> io::Result<Arc<File>> {
@@ -106,8 +109,44 @@ impl ConnectionIo for EpollConnection {
         .await;
         read.unwrap_or_else(|e| (Err(io::Error::other(e)), BytesMut::new()))
     }
+}
 
-    async fn shutdown_write(&mut self) -> io::Result<()> {
-        self.0.shutdown().await
+/// Writes `output` with as few calls as the socket allows; each call must
+/// make progress before its send deadline.
+async fn write_all_chunks(
+    stream: &mut TcpStream,
+    output: &Output,
+    mut timer: Pin<&mut Sleep>,
+    timeouts: &Timeouts,
+) -> Result<(), WriteFailed> {
+    if let Some(mut bytes) = output.as_contiguous() {
+        while !bytes.is_empty() {
+            let deadline = DeadlineClock::for_write(Instant::now(), timeouts);
+            match before(timer.as_mut(), deadline.at, stream.write(bytes)).await {
+                None => return Err(WriteFailed::Stalled),
+                Some(Ok(0) | Err(_)) => return Err(WriteFailed::Peer),
+                Some(Ok(n)) => bytes = &bytes[n..],
+            }
+        }
+        return Ok(());
     }
+    let mut slices: Vec<IoSlice<'_>> = Vec::new();
+    for piece in output.pieces() {
+        match piece {
+            PieceRef::Bytes(bytes) => slices.push(IoSlice::new(bytes)),
+            // The shared loop streams file ranges itself
+            // (`tokio_loop::write_output`) and never passes one here.
+            PieceRef::File(_) => return Err(WriteFailed::File),
+        }
+    }
+    let mut remaining = &mut slices[..];
+    while !remaining.is_empty() {
+        let deadline = DeadlineClock::for_write(Instant::now(), timeouts);
+        match before(timer.as_mut(), deadline.at, stream.write_vectored(remaining)).await {
+            None => return Err(WriteFailed::Stalled),
+            Some(Ok(0) | Err(_)) => return Err(WriteFailed::Peer),
+            Some(Ok(n)) => IoSlice::advance_slices(&mut remaining, n),
+        }
+    }
+    Ok(())
 }

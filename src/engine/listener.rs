@@ -95,6 +95,17 @@ mod tests {
     }
 
     #[test]
+    fn accepted_sockets_inherit_tcp_nodelay() {
+        let listener = bind_listeners("127.0.0.1:0".parse().unwrap(), 1, 16)
+            .unwrap()
+            .remove(0);
+        listener.set_nonblocking(false).unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(socket2::SockRef::from(&accepted).tcp_nodelay().unwrap());
+    }
+
+    #[test]
     fn a_port_in_use_is_a_clear_error() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let err = bind_listeners(taken.local_addr().unwrap(), 1, 128).unwrap_err();

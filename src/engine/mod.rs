@@ -16,7 +16,10 @@
 //!
 //! An engine is a module with one entry point, `run_worker(Worker, Ready)`.
 //! The two tokio-based engines share their worker and connection loops
-//! ([`tokio_loop`]) and implement only its I/O traits.
+//! ([`tokio_loop`]) and implement only its I/O traits; both wait for the
+//! core's deadlines ([`crate::http::deadline`]) with one tokio timer per
+//! connection ([`timer`]). [`connections`] caps and drains a worker's
+//! connections; [`AcceptBackoff`] pauses accepting when descriptors run out.
 //!
 //! What every engine must do with the core's output
 //! ([`crate::http::Output`]): send its pieces in order. A
@@ -31,6 +34,7 @@ pub mod connections;
 pub mod epoll;
 pub mod listener;
 pub mod shutdown;
+pub mod timer;
 mod tokio_loop;
 pub mod tokio_uring;
 
@@ -43,8 +47,12 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::access_log::{AccessLog, AccessLogConfig, WorkerLog};
 use crate::files::{Snapshot, SnapshotHandle};
 use crate::http::Limits;
+pub use crate::http::deadline::{
+    DEFAULT_HEAD_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_LINGER_MS, DEFAULT_SEND_TIMEOUT_MS, Timeouts,
+};
 
 pub use listener::BindError;
 pub use shutdown::Shutdown;
@@ -58,13 +66,16 @@ pub const READ_BUFFER_BYTES: usize = 4096;
 /// per MiB), small enough that many concurrent downloads stay cheap.
 pub const FILE_CHUNK_BYTES: usize = 128 * 1024;
 /// After a refused request: how long to read and discard what the client
-/// still sends before closing (see [`crate::http::Next::Linger`]).
-pub const LINGER_MS: u64 = 1000;
+/// still sends before closing, by default (see [`Timeouts::linger`]).
+pub const LINGER_MS: u64 = DEFAULT_LINGER_MS;
 /// … and how many bytes at most.
 pub const LINGER_MAX_BYTES: usize = 256 * 1024;
 /// How long a worker waits before accepting again after `accept` failed for a
 /// reason other than the peer (EMFILE, ENFILE, ENOBUFS, ENOMEM).
 pub const ACCEPT_BACKOFF_MS: u64 = 50;
+/// Open connections per worker, by default: beyond it the worker stops
+/// accepting (new connections wait in the listen backlog) until one closes.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EngineKind {
@@ -107,33 +118,6 @@ impl FromStr for EngineKind {
     }
 }
 
-/// Per-connection deadlines. Every engine enforces the same three.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    /// From the first byte of a request head to its end: a total deadline, not
-    /// reset by each byte received (slowloris). On expiry: 408, then close.
-    pub head: Duration,
-    /// How long a keep-alive connection may sit idle between requests.
-    pub idle: Duration,
-    /// How long a write may make no progress (a client that stopped reading).
-    /// A slow reader that keeps taking bytes is not cut off.
-    pub send: Duration,
-}
-
-pub const DEFAULT_HEAD_TIMEOUT_MS: u64 = 10_000;
-pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 75_000;
-pub const DEFAULT_SEND_TIMEOUT_MS: u64 = 30_000;
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            head: Duration::from_millis(DEFAULT_HEAD_TIMEOUT_MS),
-            idle: Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS),
-            send: Duration::from_millis(DEFAULT_SEND_TIMEOUT_MS),
-        }
-    }
-}
-
 /// Everything the engines need to know, whatever the front end (CLI, tests).
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -147,6 +131,10 @@ pub struct ServerConfig {
     pub timeouts: Timeouts,
     /// How long in-flight responses may take to finish after a stop signal.
     pub shutdown_grace: Duration,
+    /// Open connections per worker before it stops accepting.
+    pub max_connections: usize,
+    /// `None`: no access log (the default, and what benchmarks use).
+    pub access_log: Option<AccessLogConfig>,
 }
 
 pub const DEFAULT_BACKLOG: u32 = 1024;
@@ -164,6 +152,8 @@ impl ServerConfig {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             shutdown_grace: Duration::from_millis(DEFAULT_SHUTDOWN_GRACE_MS),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            access_log: None,
         }
     }
 }
@@ -180,6 +170,10 @@ pub struct Worker {
     pub timeouts: Timeouts,
     pub shutdown: Shutdown,
     pub shutdown_grace: Duration,
+    /// Open connections this worker may hold before it stops accepting.
+    pub max_connections: usize,
+    /// This worker's access log buffer, if logging is on.
+    pub access_log: Option<WorkerLog>,
 }
 
 /// A worker reports once whether its runtime started.
@@ -198,6 +192,7 @@ pub enum StartError {
     /// The kernel refused io_uring (ENOSYS, EPERM, or disabled by sysctl).
     IoUringUnavailable(EngineKind, io::Error),
     Worker(io::Error),
+    AccessLog(io::Error),
 }
 
 impl fmt::Display for StartError {
@@ -210,6 +205,7 @@ impl fmt::Display for StartError {
                  start with --engine epoll instead"
             ),
             StartError::Worker(e) => write!(f, "a worker failed to start: {e}"),
+            StartError::AccessLog(e) => write!(f, "cannot open the {e}"),
         }
     }
 }
@@ -223,6 +219,7 @@ pub struct Server {
     engine: EngineKind,
     shutdown: Shutdown,
     workers: Vec<JoinHandle<()>>,
+    access_log: Option<AccessLog>,
 }
 
 impl Server {
@@ -237,6 +234,10 @@ impl Server {
     /// of each request: replacing it (a reload) takes effect at once.
     pub fn start_with_handle(config: &ServerConfig, snapshot: SnapshotHandle) -> Result<Server, StartError> {
         let worker_count = config.workers.max(1);
+        let access_log = match &config.access_log {
+            Some(log_config) => Some(AccessLog::open(log_config).map_err(StartError::AccessLog)?),
+            None => None,
+        };
         let listeners = listener::bind_listeners(config.listen, worker_count, config.backlog)
             .map_err(StartError::Bind)?;
         let local_addr = listeners[0].local_addr().map_err(StartError::Worker)?;
@@ -253,6 +254,7 @@ impl Server {
             engine: config.engine,
             shutdown: shutdown.clone(),
             workers: Vec::with_capacity(worker_count),
+            access_log: None,
         };
         for (index, listener) in listeners.into_iter().enumerate() {
             let worker = Worker {
@@ -263,6 +265,8 @@ impl Server {
                 timeouts: config.timeouts,
                 shutdown: shutdown.clone(),
                 shutdown_grace: config.shutdown_grace,
+                max_connections: config.max_connections.max(1),
+                access_log: access_log.as_ref().map(AccessLog::worker_log),
             };
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let ready = Ready(ready_tx.clone());
@@ -284,6 +288,7 @@ impl Server {
             }
         }
         drop(ready_tx);
+        server.access_log = access_log;
         for _ in 0..worker_count {
             let result = ready_rx
                 .recv()
@@ -313,10 +318,14 @@ impl Server {
         self.shutdown.clone()
     }
 
-    /// Waits for every worker to finish (after a stop signal).
+    /// Waits for every worker to finish (after a stop signal), then for the
+    /// access log to be written.
     pub fn join(mut self) {
         for worker in self.workers.drain(..) {
             let _ = worker.join();
+        }
+        if let Some(log) = self.access_log.take() {
+            log.finish();
         }
     }
 
@@ -343,6 +352,70 @@ fn classify_start_error(engine: EngineKind, error: io::Error) -> StartError {
         StartError::IoUringUnavailable(engine, error)
     } else {
         StartError::Worker(error)
+    }
+}
+
+/// Makes closing `fd` send a reset (`SO_LINGER` on with a zero timeout), so
+/// the kernel discards unsent data at once instead of trying to deliver it to
+/// a peer that stopped reading.
+pub fn set_reset_on_close(fd: std::os::fd::RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt(2) reads `size_of::<linger>()` bytes from `&linger`,
+    // a live local of exactly that type; a stale `fd` only yields EBADF.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
+
+/// Shuts down both directions of `fd`: pending reads and writes on it end at
+/// once (also operations in flight in an io_uring), and the peer sees the end.
+pub fn shutdown_both(fd: std::os::fd::RawFd) {
+    // SAFETY: shutdown(2) takes two integers and reads no memory of ours; a
+    // stale `fd` only yields EBADF.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
+/// What an accept loop does about `accept` failures, the same in every
+/// engine: errors about one peer are ignored; errors about this process
+/// (EMFILE, ENFILE, ENOBUFS, ENOMEM) pause accepting for
+/// [`ACCEPT_BACKOFF_MS`] instead of spinning, and are reported once per
+/// episode rather than every retry.
+#[derive(Debug, Default)]
+pub struct AcceptBackoff {
+    failures: u64,
+}
+
+impl AcceptBackoff {
+    /// After a failed accept: how long to pause (`None`: retry at once).
+    pub fn on_error(&mut self, worker: usize, error: &io::Error) -> Option<Duration> {
+        if accept_error_is_transient(error) {
+            return None;
+        }
+        if self.failures == 0 {
+            eprintln!("ringserve: worker {worker}: accept failed: {error}; pausing accepts until it clears");
+        }
+        self.failures += 1;
+        Some(Duration::from_millis(ACCEPT_BACKOFF_MS))
+    }
+
+    /// After a successful accept.
+    pub fn on_success(&mut self, worker: usize) {
+        if self.failures > 0 {
+            eprintln!(
+                "ringserve: worker {worker}: accepting again after {} failed attempts",
+                self.failures
+            );
+            self.failures = 0;
+        }
     }
 }
 

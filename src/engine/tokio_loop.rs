@@ -5,45 +5,79 @@
 //! half-closed. Keeping the loops here, once, is what makes comparing the two
 //! engines compare I/O models and nothing else.
 //!
-//! The worker loop: accept until the stop signal, spawn one local task per
-//! connection, then drain ([`Connections::drain`]).
+//! The worker loop: wait for room under the connection cap
+//! ([`Connections::wait_for_room`]), accept (pausing on EMFILE and the like,
+//! [`AcceptBackoff`]), spawn one local task per connection, and flush the
+//! access log once a second; on the stop signal, drain
+//! ([`Connections::drain`]).
 //!
 //! The connection loop: load the current snapshot, hand received bytes to
-//! [`Session::on_input`], drop what it consumed, write its output
-//! ([`write_output`]: in-memory pieces as they are, file ranges streamed from
-//! disk in chunks of [`FILE_CHUNK_BYTES`]), and read, write again, close or
-//! linger as its [`Next`] says.
+//! [`Session::on_input_observed`], drop what it consumed, write its output
+//! ([`write_output`]: in-memory pieces by the engine, file ranges streamed
+//! from disk here in chunks of [`FILE_CHUNK_BYTES`]), and read, write again,
+//! close or linger as its [`Next`] says. Every read and every write operation is raced
+//! against the deadline the core decides ([`DeadlineClock`]) on one timer per
+//! connection ([`timer::before`]).
+//!
+//! Ending a connection: an operation dropped at its deadline may still be in
+//! flight in the kernel (tokio-uring cannot cancel one, and an in-flight
+//! io_uring operation holds a reference to the socket, so closing the
+//! descriptor would neither send a FIN nor free it). A connection that timed
+//! out therefore ends with `shutdown(SHUT_RDWR)`, which completes whatever is
+//! pending, and a stalled send also with a reset (`SO_LINGER` 0).
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
+use tokio::time::Sleep;
 
-use crate::engine::connections::Connections;
+use crate::access_log::{ConnectionLog, FLUSH_INTERVAL, WorkerLog};
+use crate::engine::connections::{Connections, Registration};
+use crate::engine::timer::{self, connection_timer};
 use crate::engine::{
-    ACCEPT_BACKOFF_MS, FILE_CHUNK_BYTES, LINGER_MAX_BYTES, LINGER_MS, READ_BUFFER_BYTES, Ready, Worker,
-    accept_error_is_transient,
+    AcceptBackoff, FILE_CHUNK_BYTES, LINGER_MAX_BYTES, READ_BUFFER_BYTES, Ready, Worker, set_reset_on_close,
+    shutdown_both,
 };
 use crate::files::SnapshotHandle;
 use crate::http::response::{FileRange, Piece};
-use crate::http::{Limits, Next, Output, Session};
+use crate::http::{DeadlineClock, Expiry, Limits, Next, Observer, Output, Session, Timeouts};
 
 /// What the connection tasks of one worker share (by `Rc`: never across threads).
 struct WorkerContext {
     snapshot: SnapshotHandle,
     limits: Limits,
+    timeouts: Timeouts,
     connections: Connections,
+    access_log: Option<RefCell<WorkerLog>>,
 }
 
 /// A listening socket of one engine.
 pub(crate) trait Acceptor {
     type Connection: ConnectionIo + 'static;
 
-    async fn accept(&self) -> io::Result<Self::Connection>;
+    async fn accept(&self) -> io::Result<(Self::Connection, SocketAddr)>;
+}
+
+/// Why writing an output failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteFailed {
+    /// The peer is gone (reset, broken pipe): nothing is left in flight.
+    Peer,
+    /// A write operation made no progress before its deadline; it was dropped
+    /// and may still be in flight.
+    Stalled,
+    /// A file being streamed could not be read to the end (an I/O error, or
+    /// truncated in place since the snapshot was built): the response cannot
+    /// be completed. Nothing is in flight.
+    File,
 }
 
 /// One accepted socket of one engine, and how that engine reads files.
@@ -57,11 +91,21 @@ pub(crate) trait ConnectionIo {
     /// `Ok(0)` is end-of-file.
     async fn read_more(&mut self, input: &mut Vec<u8>) -> io::Result<usize>;
 
-    /// Writes all of `buffer`, giving it back for reuse.
-    async fn write_all_owned(&mut self, buffer: BytesMut) -> (io::Result<()>, BytesMut);
+    /// Writes all of `output`, which holds no file range ([`write_output`]
+    /// streams those itself), and leaves it empty, one operation at a time;
+    /// each operation must make progress within `timeouts.send`
+    /// ([`DeadlineClock::for_write`], raced on `timer` with
+    /// [`timer::before`]), so a slow reader that keeps reading is never cut
+    /// off and one that stopped is.
+    async fn write_output(
+        &mut self,
+        output: &mut Output,
+        timer: Pin<&mut Sleep>,
+        timeouts: &Timeouts,
+    ) -> Result<(), WriteFailed>;
 
-    /// Writes all of `pieces`, in order, in as few vectored writes as it can.
-    async fn write_all_pieces(&mut self, pieces: Vec<Bytes>) -> io::Result<()>;
+    /// Shuts down the sending side (the peer sees end-of-file).
+    async fn shutdown_write(&mut self) -> io::Result<()>;
 
     /// Prepares `file` for [`Self::read_file_at`]; called once per streamed range.
     fn open_file(&self, file: &Arc<File>) -> io::Result<Self::FileReader>;
@@ -75,16 +119,34 @@ pub(crate) trait ConnectionIo {
         len: usize,
         buffer: BytesMut,
     ) -> (io::Result<usize>, BytesMut);
+}
 
-    /// Shuts down the sending side (the peer sees end-of-file).
-    async fn shutdown_write(&mut self) -> io::Result<()>;
+/// How a connection ended, which decides how its socket is closed (in order
+/// of how much cleaning up it needs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ending {
+    /// No operation is in flight: closing the descriptor is enough.
+    Clean,
+    /// An operation was dropped at a deadline and may still be in flight.
+    Abandoned,
+    /// A write made no progress: reset, and complete the abandoned write.
+    Stalled,
+}
+
+impl From<WriteFailed> for Ending {
+    fn from(failed: WriteFailed) -> Ending {
+        match failed {
+            WriteFailed::Peer | WriteFailed::File => Ending::Clean,
+            WriteFailed::Stalled => Ending::Stalled,
+        }
+    }
 }
 
 /// Takes over the worker's listener with `adopt` (inside the runtime, which
 /// some engines need to register it), reports readiness, accepts and serves
 /// until the stop signal, then drains.
 pub(crate) async fn run_worker_loop<A: Acceptor>(
-    worker: Worker,
+    mut worker: Worker,
     ready: Ready,
     adopt: impl FnOnce(std::net::TcpListener) -> io::Result<A>,
 ) {
@@ -96,127 +158,244 @@ pub(crate) async fn run_worker_loop<A: Acceptor>(
     let context = Rc::new(WorkerContext {
         snapshot: worker.snapshot,
         limits: worker.limits,
-        connections: Connections::default(),
+        timeouts: worker.timeouts,
+        connections: Connections::new(worker.max_connections),
+        access_log: worker.access_log.take().map(RefCell::new),
     });
+    if context.access_log.is_some() {
+        tokio::task::spawn_local(flush_log_every_second(Rc::clone(&context)));
+    }
+    let mut backoff = AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
-            accepted = acceptor.accept() => accepted,
+            accepted = async {
+                context.connections.wait_for_room().await;
+                acceptor.accept().await
+            } => accepted,
             () = worker.shutdown.wait() => break,
         };
         match accepted {
-            Ok(connection) => {
-                tokio::task::spawn_local(serve_connection(connection, Rc::clone(&context)));
+            Ok((connection, peer)) => {
+                backoff.on_success(worker.index);
+                // Registered here, not in the task: the cap must count it
+                // before the next accept.
+                let registration = context.connections.register(connection.raw_fd());
+                tokio::task::spawn_local(serve_connection(
+                    connection,
+                    registration,
+                    peer,
+                    Rc::clone(&context),
+                ));
             }
-            Err(e) if accept_error_is_transient(&e) => {}
             Err(e) => {
-                eprintln!(
-                    "ringserve: worker {}: accept failed: {e}; backing off",
-                    worker.index
-                );
-                tokio::time::sleep(Duration::from_millis(ACCEPT_BACKOFF_MS)).await;
+                if let Some(pause) = backoff.on_error(worker.index, &e) {
+                    tokio::time::sleep(pause).await;
+                }
             }
         }
     }
     drop(acceptor);
     context.connections.drain(worker.shutdown_grace).await;
+    if let Some(log) = &context.access_log {
+        log.borrow_mut().flush();
+    }
 }
 
-async fn serve_connection<C: ConnectionIo>(mut connection: C, context: Rc<WorkerContext>) {
-    // Declared after `connection`, so it deregisters before the socket closes.
-    let _registration = context.connections.register(connection.raw_fd());
+async fn flush_log_every_second(context: Rc<WorkerContext>) {
+    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Some(log) = &context.access_log {
+            log.borrow_mut().flush_if_due();
+        }
+    }
+}
+
+/// Serves one connection; `registration` (its entry in the worker's table)
+/// is dropped before the socket closes.
+async fn serve_connection<C: ConnectionIo>(
+    mut connection: C,
+    registration: Registration,
+    peer: SocketAddr,
+    context: Rc<WorkerContext>,
+) {
+    let ending = match &context.access_log {
+        None => run_connection(&mut connection, &context, &mut ()).await,
+        Some(log) => {
+            let mut observer = ConnectionLog { log, peer: peer.ip() };
+            run_connection(&mut connection, &context, &mut observer).await
+        }
+    };
+    if ending == Ending::Stalled {
+        set_reset_on_close(connection.raw_fd());
+    }
+    if ending != Ending::Clean {
+        shutdown_both(connection.raw_fd());
+    }
+    drop(registration);
+    drop(connection);
+}
+
+async fn run_connection<C: ConnectionIo, O: Observer>(
+    connection: &mut C,
+    context: &WorkerContext,
+    observer: &mut O,
+) -> Ending {
+    let timeouts = &context.timeouts;
+    let mut clock = DeadlineClock::new(Instant::now());
+    let timer = connection_timer(Instant::now() + timeouts.head);
+    tokio::pin!(timer);
     let mut session = Session::new();
     let mut input: Vec<u8> = Vec::with_capacity(READ_BUFFER_BYTES);
     let mut output = Output::with_capacity(READ_BUFFER_BYTES);
     loop {
         // One load per batch: every request of the batch sees one snapshot.
-        let progress = session.on_input(&input, &context.snapshot.load(), &context.limits, &mut output);
+        let progress = session.on_input_observed(
+            &input,
+            &context.snapshot.load(),
+            &context.limits,
+            &mut output,
+            observer,
+        );
         input.drain(..progress.consumed);
-        if !output.is_empty() && write_output(&mut connection, &mut output).await.is_err() {
-            return;
+        if !output.is_empty() {
+            if let Err(failed) = write_output(connection, &mut output, timer.as_mut(), timeouts).await {
+                return failed.into();
+            }
         }
         match progress.next {
             Next::Read => {}
             Next::Write => continue,
-            Next::Close => return,
-            Next::Linger => return linger(&mut connection, input).await,
+            Next::Close => return Ending::Clean,
+            Next::Linger => return linger(connection, input, timeouts).await,
+        }
+        let deadline = clock.for_read(&session, input.len(), Instant::now(), timeouts);
+        if deadline.expiry == Expiry::RequestTimeout {
+            // A head is partly here (rare: most heads arrive in one read).
+            // Read into a second buffer, so the partial head stays ours for
+            // the 408 and its log line even if the read is abandoned.
+            let mut spare = Vec::with_capacity(READ_BUFFER_BYTES);
+            match timer::before(timer.as_mut(), deadline.at, connection.read_more(&mut spare)).await {
+                Some(Ok(0) | Err(_)) => return Ending::Clean,
+                Some(Ok(_)) => input.extend_from_slice(&spare),
+                None => {
+                    session.on_head_timeout(&input, &mut output, observer);
+                    return match connection
+                        .write_output(&mut output, timer.as_mut(), timeouts)
+                        .await
+                    {
+                        Ok(()) => linger(connection, Vec::new(), timeouts)
+                            .await
+                            .max(Ending::Abandoned),
+                        Err(failed) => Ending::from(failed).max(Ending::Abandoned),
+                    };
+                }
+            }
+            continue;
         }
         if input.len() == input.capacity() {
             input.reserve(READ_BUFFER_BYTES);
         }
-        match connection.read_more(&mut input).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+        match timer::before(timer.as_mut(), deadline.at, connection.read_more(&mut input)).await {
+            Some(Ok(0) | Err(_)) => return Ending::Clean,
+            Some(Ok(_)) => {}
+            None => return Ending::Abandoned,
         }
     }
 }
 
-/// Writes all of `output` and leaves it empty: the staged bytes in one write
-/// when nothing is shared (the common case), otherwise the in-memory pieces
-/// in vectored writes and each file range streamed in between.
-async fn write_output<C: ConnectionIo>(connection: &mut C, output: &mut Output) -> io::Result<()> {
-    if output.as_contiguous().is_some() {
-        let staged = output.take_staged();
-        let (result, staged) = connection.write_all_owned(staged).await;
-        output.restore_staged(staged);
-        return result;
+/// Writes all of `output` and leaves it empty. Without file ranges (the
+/// common case) the engine writes it in one go; otherwise the in-memory
+/// pieces between file ranges go to the engine as they come, and each file
+/// range is streamed ([`stream_file`]).
+async fn write_output<C: ConnectionIo>(
+    connection: &mut C,
+    output: &mut Output,
+    mut timer: Pin<&mut Sleep>,
+    timeouts: &Timeouts,
+) -> Result<(), WriteFailed> {
+    if !output.has_file_ranges() {
+        return connection.write_output(output, timer, timeouts).await;
     }
-    let mut batch: Vec<Bytes> = Vec::new();
+    let mut segment = Output::new();
     for piece in output.take_pieces() {
         match piece {
-            Piece::Bytes(bytes) => batch.push(bytes),
+            Piece::Bytes(bytes) => segment.push_body(&bytes),
             Piece::File(range) => {
-                if !batch.is_empty() {
-                    connection.write_all_pieces(std::mem::take(&mut batch)).await?;
+                if !segment.is_empty() {
+                    connection
+                        .write_output(&mut segment, timer.as_mut(), timeouts)
+                        .await?;
+                    segment.clear();
                 }
-                stream_file(connection, &range).await?;
+                stream_file(connection, &range, timer.as_mut(), timeouts).await?;
             }
         }
     }
-    if !batch.is_empty() {
-        connection.write_all_pieces(batch).await?;
+    if !segment.is_empty() {
+        connection.write_output(&mut segment, timer, timeouts).await?;
     }
     Ok(())
 }
 
-/// Sends `range` from disk: read a chunk, send it, read the next, with one
-/// buffer of at most [`FILE_CHUNK_BYTES`] for the whole range.
-async fn stream_file<C: ConnectionIo>(connection: &mut C, range: &FileRange) -> io::Result<()> {
-    let reader = connection.open_file(&range.file)?;
+/// Sends `range` from disk: read a chunk, send it (each write with its send
+/// deadline, as for any output), read the next; one buffer of at most
+/// [`FILE_CHUNK_BYTES`] for the whole range, reused from chunk to chunk.
+async fn stream_file<C: ConnectionIo>(
+    connection: &mut C,
+    range: &FileRange,
+    mut timer: Pin<&mut Sleep>,
+    timeouts: &Timeouts,
+) -> Result<(), WriteFailed> {
+    let reader = connection.open_file(&range.file).map_err(|_| WriteFailed::File)?;
     let capacity = usize::try_from(range.len).map_or(FILE_CHUNK_BYTES, |len| len.min(FILE_CHUNK_BYTES));
     let mut buffer = BytesMut::with_capacity(capacity);
+    let mut chunk_output = Output::new();
     let end = range.offset + range.len;
     let mut offset = range.offset;
     while offset < end {
         let want = usize::try_from(end - offset).map_or(capacity, |left| left.min(capacity));
         buffer.clear();
         let (read, filled) = connection.read_file_at(&reader, offset, want, buffer).await;
-        if read? == 0 {
-            // Truncated on disk since the snapshot was built: the response
-            // can no longer be completed, so the connection must end.
-            return Err(io::ErrorKind::UnexpectedEof.into());
+        match read {
+            Ok(n) if n > 0 => offset += n as u64,
+            _ => return Err(WriteFailed::File),
         }
-        offset += filled.len() as u64;
-        let (written, returned) = connection.write_all_owned(filled).await;
-        written?;
-        buffer = returned;
+        let chunk = filled.freeze();
+        chunk_output.push_body(&chunk);
+        connection
+            .write_output(&mut chunk_output, timer.as_mut(), timeouts)
+            .await?;
+        chunk_output.clear();
+        // The engine has let go of its reference: reuse the allocation.
+        buffer = chunk
+            .try_into_mut()
+            .unwrap_or_else(|_| BytesMut::with_capacity(capacity));
     }
     Ok(())
 }
 
 /// Half-closes, then discards what the client still sends, within bounds.
-async fn linger<C: ConnectionIo>(connection: &mut C, mut buffer: Vec<u8>) {
+async fn linger<C: ConnectionIo>(connection: &mut C, mut buffer: Vec<u8>, timeouts: &Timeouts) -> Ending {
     if connection.shutdown_write().await.is_err() {
-        return;
+        return Ending::Clean;
     }
     let discard = async {
         let mut discarded = 0;
         while discarded < LINGER_MAX_BYTES {
             buffer.clear();
+            if buffer.capacity() == 0 {
+                buffer.reserve(READ_BUFFER_BYTES);
+            }
             match connection.read_more(&mut buffer).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => discarded += n,
             }
         }
     };
-    let _ = tokio::time::timeout(Duration::from_millis(LINGER_MS), discard).await;
+    match tokio::time::timeout(timeouts.linger, discard).await {
+        Ok(()) => Ending::Clean,
+        Err(_) => Ending::Abandoned,
+    }
 }

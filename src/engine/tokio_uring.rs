@@ -16,16 +16,22 @@
 
 use std::fs::File;
 use std::io;
-use std::net::Shutdown as Direction;
+use std::net::{Shutdown as Direction, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
+use tokio::time::Sleep;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::{TcpListener, TcpStream};
 
-use crate::engine::tokio_loop::{self, Acceptor, ConnectionIo};
+use crate::engine::timer::before;
+use crate::engine::tokio_loop::{self, Acceptor, ConnectionIo, WriteFailed};
 use crate::engine::{Ready, Worker};
+use crate::http::response::Piece;
+use crate::http::{DeadlineClock, Output, Timeouts};
 
 /// Ring size: submissions in flight per worker before the runtime must enter
 /// the kernel. tokio-uring sizes the completion queue at twice this.
@@ -46,9 +52,9 @@ struct UringAcceptor(TcpListener);
 impl Acceptor for UringAcceptor {
     type Connection = UringConnection;
 
-    async fn accept(&self) -> io::Result<UringConnection> {
-        let (stream, _peer) = self.0.accept().await?;
-        Ok(UringConnection(stream))
+    async fn accept(&self) -> io::Result<(UringConnection, SocketAddr)> {
+        let (stream, peer) = self.0.accept().await?;
+        Ok((UringConnection(stream), peer))
     }
 }
 
@@ -72,18 +78,52 @@ impl ConnectionIo for UringConnection {
         result
     }
 
-    async fn write_all_owned(&mut self, buffer: BytesMut) -> (io::Result<()>, BytesMut) {
-        self.0.write_all(buffer).await
-    }
-
-    async fn write_all_pieces(&mut self, mut pieces: Vec<Bytes>) -> io::Result<()> {
-        while !pieces.is_empty() {
-            let (result, returned) = self.0.writev(pieces).await;
-            pieces = returned;
-            let mut written = result?;
-            if written == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
+    /// One operation at a time, each raced against its send deadline; a
+    /// dropped operation keeps its buffer until the kernel completes it
+    /// (the connection loop then shuts the socket down to make it complete).
+    async fn write_output(
+        &mut self,
+        output: &mut Output,
+        mut timer: Pin<&mut Sleep>,
+        timeouts: &Timeouts,
+    ) -> Result<(), WriteFailed> {
+        if output.as_contiguous().is_some() {
+            let mut staged = output.take_staged();
+            let mut written = 0;
+            while written < staged.len() {
+                let deadline = DeadlineClock::for_write(Instant::now(), timeouts);
+                let write = self.0.write(staged.slice(written..)).submit();
+                let (result, slice) = before(timer.as_mut(), deadline.at, write)
+                    .await
+                    .ok_or(WriteFailed::Stalled)?;
+                staged = slice.into_inner();
+                match result {
+                    Ok(0) | Err(_) => return Err(WriteFailed::Peer),
+                    Ok(n) => written += n,
+                }
             }
+            output.restore_staged(staged);
+            return Ok(());
+        }
+        let mut pieces = Vec::new();
+        for piece in output.take_pieces() {
+            match piece {
+                Piece::Bytes(bytes) => pieces.push(bytes),
+                // The shared loop streams file ranges itself
+                // (`tokio_loop::write_output`) and never passes one here.
+                Piece::File(_) => return Err(WriteFailed::File),
+            }
+        }
+        while !pieces.is_empty() {
+            let deadline = DeadlineClock::for_write(Instant::now(), timeouts);
+            let (result, returned) = before(timer.as_mut(), deadline.at, self.0.writev(pieces))
+                .await
+                .ok_or(WriteFailed::Stalled)?;
+            pieces = returned;
+            let mut written = match result {
+                Ok(0) | Err(_) => return Err(WriteFailed::Peer),
+                Ok(n) => n,
+            };
             while written > 0 {
                 let first = pieces[0].len();
                 if written >= first {
@@ -96,6 +136,10 @@ impl ConnectionIo for UringConnection {
             }
         }
         Ok(())
+    }
+
+    async fn shutdown_write(&mut self) -> io::Result<()> {
+        self.0.shutdown(Direction::Write)
     }
 
     fn open_file(&self, file: &Arc<File>) -> io::Result<tokio_uring::fs::File> {
@@ -113,9 +157,5 @@ impl ConnectionIo for UringConnection {
     ) -> (io::Result<usize>, BytesMut) {
         let (result, slice) = file.read_at(buffer.slice(..len), offset).await;
         (result, slice.into_inner())
-    }
-
-    async fn shutdown_write(&mut self) -> io::Result<()> {
-        self.0.shutdown(Direction::Write)
     }
 }

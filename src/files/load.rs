@@ -665,6 +665,63 @@ fn url_path_of(path: &Path, root: &Path) -> Vec<u8> {
     url
 }
 
+/// A snapshot of files given as `(url path, body)` pairs, without touching
+/// the file system: for tests, property tests and fuzzing, which need a small
+/// site that is the same on every run. Directories are implied by the paths.
+/// Built by the same steps as [`load_snapshot`] with the default options
+/// (variants, heads, routes), on the calling thread.
+pub(super) fn snapshot_from_memory(files: &[(&str, &[u8])], modified_secs: u64) -> Snapshot {
+    let options = LoadOptions::new("/");
+    let policy = HeaderPolicy::default();
+    let meter = MemoryMeter {
+        used: AtomicU64::new(0),
+        budget: None,
+    };
+    let mut directories: Vec<Vec<u8>> = Vec::new();
+    let mut raw = Vec::with_capacity(files.len());
+    for (url_path, body) in files {
+        let (parent, file_name) = split_last_segment(url_path.as_bytes());
+        let mut ancestor = parent;
+        while !ancestor.is_empty() && !directories.iter().any(|d| d == ancestor) {
+            directories.push(ancestor.to_vec());
+            ancestor = split_last_segment(ancestor).0;
+        }
+        raw.push(RawFile {
+            url_path: url_path.as_bytes().into(),
+            content_type: head::content_type_for(&String::from_utf8_lossy(file_name)),
+            modified_secs,
+            etag: head::etag_for(body),
+            body: Body::Memory(Bytes::copy_from_slice(body)),
+        });
+    }
+    let by_path: FxHashMap<&[u8], usize> = raw
+        .iter()
+        .enumerate()
+        .map(|(i, file)| (&file.url_path[..], i))
+        .collect();
+    let files: Vec<FileEntry> = raw
+        .iter()
+        .map(|file| build_entry(file, &raw, &by_path, &policy, &options, &meter).map(|(entry, _)| entry))
+        .collect::<Result<_, _>>()
+        .expect("building from memory cannot fail without a budget");
+    let routes = build_routes(&files, files.len(), &directories, &options);
+    let not_found_page = files
+        .iter()
+        .position(|f| *f.url_path == *NOT_FOUND_PAGE)
+        .map(|i| not_found_entry(&raw[i], &files[i], &policy));
+    Snapshot {
+        stats: SnapshotStats {
+            files: files.len(),
+            memory_bytes: meter.used.load(Ordering::Relaxed),
+            ..SnapshotStats::default()
+        },
+        files,
+        routes,
+        fallback: None,
+        not_found_page,
+    }
+}
+
 /// Step 6. `files[..file_count]` are the root's files, the rest listings.
 fn build_routes(
     files: &[FileEntry],

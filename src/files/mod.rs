@@ -195,6 +195,12 @@ impl Snapshot {
         load::load_snapshot(options)
     }
 
+    /// A snapshot of `(url path, body)` pairs held in memory, all modified
+    /// at `modified_secs`: a small fixed site for tests and fuzzing.
+    pub fn from_memory(files: &[(&str, &[u8])], modified_secs: u64) -> Snapshot {
+        load::snapshot_from_memory(files, modified_secs)
+    }
+
     /// Resolves a normalised key (see [`crate::http::target::normalize_target`]).
     pub fn resolve(&self, key: &[u8]) -> Resolved<'_> {
         match self.routes.get(key) {

@@ -8,10 +8,12 @@
 //! [`conditional`] requests and [`range`]s, from the fields gathered in
 //! [`selection`]), [`response`] (append precomputed heads and bodies to an
 //! [`response::Output`]), [`status`] (codes and error pages) and [`date`]
-//! (the per-thread `Date` cache).
+//! (the per-thread `Date` cache). [`deadline`] holds the timeout rules every
+//! engine applies around its reads and writes.
 
 pub mod conditional;
 pub mod date;
+pub mod deadline;
 pub mod negotiate;
 pub mod range;
 pub mod request;
@@ -22,6 +24,7 @@ pub mod session;
 pub mod status;
 pub mod target;
 
+pub use deadline::{Deadline, DeadlineClock, Expiry, Timeouts};
 pub use request::Limits;
 pub use response::Output;
-pub use session::{Next, Progress, Session};
+pub use session::{Exchange, Next, Observer, Progress, Session};

@@ -10,6 +10,16 @@
 //!
 //! Line endings: CRLF, and also a bare LF (RFC 9112 §2.2 allows a recipient to
 //! accept one, and `httparse` does); a bare CR is rejected by `httparse`.
+//!
+//! Strictness (RFC 9112, stricter than nginx where the RFCs allow): `httparse`
+//! runs with every leniency off (`strict_parser`), so one space between the
+//! request-line parts, no whitespace before a colon or before the first
+//! field, no obs-fold, token field names, and no control bytes (CR, LF, NUL,
+//! DEL, …) in targets or values are all 400. On top of that this module refuses
+//! what `httparse` leaves to the caller: framing that could be read two ways
+//! (`Transfer-Encoding` with `Content-Length`, on HTTP/1.0, or not ending in
+//! `chunked`; any repeated `Content-Length`), a missing, repeated or malformed
+//! `Host`.
 
 use std::mem::MaybeUninit;
 
@@ -29,6 +39,9 @@ pub struct RequestHead<'a> {
     pub body_len: u64,
     /// Validators, range and accepted codings: see [`SelectionHeaders`].
     pub selection: SelectionHeaders<'a>,
+    /// For the access log only (kept as slices: free when logging is off).
+    pub referer: Option<&'a [u8]>,
+    pub user_agent: Option<&'a [u8]>,
     /// Length of the head in bytes, including the blank line that ends it.
     pub head_len: usize,
 }
@@ -58,8 +71,9 @@ pub enum RequestError {
     HeadTooLarge,
     /// A method token nobody registered: 501.
     UnknownMethod,
-    /// `Transfer-Encoding` on a request: 501 (this server takes no request bodies
-    /// it would have to de-chunk).
+    /// A well-formed `Transfer-Encoding: …, chunked` on an HTTP/1.1 request
+    /// without `Content-Length`: 501 (this server reads no chunked bodies).
+    /// Every other use of `Transfer-Encoding` is a [`RequestError::BadRequest`].
     TransferEncoding,
     /// A declared body larger than the limit: 413.
     BodyTooLarge,
@@ -128,12 +142,33 @@ pub fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
 }
 
 /// Decides what an incomplete head already proves: that it is too large.
+///
+/// Called on every partial read, so it does no scanning until the buffer is
+/// longer than a limit, and then scans at most one request line's worth.
 pub fn check_partial(buf: &[u8], limits: &Limits) -> Result<(), RequestError> {
-    match memchr::memchr(b'\n', buf) {
-        None if buf.len() > limits.max_request_line_bytes => Err(RequestError::UriTooLong),
-        _ if buf.len() > limits.max_head_bytes => Err(RequestError::HeadTooLarge),
-        _ => Ok(()),
+    if buf.len() <= limits.max_request_line_bytes && buf.len() <= limits.max_head_bytes {
+        return Ok(());
     }
+    let line_window = &buf[..buf.len().min(limits.max_request_line_bytes + 1)];
+    let line_len = memchr::memchr(b'\n', line_window).unwrap_or(line_window.len());
+    if line_len > limits.max_request_line_bytes {
+        Err(RequestError::UriTooLong)
+    } else if buf.len() > limits.max_head_bytes {
+        Err(RequestError::HeadTooLarge)
+    } else {
+        Ok(())
+    }
+}
+
+/// `httparse` with every leniency off, spelled out so the choice is visible:
+/// these are the defaults today, and a test per rule fails if one changes.
+fn strict_parser() -> httparse::ParserConfig {
+    let mut config = httparse::ParserConfig::default();
+    config
+        .allow_multiple_spaces_in_request_line_delimiters(false)
+        .allow_space_before_first_header_name(false)
+        .ignore_invalid_headers_in_requests(false);
+    config
 }
 
 /// Parses a complete head (`head` ends with the blank line found by
@@ -149,7 +184,7 @@ pub fn parse_request<'a>(head: &'a [u8], limits: &Limits) -> Result<RequestHead<
     let mut storage = [MaybeUninit::<httparse::Header<'a>>::uninit(); HEADER_COUNT_CEILING];
     let field_slots = &mut storage[..limits.max_header_count.min(HEADER_COUNT_CEILING)];
     let mut req = httparse::Request::new(&mut []);
-    match req.parse_with_uninit_headers(head, field_slots) {
+    match strict_parser().parse_request_with_uninit_headers(&mut req, head, field_slots) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(RequestError::BadRequest("incomplete head")),
         Err(httparse::Error::TooManyHeaders) => return Err(RequestError::HeadTooLarge),
@@ -173,10 +208,13 @@ pub fn parse_request<'a>(head: &'a [u8], limits: &Limits) -> Result<RequestHead<
         close: version == Version::Http10,
         body_len: 0,
         selection: SelectionHeaders::default(),
+        referer: None,
+        user_agent: None,
         head_len: head.len(),
     };
     let mut host_count = 0usize;
     let mut content_length: Option<u64> = None;
+    let mut transfer_coding = TransferCoding::Absent;
     for field in req.headers.iter() {
         let name = field.name.as_bytes();
         let value = trim_ows(field.value);
@@ -188,21 +226,46 @@ pub fn parse_request<'a>(head: &'a [u8], limits: &Limits) -> Result<RequestHead<
                     return Err(RequestError::BadRequest("invalid Host"));
                 }
             }
+            7 if name.eq_ignore_ascii_case(b"referer") => parsed.referer = Some(value),
             10 if name.eq_ignore_ascii_case(b"connection") => {
                 apply_connection_tokens(value, version, &mut parsed.close);
             }
+            10 if name.eq_ignore_ascii_case(b"user-agent") => parsed.user_agent = Some(value),
             14 if name.eq_ignore_ascii_case(b"content-length") => {
-                let len = parse_content_length(value)?;
-                if content_length.is_some_and(|seen| seen != len) {
-                    return Err(RequestError::BadRequest("conflicting Content-Length"));
+                // Even identical repeats are refused (RFC 9110 §8.6 allows
+                // either): two framing fields are how smuggling starts.
+                if content_length.is_some() {
+                    return Err(RequestError::BadRequest("repeated Content-Length"));
                 }
-                content_length = Some(len);
+                content_length = Some(parse_content_length(value)?);
             }
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
-                return Err(RequestError::TransferEncoding);
+                transfer_coding = transfer_coding.then(value);
             }
             _ => parsed.selection.observe(name, value),
         }
+    }
+    match transfer_coding {
+        TransferCoding::Absent => {}
+        TransferCoding::Malformed => return Err(RequestError::BadRequest("invalid Transfer-Encoding")),
+        TransferCoding::NotChunkedLast => {
+            return Err(RequestError::BadRequest(
+                "Transfer-Encoding does not end in chunked",
+            ));
+        }
+        // RFC 9112 §6.1: a sender MUST NOT send both; §6.3: a server MAY reject
+        // such a message and then MUST close, which `Linger` does.
+        TransferCoding::ChunkedLast if content_length.is_some() => {
+            return Err(RequestError::BadRequest(
+                "both Transfer-Encoding and Content-Length",
+            ));
+        }
+        // RFC 9112 §6.1: an HTTP/1.0 message with a transfer coding has
+        // faulty framing.
+        TransferCoding::ChunkedLast if version == Version::Http10 => {
+            return Err(RequestError::BadRequest("Transfer-Encoding on HTTP/1.0"));
+        }
+        TransferCoding::ChunkedLast => return Err(RequestError::TransferEncoding),
     }
     if version == Version::Http11 && host_count == 0 {
         return Err(RequestError::BadRequest("missing Host"));
@@ -215,6 +278,51 @@ pub fn parse_request<'a>(head: &'a [u8], limits: &Limits) -> Result<RequestHead<
         return Err(RequestError::BodyTooLarge);
     }
     Ok(parsed)
+}
+
+/// What the `Transfer-Encoding` fields of a request say, all fields taken
+/// together as one list (RFC 9110 §5.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TransferCoding {
+    Absent,
+    /// An empty list, a member that is not a token, or `chunked` applied twice.
+    Malformed,
+    /// The last coding is `chunked`, applied once.
+    ChunkedLast,
+    /// Codings that do not end with `chunked`: the body length is unknowable.
+    NotChunkedLast,
+}
+
+impl TransferCoding {
+    /// Folds one more `Transfer-Encoding` field value into the list so far.
+    fn then(self, value: &[u8]) -> TransferCoding {
+        let mut state = self;
+        let mut members = 0;
+        for member in value.split(|&b| b == b',').map(trim_ows) {
+            if member.is_empty() {
+                continue;
+            }
+            members += 1;
+            // `name;param=value` is the syntax; only the name matters here.
+            let name = trim_ows(member.split(|&b| b == b';').next().unwrap_or_default());
+            if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+                return TransferCoding::Malformed;
+            }
+            let chunked = name.eq_ignore_ascii_case(b"chunked");
+            state = match state {
+                TransferCoding::Malformed => return state,
+                // Anything after `chunked`, including `chunked` again, is an
+                // error: chunked must be applied once, and last.
+                TransferCoding::ChunkedLast => return TransferCoding::Malformed,
+                _ if chunked => TransferCoding::ChunkedLast,
+                _ => TransferCoding::NotChunkedLast,
+            };
+        }
+        if members == 0 {
+            return TransferCoding::Malformed;
+        }
+        state
+    }
 }
 
 fn classify_method(method: &str) -> Result<Method, RequestError> {
@@ -423,10 +531,257 @@ mod tests {
         assert_eq!(parse(big).unwrap_err(), RequestError::BodyTooLarge);
     }
 
+    /// The status a complete head gets, or `None` if it is accepted.
+    fn status_of(raw: &[u8]) -> Option<u16> {
+        parse(raw).err().map(|e| e.status().code())
+    }
+
     #[test]
-    fn transfer_encoding_is_refused() {
-        let raw = b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(parse(raw).unwrap_err(), RequestError::TransferEncoding);
+    fn transfer_encoding_rules() {
+        let with = |fields: &str, version: &str| format!("GET / HTTP/{version}\r\nHost: a\r\n{fields}\r\n");
+        let cases = [
+            ("Transfer-Encoding: chunked\r\n", "1.1", 501),
+            ("Transfer-Encoding: gzip, chunked\r\n", "1.1", 501),
+            (
+                "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+                "1.1",
+                501,
+            ),
+            ("Transfer-Encoding: CHUNKED\r\n", "1.1", 501),
+            ("Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", "1.1", 400),
+            ("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", "1.1", 400),
+            ("Transfer-Encoding: chunked\r\n", "1.0", 400),
+            ("Transfer-Encoding: gzip\r\n", "1.1", 400),
+            ("Transfer-Encoding: chunked, gzip\r\n", "1.1", 400),
+            ("Transfer-Encoding: chunked, chunked\r\n", "1.1", 400),
+            (
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+                "1.1",
+                400,
+            ),
+            ("Transfer-Encoding: \r\n", "1.1", 400),
+            ("Transfer-Encoding: ,\r\n", "1.1", 400),
+            ("Transfer-Encoding: chu nked\r\n", "1.1", 400),
+            ("Transfer-Encoding: \"chunked\"\r\n", "1.1", 400),
+            ("Transfer-Encoding: identity\r\n", "1.1", 400),
+        ];
+        for (fields, version, expected) in cases {
+            let raw = with(fields, version);
+            assert_eq!(status_of(raw.as_bytes()), Some(expected), "{raw:?}");
+        }
+    }
+
+    /// Each rule of RFC 9112's syntax that `httparse` enforces for us, with
+    /// the leniency that would break it named: if a leniency is ever turned
+    /// on in [`strict_parser`], its case here fails.
+    #[test]
+    fn strict_syntax() {
+        let cases: &[(&[u8], u16, &str)] = &[
+            (
+                b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+                400,
+                "two spaces in the request line",
+            ),
+            (
+                b"GET /  HTTP/1.1\r\nHost: a\r\n\r\n",
+                400,
+                "two spaces before the version",
+            ),
+            (
+                b"GET / HTTP/1.1 \r\nHost: a\r\n\r\n",
+                400,
+                "space after the version",
+            ),
+            (
+                b" GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+                400,
+                "space before the method",
+            ),
+            (b"GET\t/ HTTP/1.1\r\nHost: a\r\n\r\n", 400, "tab as a delimiter"),
+            (b"GET /\r\nHost: a\r\n\r\n", 400, "missing version"),
+            (b"GET / \r\nHost: a\r\n\r\n", 400, "empty version"),
+            (b"GET HTTP/1.1\r\nHost: a\r\n\r\n", 400, "missing target"),
+            (b"GET / http/1.1\r\nHost: a\r\n\r\n", 400, "lowercase version"),
+            (b"GET / HTTP/1.10\r\nHost: a\r\n\r\n", 400, "three-digit version"),
+            (b"GET / HTTP/11\r\nHost: a\r\n\r\n", 400, "version without a dot"),
+            (
+                b"GET /a\x01 HTTP/1.1\r\nHost: a\r\n\r\n",
+                400,
+                "control byte in the target",
+            ),
+            (
+                b"GET /a\x7f HTTP/1.1\r\nHost: a\r\n\r\n",
+                400,
+                "DEL in the target",
+            ),
+            (
+                b"GET /a\x00 HTTP/1.1\r\nHost: a\r\n\r\n",
+                400,
+                "NUL in the target",
+            ),
+            (
+                b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
+                400,
+                "space in the target",
+            ),
+            (
+                b"GET / HTTP/1.1\rHost: a\r\n\r\n",
+                400,
+                "bare CR after the request line",
+            ),
+            (
+                b"GET /\r HTTP/1.1\r\nHost: a\r\n\r\n",
+                400,
+                "bare CR in the target",
+            ),
+            (b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n", 400, "bare CR in a value"),
+            (b"GET / HTTP/1.1\r\nHo\rst: a\r\n\r\n", 400, "bare CR in a name"),
+            (b"GET / HTTP/1.1\r\nHost: a\r\r\n\r\n", 400, "CR CR LF"),
+            (
+                b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+                400,
+                "space before the colon",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost\t: a\r\n\r\n",
+                400,
+                "tab before the colon",
+            ),
+            (
+                b"GET / HTTP/1.1\r\n Host: a\r\n\r\n",
+                400,
+                "space before the first field",
+            ),
+            (
+                b"GET / HTTP/1.1\r\n\tHost: a\r\n\r\n",
+                400,
+                "tab before the first field",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nX: b\r\n c\r\n\r\n",
+                400,
+                "obs-fold",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nX: b\r\n\tc\r\n\r\n",
+                400,
+                "obs-fold with a tab",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\n: b\r\n\r\n",
+                400,
+                "empty field name",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nX@Y: b\r\n\r\n",
+                400,
+                "non-token field name",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nX\"Y: b\r\n\r\n",
+                400,
+                "quote in a field name",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nX\r\n\r\n",
+                400,
+                "field without a colon",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nX: b\x00c\r\n\r\n",
+                400,
+                "NUL in a value",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nX: b\x01c\r\n\r\n",
+                400,
+                "control byte in a value",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nX: b\x7fc\r\n\r\n",
+                400,
+                "DEL in a value",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nX: b\nc\r\n\r\n",
+                400,
+                "bare LF inside a value starts a bad line",
+            ),
+            (b"GET / HTTP/1.1\r\n\r\n", 400, "missing Host"),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n",
+                400,
+                "two Host fields",
+            ),
+            (b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400, "slash in Host"),
+            (b"GET / HTTP/1.1\r\nHost: a@b\r\n\r\n", 400, "userinfo in Host"),
+            (
+                b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\nHost: a\r\n\r\n",
+                400,
+                "repeated Content-Length",
+            ),
+            (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505, "HTTP/2.0"),
+            (b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", 505, "HTTP/1.2"),
+            (
+                b"GET / HTTP/0.9\r\nHost: a\r\n\r\n",
+                505,
+                "HTTP/0.9 spelled as a version",
+            ),
+            (b"BREW / HTTP/1.1\r\nHost: a\r\n\r\n", 501, "unknown method"),
+            (
+                b"get / HTTP/1.1\r\nHost: a\r\n\r\n",
+                501,
+                "methods are case-sensitive",
+            ),
+            (b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n", 400, "non-token method"),
+        ];
+        for (raw, expected, why) in cases {
+            assert_eq!(
+                status_of(raw),
+                Some(*expected),
+                "{why}: {:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+
+    #[test]
+    fn what_strict_parsing_still_accepts() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"GET / HTTP/1.1\nHost: a\n\n", "bare LF line endings"),
+            (b"GET / HTTP/1.1\r\nHost: a\n\r\n", "mixed line endings"),
+            (b"GET / HTTP/1.1\r\nHost:a\r\n\r\n", "no space after the colon"),
+            (
+                b"GET / HTTP/1.1\r\nHost: a \t\r\n\r\n",
+                "trailing whitespace in a value",
+            ),
+            (b"GET / HTTP/1.1\r\nHost: \r\n\r\n", "empty Host (RFC 9112 §3.2)"),
+            (
+                b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
+                "IPv6 Host with port",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nX: caf\xc3\xa9\r\n\r\n",
+                "obs-text in a value",
+            ),
+            (b"GET / HTTP/1.0\r\n\r\n", "HTTP/1.0 without Host"),
+            (b"GET http://a/b HTTP/1.1\r\nHost: a\r\n\r\n", "absolute form"),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+                "zero Content-Length",
+            ),
+        ];
+        for (raw, why) in cases {
+            assert_eq!(status_of(raw), None, "{why}: {:?}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn referer_and_user_agent_are_kept_for_the_log() {
+        let head =
+            parse(b"GET / HTTP/1.1\r\nHost: a\r\nReferer: http://r/\r\nUser-Agent: t/1\r\n\r\n").unwrap();
+        assert_eq!(head.referer, Some(&b"http://r/"[..]));
+        assert_eq!(head.user_agent, Some(&b"t/1"[..]));
     }
 
     #[test]
@@ -446,6 +801,24 @@ mod tests {
         }
         many.extend_from_slice(b"\r\n");
         assert_eq!(parse(&many).unwrap_err(), RequestError::HeadTooLarge);
+    }
+
+    #[test]
+    fn a_long_request_line_is_414_even_when_the_head_is_also_too_large() {
+        let limits = Limits::default();
+        let mut raw = b"GET /".to_vec();
+        raw.resize(limits.max_head_bytes + 100, b'a');
+        raw.extend_from_slice(b" HTTP/1.1\r\nHost: a\r\n");
+        assert_eq!(check_partial(&raw, &limits), Err(RequestError::UriTooLong));
+        let mut line_then_fields = b"GET / HTTP/1.1\r\n".to_vec();
+        line_then_fields.resize(limits.max_head_bytes + 1, b'a');
+        assert_eq!(
+            check_partial(&line_then_fields, &limits),
+            Err(RequestError::HeadTooLarge)
+        );
+        let mut exactly = b"GET /".to_vec();
+        exactly.resize(limits.max_request_line_bytes, b'a');
+        assert_eq!(check_partial(&exactly, &limits), Ok(()));
     }
 
     #[test]

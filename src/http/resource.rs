@@ -27,7 +27,21 @@ use crate::http::negotiate;
 use crate::http::range::{self, ByteRange, RangeOutcome};
 use crate::http::request::{Method, RequestHead};
 use crate::http::response::{self, ConnectionHeader, Output};
-use crate::http::status::Status;
+use crate::http::status::{Status, error_page};
+
+/// What a response was: its status and how many body bytes it sends (for
+/// the access log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    pub status: Status,
+    pub body_bytes: u64,
+}
+
+impl Sent {
+    fn new(status: Status, body_bytes: u64) -> Sent {
+        Sent { status, body_bytes }
+    }
+}
 
 /// Appends the response to a GET or HEAD of `entry`.
 pub fn respond_file(
@@ -36,7 +50,7 @@ pub fn respond_file(
     entry: &FileEntry,
     date: &DateLine,
     connection: ConnectionHeader,
-) {
+) -> Sent {
     let fields = &head.selection;
     let chosen = negotiate::select_representation(fields.accept_encoding, &entry.representations);
     let representation = &entry.representations[chosen];
@@ -46,11 +60,16 @@ pub fn respond_file(
         Precondition::Proceed => {}
         Precondition::NotModified => {
             response::write_response(out, &representation.not_modified_head, None, date, connection);
-            return;
+            return Sent::new(Status::NotModified, 0);
         }
         Precondition::Failed => {
             response::write_error(out, Status::PreconditionFailed, with_body, date, connection);
-            return;
+            let body = if with_body {
+                error_page(Status::PreconditionFailed).body.len()
+            } else {
+                0
+            };
+            return Sent::new(Status::PreconditionFailed, body as u64);
         }
     }
 
@@ -62,18 +81,22 @@ pub fn respond_file(
         match range::evaluate(value, representation.body.len()) {
             RangeOutcome::Full => {}
             RangeOutcome::Single(part) => {
-                return write_single_part(out, entry, representation, part, date, connection);
+                write_single_part(out, entry, representation, part, date, connection);
+                return Sent::new(Status::PartialContent, part.len());
             }
             RangeOutcome::Multiple(parts) => {
-                return write_multipart(out, entry, representation, &parts, date, connection);
+                let length = write_multipart(out, entry, representation, &parts, date, connection);
+                return Sent::new(Status::PartialContent, length);
             }
             RangeOutcome::Unsatisfiable => {
-                return write_unsatisfiable(out, entry, representation, date, connection);
+                write_unsatisfiable(out, entry, representation, date, connection);
+                return Sent::new(Status::RangeNotSatisfiable, 0);
             }
         }
     }
     let body = with_body.then_some(&representation.body);
     response::write_response(out, &representation.ok_head, body, date, connection);
+    Sent::new(Status::Ok, body.map_or(0, |b| b.len()))
 }
 
 /// Appends the answer for a path that resolved to nothing.
@@ -83,7 +106,7 @@ pub fn respond_not_found(
     snapshot: &Snapshot,
     date: &DateLine,
     connection: ConnectionHeader,
-) {
+) -> Sent {
     if let Some(fallback) = snapshot.fallback() {
         if negotiate::accepts_html(head.selection.accept) {
             return respond_file(out, head, fallback, date, connection);
@@ -97,8 +120,17 @@ pub fn respond_not_found(
             let representation = &page.representations[chosen];
             let body = with_body.then_some(&representation.body);
             response::write_response(out, &representation.ok_head, body, date, connection);
+            Sent::new(Status::NotFound, body.map_or(0, |b| b.len()))
         }
-        None => response::write_error(out, Status::NotFound, with_body, date, connection),
+        None => {
+            response::write_error(out, Status::NotFound, with_body, date, connection);
+            let body = if with_body {
+                error_page(Status::NotFound).body.len()
+            } else {
+                0
+            };
+            Sent::new(Status::NotFound, body as u64)
+        }
     }
 }
 
@@ -134,7 +166,7 @@ fn write_multipart(
     parts: &[ByteRange],
     date: &DateLine,
     connection: ConnectionHeader,
-) {
+) -> u64 {
     let tag = representation
         .etag
         .strip_prefix(b"\"")
@@ -166,6 +198,7 @@ fn write_multipart(
         out.push_body_range(&representation.body, part.first, part.len());
     }
     out.push(closing.as_bytes());
+    length
 }
 
 fn write_unsatisfiable(
