@@ -7,41 +7,20 @@
 //! The large-file test uses 256 MiB by default; set
 //! `RINGSERVE_TEST_LARGE_MIB=1024` for the 1 GiB run.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+mod support;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ringserve::engine::{EngineKind, Server, ServerConfig};
-use ringserve::files::{LoadOptions, Snapshot};
-
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempRoot(PathBuf);
-
-impl TempRoot {
-    fn new(name: &str) -> TempRoot {
-        let dir = std::env::temp_dir().join(format!("ringserve-e2e-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempRoot(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempRoot {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use ringserve::engine::{EngineKind, ServerConfig};
+use ringserve::files::LoadOptions;
+use support::{RawClient, TempSite, TestServer, for_each_engine, pattern_bytes, request};
 
 /// The `ringserve` binary, stopped (by PID) on drop.
 struct ServerProcess {
@@ -125,153 +104,96 @@ impl Drop for ServerProcess {
     }
 }
 
-/// One response read off a keep-alive connection.
-struct Response {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
+/// A GET of `path` with extra header `fields` on `client`.
+fn get(client: &mut RawClient, path: &str, fields: &str) -> support::Response {
+    client.request(&request("GET", path, fields))
 }
 
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.split("\r\n").skip(1).find_map(|line| {
-            let (n, v) = line.split_once(':')?;
-            n.eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-}
-
-/// A minimal HTTP/1.1 client: keep-alive, `Content-Length` framing (all this
-/// server sends), so the exact bytes can be checked.
-struct Client {
-    reader: BufReader<TcpStream>,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        Client {
-            reader: BufReader::new(stream),
-        }
-    }
-
-    fn request(&mut self, method: &str, path: &str, fields: &str) -> std::io::Result<Response> {
-        let request = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n{fields}\r\n");
-        self.reader.get_mut().write_all(request.as_bytes())?;
-        let mut head = String::new();
-        loop {
-            let before = head.len();
-            if self.reader.read_line(&mut head)? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            if head[before..] == *"\r\n" {
-                break;
-            }
-        }
-        let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let mut response = Response {
-            status,
-            head,
-            body: Vec::new(),
-        };
-        let length: usize = response
-            .header("content-length")
-            .map_or(0, |v| v.parse().unwrap());
-        if method != "HEAD" && status != 304 {
-            response.body.resize(length, 0);
-            self.reader.read_exact(&mut response.body)?;
-        }
-        Ok(response)
-    }
-
-    fn get(&mut self, path: &str, fields: &str) -> Response {
-        self.request("GET", path, fields).unwrap()
-    }
-}
-
-fn start_in_process(engine: EngineKind, options: &LoadOptions) -> Server {
-    let snapshot = Snapshot::load(options).unwrap();
-    Server::start(&ServerConfig::loopback(engine), Arc::new(snapshot))
-        .unwrap_or_else(|e| panic!("{engine}: {e}"))
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+/// One worker serving `root`, files over `max_cached_file_bytes` streamed.
+fn serve(engine: EngineKind, root: &Path, max_cached_file_bytes: u64) -> TestServer {
+    let options = LoadOptions {
+        max_cached_file_bytes,
+        ..LoadOptions::new(root)
+    };
+    TestServer::with_options(ServerConfig::loopback(engine), &options)
 }
 
 #[test]
 fn ranges_preconditions_and_encodings_on_every_engine() {
-    let root = TempRoot::new("semantics");
+    let site = TempSite::new();
     let script: String = (0..400).map(|i| format!("console.log('line {i}');\n")).collect();
-    std::fs::write(root.path().join("app.js"), &script).unwrap();
-    let memory = pattern(40_000, 0);
-    let disk = pattern(300_000, 7);
-    std::fs::write(root.path().join("memory.bin"), &memory).unwrap();
-    std::fs::write(root.path().join("disk.bin"), &disk).unwrap();
-    let options = LoadOptions {
-        max_cached_file_bytes: 100_000,
-        ..LoadOptions::new(root.path())
-    };
-    for engine in EngineKind::ALL {
-        let server = start_in_process(engine, &options);
-        let mut client = Client::connect(server.local_addr());
+    let memory = pattern_bytes(40_000);
+    let disk = pattern_bytes(300_000);
+    site.write("app.js", script.as_bytes())
+        .write("memory.bin", &memory)
+        .write("disk.bin", &disk);
+    for_each_engine(|engine| {
+        let server = serve(engine, site.path(), 100_000);
+        let mut client = server.connect();
         for (path, data) in [("/memory.bin", &memory), ("/disk.bin", &disk)] {
-            let full = client.get(path, "");
-            assert_eq!(full.status, 200, "{engine} {path}");
-            assert!(full.body == *data, "{engine} {path}: whole body");
-            let etag = full.header("etag").unwrap().to_owned();
+            let full = get(&mut client, path, "");
+            assert_eq!(full.status, 200, "{path}");
+            assert!(full.body == *data, "{path}: whole body");
+            let etag = full.expect_header("ETag").to_owned();
 
-            let part = client.get(path, "Range: bytes=1000-34999\r\n");
-            assert_eq!(part.status, 206, "{engine} {path}");
-            assert_eq!(part.body, data[1000..35000], "{engine} {path}: range");
-            let tail = client.get(path, "Range: bytes=-100\r\n");
-            assert_eq!(tail.body, data[data.len() - 100..], "{engine} {path}: suffix");
-            let multi = client.get(path, "Range: bytes=0-9, 20000-20009\r\n");
+            let part = get(&mut client, path, "Range: bytes=1000-34999\r\n");
+            assert_eq!(part.status, 206, "{path}");
+            assert_eq!(
+                part.expect_header("Content-Range"),
+                format!("bytes 1000-34999/{}", data.len())
+            );
+            assert!(part.body == data[1000..35000], "{path}: range");
+            let tail = get(&mut client, path, "Range: bytes=-100\r\n");
+            assert!(tail.body == data[data.len() - 100..], "{path}: suffix");
+            let multi = get(&mut client, path, "Range: bytes=0-9, 20000-20009\r\n");
             assert_eq!(multi.status, 206);
             assert!(
                 multi
-                    .header("content-type")
-                    .unwrap()
+                    .expect_header("Content-Type")
                     .starts_with("multipart/byteranges")
             );
-            let unsatisfiable = client.get(path, &format!("Range: bytes={}-\r\n", data.len()));
-            assert_eq!(unsatisfiable.status, 416, "{engine} {path}");
+            let unsatisfiable = get(&mut client, path, &format!("Range: bytes={}-\r\n", data.len()));
+            assert_eq!(unsatisfiable.status, 416, "{path}");
             assert_eq!(
-                unsatisfiable.header("content-range"),
-                Some(&*format!("bytes */{}", data.len()))
+                unsatisfiable.expect_header("Content-Range"),
+                format!("bytes */{}", data.len())
             );
-            let resumed = client.get(path, &format!("Range: bytes=5-\r\nIf-Range: {etag}\r\n"));
+            let resumed = get(
+                &mut client,
+                path,
+                &format!("Range: bytes=5-\r\nIf-Range: {etag}\r\n"),
+            );
             assert_eq!(resumed.status, 206);
-            let changed = client.get(path, "Range: bytes=5-\r\nIf-Range: \"changed\"\r\n");
+            let changed = get(&mut client, path, "Range: bytes=5-\r\nIf-Range: \"changed\"\r\n");
             assert_eq!((changed.status, changed.body.len()), (200, data.len()));
 
-            let not_modified = client.get(path, &format!("If-None-Match: {etag}\r\n"));
-            assert_eq!(not_modified.status, 304, "{engine} {path}");
-            assert_eq!(not_modified.header("etag"), Some(&*etag));
-            let failed = client.get(path, "If-Match: \"other\"\r\n");
-            assert_eq!(failed.status, 412, "{engine} {path}");
+            let not_modified = get(&mut client, path, &format!("If-None-Match: {etag}\r\n"));
+            assert_eq!(not_modified.status, 304, "{path}");
+            assert_eq!(not_modified.expect_header("ETag"), etag);
+            let failed = get(&mut client, path, "If-Match: \"other\"\r\n");
+            assert_eq!(failed.status, 412, "{path}");
         }
-        let gzip = client.get("/app.js", "Accept-Encoding: gzip\r\n");
-        assert_eq!(gzip.header("content-encoding"), Some("gzip"), "{engine}");
-        assert_eq!(gzip.header("vary"), Some("Accept-Encoding"));
+        let gzip = get(&mut client, "/app.js", "Accept-Encoding: gzip\r\n");
+        assert_eq!(gzip.header("Content-Encoding"), Some("gzip"));
+        assert_eq!(gzip.header("Vary"), Some("Accept-Encoding"));
         let mut decoded = String::new();
         flate2::read::GzDecoder::new(&gzip.body[..])
             .read_to_string(&mut decoded)
             .unwrap();
-        assert_eq!(decoded, script, "{engine}: gzip variant decodes to the file");
-        let br = client.get("/app.js", "Accept-Encoding: gzip, deflate, br, zstd\r\n");
-        assert_eq!(br.header("content-encoding"), Some("br"));
+        assert_eq!(decoded, script, "the gzip variant decodes to the file");
+        let br = get(
+            &mut client,
+            "/app.js",
+            "Accept-Encoding: gzip, deflate, br, zstd\r\n",
+        );
+        assert_eq!(br.header("Content-Encoding"), Some("br"));
         assert!(br.body.len() < gzip.body.len() && gzip.body.len() < script.len());
-        let plain = client.get("/app.js", "Accept-Encoding: br;q=0, gzip;q=0\r\n");
+        let plain = get(&mut client, "/app.js", "Accept-Encoding: br;q=0, gzip;q=0\r\n");
         assert_eq!(
-            (plain.header("content-encoding"), plain.body.len()),
+            (plain.header("Content-Encoding"), plain.body.len()),
             (None, script.len())
         );
-        drop(client);
-        server.stop();
-    }
+    });
 }
 
 fn curl_available() -> bool {
@@ -283,25 +205,21 @@ fn curl_available() -> bool {
 
 #[test]
 fn curl_resumes_downloads_on_every_engine() {
-    if !curl_available() {
-        panic!("curl is required for this test (apt-get install curl)");
-    }
-    let root = TempRoot::new("curl-resume");
-    let memory = pattern(600_000, 1);
-    let disk = pattern(3 * 1024 * 1024 + 17, 2);
-    std::fs::write(root.path().join("memory.bin"), &memory).unwrap();
-    std::fs::write(root.path().join("disk.bin"), &disk).unwrap();
-    let options = LoadOptions {
-        max_cached_file_bytes: 1024 * 1024,
-        ..LoadOptions::new(root.path())
-    };
-    for engine in EngineKind::ALL {
-        let server = start_in_process(engine, &options);
+    assert!(
+        curl_available(),
+        "curl is required for this test (apt-get install curl)"
+    );
+    let site = TempSite::new();
+    let memory = pattern_bytes(600_000);
+    let disk = pattern_bytes(3 * 1024 * 1024 + 17);
+    site.write("memory.bin", &memory).write("disk.bin", &disk);
+    for_each_engine(|engine| {
+        let server = serve(engine, site.path(), 1024 * 1024);
         for (name, data) in [("memory.bin", &memory), ("disk.bin", &disk)] {
             // An interrupted download: the first third is already here.
-            let partial = root.path().join(format!("download-{engine}-{name}"));
+            let partial = site.path().join(format!("download-{engine}-{name}"));
             std::fs::write(&partial, &data[..data.len() / 3]).unwrap();
-            let url = format!("http://{}/{name}", server.local_addr());
+            let url = server.url(&format!("/{name}"));
             let output = Command::new("curl")
                 .args([
                     "--silent",
@@ -319,12 +237,12 @@ fn curl_resumes_downloads_on_every_engine() {
                 .unwrap();
             assert!(
                 output.status.success(),
-                "{engine} {name}: curl failed: {}",
+                "{name}: curl failed: {}",
                 String::from_utf8_lossy(&output.stderr)
             );
             let downloaded = std::fs::read(&partial).unwrap();
-            assert_eq!(downloaded.len(), data.len(), "{engine} {name}");
-            assert!(downloaded == *data, "{engine} {name}: resumed file differs");
+            assert_eq!(downloaded.len(), data.len(), "{name}");
+            assert!(downloaded == *data, "{name}: the resumed file differs");
             // Resuming a complete file asks for a range past the end: 416,
             // which curl treats as "already complete".
             let output = Command::new("curl")
@@ -334,12 +252,11 @@ fn curl_resumes_downloads_on_every_engine() {
                 .arg(&url)
                 .output()
                 .unwrap();
-            assert_eq!(String::from_utf8_lossy(&output.stdout), "416", "{engine} {name}");
+            assert_eq!(String::from_utf8_lossy(&output.stdout), "416", "{name}");
             assert!(std::fs::read(&partial).unwrap() == *data);
             std::fs::remove_file(&partial).unwrap();
         }
-        server.stop();
-    }
+    });
 }
 
 /// A sparse file of `len` bytes with its offset written every 64 KiB, so a
@@ -357,18 +274,19 @@ fn write_marked_sparse_file(path: &Path, len: u64) {
 
 #[test]
 fn a_large_file_streams_intact_with_flat_memory_on_every_engine() {
-    if !curl_available() {
-        panic!("curl is required for this test (apt-get install curl)");
-    }
+    assert!(
+        curl_available(),
+        "curl is required for this test (apt-get install curl)"
+    );
     let mib: u64 = std::env::var("RINGSERVE_TEST_LARGE_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(256);
-    let root = TempRoot::new("large");
-    let path = root.path().join("large.bin");
+    let site = TempSite::new();
+    let path = site.path().join("large.bin");
     write_marked_sparse_file(&path, mib << 20);
-    for engine in EngineKind::ALL {
-        let server = ServerProcess::start(engine, root.path(), &["--max-cached-file", "4M"]);
+    for_each_engine(|engine| {
+        let server = ServerProcess::start(engine, site.path(), &["--max-cached-file", "4M"]);
         let rss_before = server.status_kib("VmRSS");
         let started = Instant::now();
         // Compare on the fly: nothing of the size of the file is held anywhere.
@@ -379,7 +297,7 @@ fn a_large_file_streams_intact_with_flat_memory_on_every_engine() {
         );
         let status = Command::new("sh").args(["-c", &compare]).status().unwrap();
         let elapsed = started.elapsed();
-        assert!(status.success(), "{engine}: the download differs from the file");
+        assert!(status.success(), "the download differs from the file");
         // A range deep inside the file.
         let range = Command::new("curl")
             .args([
@@ -393,11 +311,7 @@ fn a_large_file_streams_intact_with_flat_memory_on_every_engine() {
             .arg(server.url("/large.bin"))
             .output()
             .unwrap();
-        assert_eq!(
-            range.stdout,
-            134_217_728u64.to_le_bytes(),
-            "{engine}: range at 128 MiB"
-        );
+        assert_eq!(range.stdout, 134_217_728u64.to_le_bytes(), "range at 128 MiB");
         let peak = server.status_kib("VmHWM");
         let grown_kib = peak.saturating_sub(rss_before);
         eprintln!(
@@ -406,87 +320,75 @@ fn a_large_file_streams_intact_with_flat_memory_on_every_engine() {
         );
         assert!(
             grown_kib < 32 * 1024,
-            "{engine}: server memory grew by {grown_kib} KiB while streaming {mib} MiB"
+            "server memory grew by {grown_kib} KiB while streaming {mib} MiB"
         );
         // And the file was never in memory in the first place.
         assert!(
             peak < 64 * 1024,
-            "{engine}: server peak RSS {peak} KiB with a {mib} MiB file"
+            "server peak RSS {peak} KiB with a {mib} MiB file"
         );
-    }
+    });
 }
 
 #[test]
 fn reload_under_load_serves_whole_old_or_whole_new_content_on_every_engine() {
     const VERSIONS: [u8; 2] = [b'A', b'B'];
     const RELOADS: usize = 4;
-    let root = TempRoot::new("reload");
+    let site = TempSite::new();
     // One file held in memory, one streamed from disk.
     let files = [("memory.bin", 50_000usize), ("disk.bin", 300_000usize)];
     let write_version = |version: u8| {
         for (name, len) in files {
             // Deploy tools replace files by renaming a complete new one.
-            let staging = root.path().join(format!(".{name}.tmp"));
+            let staging = site.path().join(format!(".{name}.tmp"));
             std::fs::write(&staging, vec![version; len]).unwrap();
-            std::fs::rename(&staging, root.path().join(name)).unwrap();
+            std::fs::rename(&staging, site.path().join(name)).unwrap();
         }
     };
-    for engine in EngineKind::ALL {
+    for_each_engine(|engine| {
         write_version(VERSIONS[0]);
-        let server = ServerProcess::start(engine, root.path(), &["--max-cached-file", "100K"]);
+        let server = ServerProcess::start(engine, site.path(), &["--max-cached-file", "100K"]);
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
         let clients: Vec<_> = (0..3)
             .map(|i| {
                 let (stop, served, addr) = (Arc::clone(&stop), Arc::clone(&served), server.addr);
-                std::thread::spawn(move || -> Result<usize, String> {
-                    let mut client = Client::connect(addr);
+                std::thread::spawn(move || {
+                    let mut client = RawClient::connect(addr);
                     let mut count = 0;
                     // Bounded: stops when told, or after 20,000 requests.
                     while !stop.load(Ordering::Relaxed) && count < 20_000 {
                         let (name, len) = files[(count + i) % files.len()];
-                        let response = client
-                            .request("GET", &format!("/{name}"), "")
-                            .map_err(|e| format!("request {count} for {name}: {e}"))?;
-                        if response.status != 200 || response.body.len() != len {
-                            return Err(format!(
-                                "{name}: status {} length {}",
-                                response.status,
-                                response.body.len()
-                            ));
-                        }
+                        let response = get(&mut client, &format!("/{name}"), "");
+                        assert_eq!((response.status, response.body.len()), (200, len), "{name}");
                         let first = response.body[0];
-                        let Some(version) = VERSIONS.iter().position(|&v| v == first) else {
-                            return Err(format!("{name}: unknown content {first}"));
-                        };
-                        if response.body.iter().any(|&b| b != first) {
-                            return Err(format!("{name}: a response mixes two versions"));
-                        }
+                        let version = VERSIONS
+                            .iter()
+                            .position(|&v| v == first)
+                            .unwrap_or_else(|| panic!("{name}: unknown content {first}"));
+                        assert!(
+                            response.body.iter().all(|&b| b == first),
+                            "{name}: a response mixes two versions"
+                        );
                         served[version].fetch_add(1, Ordering::Relaxed);
                         count += 1;
                     }
-                    Ok(count)
+                    count
                 })
             })
             .collect();
-        let mut probe = Client::connect(server.addr);
+        let mut probe = RawClient::connect(server.addr);
         for reload in 1..=RELOADS {
             std::thread::sleep(Duration::from_millis(150));
             let version = VERSIONS[reload % 2];
             write_version(version);
             server.signal(libc::SIGHUP);
             let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let both = files
-                    .iter()
-                    .all(|(name, _)| probe.get(&format!("/{name}"), "").body[0] == version);
-                if both {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{engine}: reload {reload} never became visible"
-                );
+            while !files
+                .iter()
+                .all(|(name, _)| get(&mut probe, &format!("/{name}"), "").body[0] == version)
+            {
+                assert!(Instant::now() < deadline, "reload {reload} never became visible");
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
@@ -494,13 +396,15 @@ fn reload_under_load_serves_whole_old_or_whole_new_content_on_every_engine() {
         stop.store(true, Ordering::Relaxed);
         let mut total = 0;
         for client in clients {
-            total += client.join().unwrap().unwrap_or_else(|e| panic!("{engine}: {e}"));
+            total += client.join().unwrap_or_else(|panic| {
+                panic!("a client failed: {}", support::panic_message(panic.as_ref()))
+            });
         }
         let (old, new) = (
             served[0].load(Ordering::Relaxed),
             served[1].load(Ordering::Relaxed),
         );
         eprintln!("{engine}: {total} responses during {RELOADS} reloads: {old} of A, {new} of B");
-        assert!(old > 0 && new > 0, "{engine}: both versions were served");
-    }
+        assert!(old > 0 && new > 0, "both versions were served");
+    });
 }

@@ -85,9 +85,15 @@ impl TestServer {
     }
 
     pub fn start(config: ServerConfig, root: &Path) -> TestServer {
+        TestServer::with_options(config, &LoadOptions::new(root))
+    }
+
+    /// A server for a snapshot loaded with `options` (its `root` is served).
+    pub fn with_options(config: ServerConfig, options: &LoadOptions) -> TestServer {
+        let root = options.root.as_path();
         assert!(config.listen.ip().is_loopback(), "tests listen on loopback only");
-        let snapshot = Snapshot::load(&LoadOptions::new(root))
-            .unwrap_or_else(|e| panic!("cannot load {}: {e}", root.display()));
+        let snapshot =
+            Snapshot::load(options).unwrap_or_else(|e| panic!("cannot load {}: {e}", root.display()));
         let engine = config.engine;
         let server = Server::start(&config, Arc::new(snapshot))
             .unwrap_or_else(|e| panic!("the {engine} server did not start: {e}"));
