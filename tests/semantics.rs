@@ -30,6 +30,11 @@ struct ServerProcess {
 
 impl ServerProcess {
     fn start(engine: EngineKind, root: &Path, extra: &[&str]) -> ServerProcess {
+        ServerProcess::start_with_stderr(engine, root, extra, Stdio::inherit())
+    }
+
+    /// Like [`ServerProcess::start`], with the server's stderr going to `stderr`.
+    fn start_with_stderr(engine: EngineKind, root: &Path, extra: &[&str], stderr: Stdio) -> ServerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringserve"))
             .args([
                 "--root",
@@ -42,7 +47,7 @@ impl ServerProcess {
             .args(["--engine", engine.name(), "--no-pin"])
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("the ringserve binary starts");
         let mut line = String::new();
@@ -407,4 +412,71 @@ fn reload_under_load_serves_whole_old_or_whole_new_content_on_every_engine() {
         eprintln!("{engine}: {total} responses during {RELOADS} reloads: {old} of A, {new} of B");
         assert!(old > 0 && new > 0, "both versions were served");
     });
+}
+
+#[test]
+fn memory_budget_and_failed_reloads_are_reported_and_the_old_snapshot_kept() {
+    let site = TempSite::new();
+    site.write("a.bin", &[b'1'; 10_000]);
+    // Over the budget at start: a clear message and a failing exit status.
+    let output = Command::new(env!("CARGO_BIN_EXE_ringserve"))
+        .args(["--root", site.path().to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .args(["--memory-budget", "4K"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("memory budget of 4096 bytes"), "{stderr}");
+
+    let config = site
+        .path()
+        .join("..")
+        .join(format!("ringserve-semantics-{}.toml", std::process::id()));
+    std::fs::write(&config, "cache_control = \"max-age=60\"\n").unwrap();
+    let log_path = site
+        .path()
+        .join("..")
+        .join(format!("ringserve-semantics-{}.log", std::process::id()));
+    for_each_engine(|engine| {
+        site.write("a.bin", &[b'1'; 10_000]);
+        std::fs::write(&config, "cache_control = \"max-age=60\"\n").unwrap();
+        let log = std::fs::File::create(&log_path).unwrap();
+        let extra = ["--config", config.to_str().unwrap()];
+        let server = ServerProcess::start_with_stderr(engine, site.path(), &extra, Stdio::from(log));
+        let mut client = RawClient::connect(server.addr);
+        let before = get(&mut client, "/a.bin", "");
+        assert_eq!(before.expect_header("Cache-Control"), "max-age=60");
+
+        // A broken config file: the reload fails, the old snapshot stays.
+        site.write("a.bin", &[b'2'; 10_000]);
+        std::fs::write(&config, "cache_control = \n").unwrap();
+        server.signal(libc::SIGHUP);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !std::fs::read_to_string(&log_path)
+            .unwrap()
+            .contains("reload failed")
+        {
+            assert!(Instant::now() < deadline, "no reload failure was logged");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let kept = get(&mut client, "/a.bin", "");
+        assert_eq!(
+            (kept.body[0], kept.expect_header("Cache-Control")),
+            (b'1', "max-age=60")
+        );
+
+        // Fixed: the next reload picks up both the file and the config.
+        std::fs::write(&config, "cache_control = \"max-age=5\"\n").unwrap();
+        server.signal(libc::SIGHUP);
+        while get(&mut client, "/a.bin", "").body[0] != b'2' {
+            assert!(Instant::now() < deadline, "the fixed reload never became visible");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            get(&mut client, "/a.bin", "").expect_header("Cache-Control"),
+            "max-age=5"
+        );
+    });
+    let _ = std::fs::remove_file(&config);
+    let _ = std::fs::remove_file(&log_path);
 }
