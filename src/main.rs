@@ -33,6 +33,7 @@ fn run(cli: &Cli) -> Result<(), String> {
     let started = Instant::now();
     let snapshot = Snapshot::load(&options).map_err(|e| e.to_string())?;
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
+    reload::release_freed_memory();
     let config = cli.server_config();
     let stats = snapshot.stats();
     let handle = SnapshotHandle::new(Arc::new(snapshot));

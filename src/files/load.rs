@@ -113,6 +113,8 @@ pub enum LoadError {
         needed_at_least: u64,
     },
     FallbackMissing(String),
+    /// Loading panicked (a bug); the message is the panic's.
+    Panicked(String),
 }
 
 impl fmt::Display for LoadError {
@@ -138,6 +140,7 @@ impl fmt::Display for LoadError {
             LoadError::FallbackMissing(name) => {
                 write!(f, "--fallback {name}: no such file in the static root")
             }
+            LoadError::Panicked(message) => write!(f, "loading panicked: {message}"),
         }
     }
 }
@@ -186,7 +189,14 @@ impl MemoryMeter {
     }
 }
 
-pub(super) fn load_snapshot(options: &LoadOptions) -> Result<Snapshot, LoadError> {
+/// Builds a snapshot. With `previous` (a reload), the encoded variants of a
+/// file whose content hash is unchanged are taken from it instead of being
+/// compressed again: a reload then costs a read and a hash per file, and the
+/// two snapshots share those bytes.
+pub(super) fn load_snapshot(
+    options: &LoadOptions,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, LoadError> {
     let policy = HeaderPolicy::load(options.cache_control.as_deref(), options.config_file.as_deref())?;
     let root = options
         .root
@@ -217,7 +227,10 @@ pub(super) fn load_snapshot(options: &LoadOptions) -> Result<Snapshot, LoadError
         .map(|(i, file)| (&file.url_path[..], i))
         .collect();
     let built = parallel_map(&raw, threads, |file| {
-        build_entry(file, &raw, &by_path, &policy, options, &meter)
+        let unchanged = previous
+            .and_then(|p| p.entry_at(&file.url_path))
+            .filter(|old| *old.identity().etag == *file.etag.as_bytes());
+        build_entry(file, &raw, &by_path, &policy, options, &meter, unchanged)
     })?;
     let (files, variant_owned): (Vec<FileEntry>, Vec<u64>) = built.into_iter().unzip();
 
@@ -466,6 +479,8 @@ fn listings(
 
 /// Step 5 for one file: its representations and their heads. Also returns
 /// the bytes of the variants it compressed itself (siblings are shared).
+/// `unchanged` is the same file, same content, in the previous snapshot: its
+/// compressed variants are reused.
 fn build_entry(
     file: &RawFile,
     raw: &[RawFile],
@@ -473,12 +488,23 @@ fn build_entry(
     policy: &HeaderPolicy,
     options: &LoadOptions,
     meter: &MemoryMeter,
+    unchanged: Option<&FileEntry>,
 ) -> Result<(FileEntry, u64), LoadError> {
     let mut variants: Vec<(Encoding, Body, String)> = Vec::new();
     let mut owned = 0u64;
     for encoding in variants::BUILT_ENCODINGS {
         if let Some(variant) = sibling_variant(file, encoding, raw, by_path) {
             variants.push(variant);
+            continue;
+        }
+        let reusable = unchanged
+            .filter(|_| options.precompress)
+            .and_then(|old| old.representations.iter().find(|r| r.encoding == encoding));
+        if let Some(old) = reusable {
+            meter.add(old.body.memory_bytes())?;
+            owned += old.body.memory_bytes();
+            let etag = String::from_utf8_lossy(&old.etag).into_owned();
+            variants.push((encoding, old.body.clone(), etag));
             continue;
         }
         let Body::Memory(bytes) = &file.body else {
@@ -701,7 +727,9 @@ pub(super) fn snapshot_from_memory(files: &[(&str, &[u8])], modified_secs: u64) 
         .collect();
     let files: Vec<FileEntry> = raw
         .iter()
-        .map(|file| build_entry(file, &raw, &by_path, &policy, &options, &meter).map(|(entry, _)| entry))
+        .map(|file| {
+            build_entry(file, &raw, &by_path, &policy, &options, &meter, None).map(|(entry, _)| entry)
+        })
         .collect::<Result<_, _>>()
         .expect("building from memory cannot fail without a budget");
     let routes = build_routes(&files, files.len(), &directories, &options);

@@ -192,7 +192,21 @@ pub struct Snapshot {
 impl Snapshot {
     /// Loads every servable file under `options.root`.
     pub fn load(options: &LoadOptions) -> Result<Snapshot, LoadError> {
-        load::load_snapshot(options)
+        load::load_snapshot(options, None)
+    }
+
+    /// Loads a snapshot to replace `self`, reusing the precompressed variants
+    /// of files whose content did not change (see [`reload`]).
+    pub fn reload(&self, options: &LoadOptions) -> Result<Snapshot, LoadError> {
+        load::load_snapshot(options, Some(self))
+    }
+
+    /// The file whose own path is `url_path` (not an index or clean URL).
+    fn entry_at(&self, url_path: &[u8]) -> Option<&FileEntry> {
+        match self.routes.get(url_path) {
+            Some(Route::File(index)) => Some(&self.files[*index]).filter(|f| *f.url_path == *url_path),
+            _ => None,
+        }
     }
 
     /// A snapshot of `(url path, body)` pairs held in memory, all modified

