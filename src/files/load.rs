@@ -40,7 +40,9 @@ use super::cache_rules::{ConfigError, HeaderPolicy};
 use super::head::{self, HeadFields};
 use super::listing::{self, ListingItem};
 use super::variants;
-use super::{Body, DiskFile, Encoding, FileEntry, Representation, Route, Snapshot, SnapshotStats};
+use super::{
+    Body, DiskFile, Encoding, FileEntry, FileIdentity, Representation, Route, Snapshot, SnapshotStats,
+};
 
 /// Extensions a clean URL may leave out (`/book` → `book.json`).
 const CLEAN_URL_EXTENSIONS: [&str; 3] = ["html", "htm", "json"];
@@ -215,7 +217,7 @@ pub(super) fn load_snapshot(
         budget: options.memory_budget_bytes,
     };
 
-    let mut raw = parallel_map(&found, threads, |file| read_file(file, options, &meter))?;
+    let mut raw = parallel_map(&found, threads, |file| read_file(file, options, &meter, previous))?;
     let file_count = raw.len();
     if options.directory_listing {
         raw.extend(listings(&raw, &directories, &options.index_names, &meter)?);
@@ -366,7 +368,16 @@ fn parallel_map<T: Sync, R: Send>(
 }
 
 /// Step 3 for one file.
-fn read_file(found: &FoundFile, options: &LoadOptions, meter: &MemoryMeter) -> Result<RawFile, LoadError> {
+/// Step 3 for one file. A file that stays on disk and is, by its metadata,
+/// the very file `previous` already holds (same device, inode, length and
+/// modification time) keeps its descriptor and hash: a reload does not read
+/// gigabytes of unchanged downloads again.
+fn read_file(
+    found: &FoundFile,
+    options: &LoadOptions,
+    meter: &MemoryMeter,
+    previous: Option<&Snapshot>,
+) -> Result<RawFile, LoadError> {
     let path = &found.path;
     let read_error = |e| LoadError::Read(path.to_owned(), e);
     let mut file = File::open(path).map_err(read_error)?;
@@ -375,12 +386,23 @@ fn read_file(found: &FoundFile, options: &LoadOptions, meter: &MemoryMeter) -> R
     let file_name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
     let content_type = head::content_type_for(&file_name);
     let (body, etag) = if metadata.len() > options.max_cached_file_bytes {
-        let (len, etag) = hash_on_disk(&mut file).map_err(read_error)?;
-        let disk = DiskFile {
-            file: Arc::new(file),
-            len,
-        };
-        (Body::Disk(disk), etag)
+        let identity = FileIdentity::of(&metadata);
+        let same = previous
+            .and_then(|p| p.entry_at(&found.url_path))
+            .map(FileEntry::identity)
+            .filter(|r| matches!(&r.body, Body::Disk(d) if d.identity == identity));
+        match same {
+            Some(old) => (old.body.clone(), String::from_utf8_lossy(&old.etag).into_owned()),
+            None => {
+                let (len, etag) = hash_on_disk(&mut file).map_err(read_error)?;
+                let disk = DiskFile {
+                    file: Arc::new(file),
+                    len,
+                    identity,
+                };
+                (Body::Disk(disk), etag)
+            }
+        }
     } else {
         meter.add(metadata.len())?;
         let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));

@@ -70,6 +70,30 @@ impl Encoding {
 pub struct DiskFile {
     pub file: Arc<File>,
     pub len: u64,
+    /// Which file this is, by its metadata when it was opened.
+    pub identity: FileIdentity,
+}
+
+/// What tells one file on disk from another without reading it: a reload
+/// keeps the descriptor and hash of a file whose identity did not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    pub device: u64,
+    pub inode: u64,
+    pub len: u64,
+    pub modified_nanos: i128,
+}
+
+impl FileIdentity {
+    pub fn of(metadata: &std::fs::Metadata) -> FileIdentity {
+        use std::os::unix::fs::MetadataExt;
+        FileIdentity {
+            device: metadata.dev(),
+            inode: metadata.ino(),
+            len: metadata.len(),
+            modified_nanos: i128::from(metadata.mtime()) * 1_000_000_000 + i128::from(metadata.mtime_nsec()),
+        }
+    }
 }
 
 /// Where a representation's bytes are.

@@ -295,6 +295,49 @@ mod tests {
         std::fs::remove_dir_all(&root).unwrap();
     }
 
+    fn disk_file(snapshot: &Snapshot, key: &str) -> Arc<std::fs::File> {
+        let Resolved::File(entry) = snapshot.resolve(key.as_bytes()) else {
+            panic!("{key}")
+        };
+        match &entry.identity().body {
+            crate::files::Body::Disk(disk) => Arc::clone(&disk.file),
+            crate::files::Body::Memory(_) => panic!("on disk"),
+        }
+    }
+
+    #[test]
+    fn a_reload_keeps_unchanged_large_files_open_and_unhashed() {
+        let root = temp_root("disk-reuse");
+        std::fs::write(root.join("same.bin"), vec![1u8; 5000]).unwrap();
+        std::fs::write(root.join("replaced.bin"), vec![2u8; 5000]).unwrap();
+        let options = LoadOptions {
+            max_cached_file_bytes: 1000,
+            ..LoadOptions::new(&root)
+        };
+        let first = Snapshot::load(&options).unwrap();
+        // Replaced the way deploys do it: a new file renamed into place.
+        std::fs::write(root.join("new.tmp"), vec![3u8; 6000]).unwrap();
+        std::fs::rename(root.join("new.tmp"), root.join("replaced.bin")).unwrap();
+        let second = first.reload(&options).unwrap();
+        assert!(Arc::ptr_eq(
+            &disk_file(&first, "/same.bin"),
+            &disk_file(&second, "/same.bin")
+        ));
+        assert!(!Arc::ptr_eq(
+            &disk_file(&first, "/replaced.bin"),
+            &disk_file(&second, "/replaced.bin")
+        ));
+        let Resolved::File(replaced) = second.resolve(b"/replaced.bin") else {
+            panic!()
+        };
+        assert_eq!(replaced.identity().body.len(), 6000);
+        assert_eq!(
+            &*replaced.identity().etag,
+            crate::files::head::etag_for(&[3u8; 6000]).as_bytes()
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
     #[test]
     fn watching_reloads_after_changes_settle() {
         let root = temp_root("watch");
