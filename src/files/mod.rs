@@ -35,7 +35,7 @@ use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
 pub use load::{LoadError, LoadOptions};
-pub use reload::SnapshotHandle;
+pub use reload::{SnapshotCache, SnapshotHandle};
 
 /// A content coding the snapshot may hold a representation in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
