@@ -377,4 +377,45 @@ mod tests {
         assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"));
         assert!(text.ends_with("\r\n\r\n"));
     }
+
+    #[test]
+    fn file_ranges_are_pieces_in_order_and_count_in_the_length() {
+        let path = std::env::temp_dir().join(format!("ringserve-output-{}", std::process::id()));
+        std::fs::write(&path, b"0123456789").unwrap();
+        let file = Arc::new(std::fs::File::open(&path).unwrap());
+        let body = Body::Disk(crate::files::DiskFile {
+            identity: crate::files::FileIdentity::of(&file.metadata().unwrap()),
+            file,
+            len: 10,
+        });
+        let mut out = Output::new();
+        out.push(b"head1 ");
+        out.push_body_range(&body, 2, 3);
+        out.push(b" head2 ");
+        out.push_whole_body(&body);
+        out.push_body_range(&body, 8, 100);
+        assert!(out.has_file_ranges());
+        assert!(out.as_contiguous().is_none());
+        assert_eq!(out.len(), 6 + 3 + 7 + 10 + 2);
+        assert_eq!(out.to_vec_blocking().unwrap(), b"head1 234 head2 012345678989");
+        let kinds: Vec<&str> = out
+            .pieces()
+            .map(|p| match p {
+                PieceRef::Bytes(_) => "bytes",
+                PieceRef::File(_) => "file",
+            })
+            .collect();
+        assert_eq!(kinds, ["bytes", "file", "bytes", "file", "file"]);
+        let ranges: Vec<(u64, u64)> = out
+            .take_pieces()
+            .into_iter()
+            .filter_map(|p| match p {
+                Piece::File(range) => Some((range.offset, range.len)),
+                Piece::Bytes(_) => None,
+            })
+            .collect();
+        assert_eq!(ranges, [(2, 3), (0, 10), (8, 2)], "clamped to the file");
+        assert!(out.is_empty() && !out.has_file_ranges());
+        std::fs::remove_file(path).unwrap();
+    }
 }
