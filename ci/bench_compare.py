@@ -924,6 +924,9 @@ def main(argv: list[str]) -> int:
     def on_deadline(_signum, _frame):
         raise Abort(f"the run passed --max-minutes {args.max_minutes:g}; stopping")
 
+    # SIGINT explicitly too: a shell starts background jobs with SIGINT
+    # ignored, and Python then raises no KeyboardInterrupt.
+    signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     signal.signal(signal.SIGALRM, on_deadline)
