@@ -470,6 +470,14 @@ def measure(procs: Processes, setup: Setup, server: Server, scenario: Scenario, 
             count_syscalls: bool) -> dict:
     """One timed wrk run against one server; the server's CPU, RSS and
     (optionally) syscalls over the same window."""
+    try:
+        return measure_run(procs, setup, server, scenario, duration, count_syscalls)
+    except OSError as e:  # the server's /proc entry vanished: it died
+        return {"error": f"server process gone during the run ({e})"}
+
+
+def measure_run(procs: Processes, setup: Setup, server: Server, scenario: Scenario, duration: float,
+                count_syscalls: bool) -> dict:
     script = setup.workdir / f"wrk-{scenario.key}.lua"
     script.write_text(lua_script(scenario))
     pid = server.stats_pid
