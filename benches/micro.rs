@@ -32,6 +32,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use ringserve::files::{Resolved, Snapshot};
 use ringserve::http::date::{date_line, date_line_at};
 use ringserve::http::request::{Method, find_head_end, parse_request};
+use ringserve::http::response::PieceRef;
 use ringserve::http::target::normalize_target;
 use ringserve::http::{Limits, Next, Output, Session};
 
@@ -154,7 +155,7 @@ fn response_assembly(c: &mut Criterion) {
     let snapshot = bench_snapshot();
     let limits = Limits::default();
     let etag = match snapshot.resolve(PATH_1KIB.as_bytes()) {
-        Resolved::File(entry) => String::from_utf8(entry.etag.to_vec()).expect("ascii etag"),
+        Resolved::File(entry) => String::from_utf8(entry.identity().etag.to_vec()).expect("ascii etag"),
         _ => panic!("{PATH_1KIB} is in the bench snapshot"),
     };
     let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n");
@@ -223,7 +224,13 @@ fn answer(session: &mut Session, input: &[u8], snapshot: &Snapshot, out: &mut Ou
     let progress = session.on_input(input, snapshot, &Limits::default(), out);
     assert_eq!(progress.consumed, input.len(), "bench input fully consumed");
     assert_eq!(progress.next, Next::Read, "bench connection stays open");
-    let bytes: Vec<u8> = out.chunks().flatten().copied().collect();
+    let bytes: Vec<u8> = out
+        .pieces()
+        .flat_map(|piece| match piece {
+            PieceRef::Bytes(bytes) => bytes.to_vec(),
+            PieceRef::File(_) => panic!("bench files are held in memory"),
+        })
+        .collect();
     out.clear();
     bytes
 }
