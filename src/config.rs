@@ -19,6 +19,7 @@ use crate::engine::{
     Timeouts, UringOptions,
 };
 use crate::files::LoadOptions;
+use crate::files::load::DEFAULT_MAX_CACHED_FILE_BYTES;
 use crate::http::Limits;
 use crate::http::request::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEAD_BYTES, DEFAULT_MAX_HEADER_COUNT, DEFAULT_MAX_REQUEST_LINE_BYTES,
@@ -114,6 +115,52 @@ pub struct Cli {
     #[arg(long, default_value = "combined", requires = "access_log")]
     pub access_log_format: LogFormat,
 
+    /// File name a directory's `/` serves; repeat for several, in order of preference.
+    #[arg(long = "index", value_name = "NAME", default_value = "index.html")]
+    pub index_names: Vec<String>,
+
+    /// Answer `/dir` with 404 instead of a 301 redirect to `/dir/`.
+    #[arg(long)]
+    pub no_directory_redirect: bool,
+
+    /// Serve this file (relative to the root) with 200 for unknown paths whose
+    /// request accepts text/html: a single-page application's entry point.
+    #[arg(long, value_name = "FILE")]
+    pub fallback: Option<String>,
+
+    /// Serve an HTML listing for directories without an index file.
+    #[arg(long)]
+    pub directory_listing: bool,
+
+    /// Files larger than this are streamed from disk instead of held in memory
+    /// (bytes; suffixes K, M, G are powers of 1024) [default: 4M].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_cached_file: Option<u64>,
+
+    /// The most memory the snapshot may hold (same units); a start or reload
+    /// that needs more fails with a clear error [default: no limit].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_budget: Option<u64>,
+
+    /// Do not build gzip and brotli variants at load (`file.gz`/`file.br`
+    /// siblings in the root are still used).
+    #[arg(long)]
+    pub no_precompress: bool,
+
+    /// Cache-Control for files that are neither HTML (no-cache) nor named with a
+    /// content hash (immutable) [default: the config file's, else no-cache].
+    #[arg(long, value_name = "VALUE")]
+    pub cache_control: Option<String>,
+
+    /// TOML file with Cache-Control and extra-header rules by glob (see the README).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Reload the snapshot when files under the root change (inotify). SIGHUP
+    /// always reloads.
+    #[arg(long)]
+    pub watch: bool,
+
     // Switches of the uring engine, for measuring what each technique
     // contributes (see `engine::uring`). Hidden: not for normal use.
     /// uring: single-shot receives instead of multishot.
@@ -147,6 +194,26 @@ fn parse_buffer_count(value: &str) -> Result<u16, String> {
     }
 }
 
+/// `123`, `64K`, `4M`, `1G` (also `KiB`, `MB`, …: all powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(digits_end);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (try 4096, 64K, 8M or 1G)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use K, M or G)")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
 /// `static/` next to the crate when run from a checkout (`cargo run`),
 /// otherwise `static/` in the working directory.
 fn default_root() -> &'static str {
@@ -162,6 +229,15 @@ impl Cli {
     pub fn load_options(&self) -> LoadOptions {
         LoadOptions {
             serve_dotfiles: self.serve_dotfiles,
+            index_names: self.index_names.clone(),
+            redirect_directories: !self.no_directory_redirect,
+            fallback: self.fallback.clone(),
+            directory_listing: self.directory_listing,
+            max_cached_file_bytes: self.max_cached_file.unwrap_or(DEFAULT_MAX_CACHED_FILE_BYTES),
+            memory_budget_bytes: self.memory_budget,
+            precompress: !self.no_precompress,
+            cache_control: self.cache_control.clone(),
+            config_file: self.config.clone(),
             ..LoadOptions::new(&self.root)
         }
     }
@@ -227,12 +303,13 @@ mod tests {
         let err = Cli::try_parse_from(["ringserve", "--engine", "iocp"]).unwrap_err();
         assert!(err.to_string().contains("unknown engine"), "{err}");
         assert!(Cli::try_parse_from(["ringserve", "--workers", "0"]).is_err());
+        let err = Cli::try_parse_from(["ringserve", "--max-cached-file", "8X"]).unwrap_err();
+        assert!(err.to_string().contains("unknown unit"), "{err}");
         assert!(Cli::try_parse_from(["ringserve", "--max-connections", "0"]).is_err());
         assert!(Cli::try_parse_from(["ringserve", "--head-timeout-ms", "0"]).is_err());
         let err = Cli::try_parse_from(["ringserve", "--access-log", "-", "--access-log-format", "xml"])
             .unwrap_err();
         assert!(err.to_string().contains("unknown log format"), "{err}");
-        assert!(Cli::try_parse_from(["ringserve", "--uring-buffers", "100"]).is_err());
     }
 
     #[test]
@@ -255,6 +332,7 @@ mod tests {
             !options.multishot_recv && !options.buffer_ring && !options.defer_taskrun && !options.batch_sends
         );
         assert_eq!(options.buffers, 64);
+        assert!(Cli::try_parse_from(["ringserve", "--uring-buffers", "100"]).is_err());
     }
 
     #[test]
@@ -307,5 +385,50 @@ mod tests {
         let off = Cli::try_parse_from(["ringserve"]).unwrap().server_config();
         assert_eq!(off.access_log, None, "the access log is off by default");
         assert_eq!(off.timeouts, Timeouts::default());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 * 1024));
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999G").is_err());
+    }
+
+    #[test]
+    fn semantics_flags_reach_the_load_options() {
+        let cli = Cli::try_parse_from([
+            "ringserve",
+            "--index",
+            "index.htm",
+            "--index",
+            "default.html",
+            "--no-directory-redirect",
+            "--fallback",
+            "index.html",
+            "--directory-listing",
+            "--max-cached-file",
+            "1M",
+            "--memory-budget",
+            "1G",
+            "--cache-control",
+            "max-age=60",
+        ])
+        .unwrap();
+        let options = cli.load_options();
+        assert_eq!(options.index_names, ["index.htm", "default.html"]);
+        assert!(!options.redirect_directories);
+        assert_eq!(options.fallback.as_deref(), Some("index.html"));
+        assert!(options.directory_listing);
+        assert_eq!(options.max_cached_file_bytes, 1 << 20);
+        assert_eq!(options.memory_budget_bytes, Some(1 << 30));
+        assert_eq!(options.cache_control.as_deref(), Some("max-age=60"));
+        let defaults = Cli::try_parse_from(["ringserve"]).unwrap().load_options();
+        assert_eq!(defaults.index_names, ["index.html"]);
+        assert!(defaults.redirect_directories && defaults.precompress);
+        assert_eq!(defaults.max_cached_file_bytes, DEFAULT_MAX_CACHED_FILE_BYTES);
     }
 }

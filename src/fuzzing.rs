@@ -51,7 +51,10 @@ pub fn drive(snapshot: &Snapshot, limits: &Limits, input: &[u8], pieces: &[usize
         let progress = session.on_input(&buffer, snapshot, limits, &mut out);
         assert!(progress.consumed <= buffer.len(), "consumed more than given");
         buffer.drain(..progress.consumed);
-        written.extend(out.chunks().flatten());
+        written.extend(
+            out.to_vec_blocking()
+                .expect("an in-memory site has no file to read"),
+        );
         out.clear();
         match progress.next {
             Next::Close | Next::Linger => {

@@ -1,17 +1,19 @@
 //! `ringserve`: parse the command line, load the snapshot, run the engine
-//! until SIGINT or SIGTERM. A second signal exits at once.
+//! until SIGINT or SIGTERM. A second signal exits at once. SIGHUP (and, with
+//! `--watch`, a change under the root) reloads the snapshot atomically.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use ringserve::config::Cli;
 use ringserve::engine::Server;
-use ringserve::files::Snapshot;
+use ringserve::files::reload::{self, Reloader};
+use ringserve::files::{Snapshot, SnapshotHandle};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -25,33 +27,63 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<(), String> {
-    let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("cannot handle signals: {e}"))?;
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|e| format!("cannot handle signals: {e}"))?;
+    let options = cli.load_options();
     let started = Instant::now();
-    let snapshot = Snapshot::load(&cli.load_options()).map_err(|e| e.to_string())?;
+    let snapshot = Snapshot::load(&options).map_err(|e| e.to_string())?;
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
+    reload::release_freed_memory();
     let config = cli.server_config();
-    let file_count = snapshot.file_count();
-    let body_bytes = snapshot.body_bytes();
-    let server = Server::start(&config, Arc::new(snapshot)).map_err(|e| e.to_string())?;
+    let stats = snapshot.stats();
+    let handle = SnapshotHandle::new(Arc::new(snapshot));
+    let server = Server::start_with_handle(&config, handle.clone()).map_err(|e| e.to_string())?;
     println!(
         "ringserve listening on http://{} (engine {}, {} workers, {} files, {} bytes, loaded in {:.1} ms)",
         server.local_addr(),
         server.engine(),
         server.worker_count(),
-        file_count,
-        body_bytes,
+        stats.files,
+        stats.identity_bytes,
         load_ms
     );
+    eprintln!(
+        "ringserve: snapshot holds {} bytes in memory ({} variants, {} bytes; {} files streamed from disk); \
+         compressed files: {} bytes, {} bytes in their smallest variant",
+        stats.memory_bytes,
+        stats.variants,
+        stats.variant_bytes,
+        stats.disk_files,
+        stats.compressed_identity_bytes,
+        stats.compressed_best_bytes
+    );
+
+    let (reload_requests, _reload_thread) = Reloader::new(options.clone(), handle)
+        .spawn()
+        .map_err(|e| format!("cannot start the reload thread: {e}"))?;
+    let _watcher = if cli.watch {
+        Some(
+            reload::watch(&options.root, reload_requests.clone())
+                .map_err(|e| format!("cannot watch {}: {e}", options.root.display()))?,
+        )
+    } else {
+        None
+    };
 
     let shutdown = server.shutdown_handle();
-    if signals.forever().next().is_some() {
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            let _ = reload_requests.send(());
+            continue;
+        }
         eprintln!("ringserve: stopping (a second signal exits at once)");
         shutdown.trigger();
         std::thread::spawn(move || {
-            if signals.forever().next().is_some() {
+            if signals.forever().any(|signal| signal != SIGHUP) {
                 std::process::exit(130);
             }
         });
+        break;
     }
     server.join();
     Ok(())

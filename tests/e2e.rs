@@ -99,7 +99,13 @@ fn get_index_serves_the_bundled_page() {
         assert_eq!(reply.status().as_u16(), 200);
         let header = |name: &str| reply.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
         assert_eq!(header("content-type").as_deref(), Some(INDEX.content_type));
-        assert_eq!(header("content-length"), Some(on_disk.len().to_string()));
+        // The client accepts gzip and decodes it, dropping the encoding and
+        // length fields of the compressed page; the body is checked below.
+        if header("content-encoding").is_none() {
+            if let Some(length) = header("content-length") {
+                assert_eq!(length, on_disk.len().to_string());
+            }
+        }
         assert_eq!(header("server").as_deref(), Some("ringserve"));
         assert!(header("date").is_some());
         assert_eq!(reply.body_mut().read_to_vec().unwrap(), on_disk);
@@ -354,7 +360,7 @@ fn assert_pipeline_answered_in_order(engine: EngineKind, count: usize) {
     kinds.push((post, Expected::same_as(&refused)));
     kinds.push((
         request("GET", "/book", &format!("If-None-Match: {book_etag}\r\n")),
-        Expected::not_modified(server.root(), "book.json", &book_etag),
+        Expected::not_modified(server.root(), "book.json", "application/json", &book_etag),
     ));
     kinds.push((
         b"GET /book HTTP/1.0\r\nConnection: keep-alive\r\n\r\n".to_vec(),
@@ -819,7 +825,7 @@ fn if_none_match_gets_304_without_body() {
             .unwrap()
             .1
             .clone();
-        let not_modified = Expected::not_modified(server.root(), "book.json", &etag);
+        let not_modified = Expected::not_modified(server.root(), "book.json", "application/json", &etag);
         let mut client = server.connect();
         let conditionals = [
             format!("If-None-Match: {etag}\r\n"),

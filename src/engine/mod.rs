@@ -4,7 +4,9 @@
 //! worker ([`listener`]), then starts one thread per worker, pinned to its own
 //! CPU, each running the chosen engine's event loop over its own listener.
 //! Nothing on the hot path is shared between threads except the immutable
-//! [`Snapshot`]. Every engine drives the same sans-I/O core
+//! [`Snapshot`], reached through a [`SnapshotHandle`] that a reload swaps
+//! atomically: a connection loads the current snapshot once per batch of
+//! input and answers that batch from it. Every engine drives the same sans-I/O core
 //! ([`crate::http::Session`]); they differ only in how bytes move:
 //!
 //! - [`tokio_uring`]: the stock `tokio-uring` 0.5 runtime, one ring per
@@ -21,6 +23,15 @@
 //! core's deadlines ([`crate::http::deadline`]) with one tokio timer per
 //! connection ([`timer`]). [`connections`] caps and drains a worker's
 //! connections; [`AcceptBackoff`] pauses accepting when descriptors run out.
+//!
+//! What every engine must do with the core's output
+//! ([`crate::http::Output`]): send its pieces in order. A
+//! [`crate::http::response::Piece::Bytes`] is sent as it is; a
+//! [`crate::http::response::Piece::File`] (the body, or part of it, of a file
+//! too large for memory) is read from its file at its offset in chunks of at
+//! most [`FILE_CHUNK_BYTES`], each chunk sent before the next is read, so a
+//! connection holds at most one chunk; a read of 0 bytes before the range's
+//! end is an error that closes the connection.
 
 pub mod connections;
 pub mod epoll;
@@ -41,7 +52,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::access_log::{AccessLog, AccessLogConfig, WorkerLog};
-use crate::files::Snapshot;
+use crate::files::{Snapshot, SnapshotHandle};
 use crate::http::Limits;
 pub use crate::http::deadline::{
     DEFAULT_HEAD_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_LINGER_MS, DEFAULT_SEND_TIMEOUT_MS, Timeouts,
@@ -54,6 +65,11 @@ pub use uring::UringOptions;
 /// Bytes a connection reads into at a time (and its receive buffer's initial
 /// capacity); the same in every engine so they compare fairly.
 pub const READ_BUFFER_BYTES: usize = 4096;
+/// Bytes read from disk and sent at a time when streaming a file that is not
+/// held in memory: the most a connection buffers for it. Large enough that
+/// the per-chunk read and write calls cost little next to the copy (8 of each
+/// per MiB), small enough that many concurrent downloads stay cheap.
+pub const FILE_CHUNK_BYTES: usize = 128 * 1024;
 /// After a refused request: how long to read and discard what the client
 /// still sends before closing, by default (see [`Timeouts::linger`]).
 pub const LINGER_MS: u64 = DEFAULT_LINGER_MS;
@@ -159,7 +175,9 @@ impl ServerConfig {
 pub struct Worker {
     pub index: usize,
     pub listener: TcpListener,
-    pub snapshot: Arc<Snapshot>,
+    /// The current snapshot: load it once per batch of input
+    /// ([`SnapshotHandle::load`]), never hold it across I/O.
+    pub snapshot: SnapshotHandle,
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub shutdown: Shutdown,
@@ -218,9 +236,16 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the listeners and starts the workers; returns once every worker's
-    /// runtime is up, or with the first error.
+    /// Binds the listeners and starts the workers serving `snapshot`, which
+    /// never changes; returns once every worker's runtime is up, or with the
+    /// first error.
     pub fn start(config: &ServerConfig, snapshot: Arc<Snapshot>) -> Result<Server, StartError> {
+        Server::start_with_handle(config, SnapshotHandle::new(snapshot))
+    }
+
+    /// Like [`Server::start`], serving whatever `snapshot` holds at the time
+    /// of each request: replacing it (a reload) takes effect at once.
+    pub fn start_with_handle(config: &ServerConfig, snapshot: SnapshotHandle) -> Result<Server, StartError> {
         let worker_count = config.workers.max(1);
         let access_log = match &config.access_log {
             Some(log_config) => Some(AccessLog::open(log_config).map_err(StartError::AccessLog)?),
@@ -248,7 +273,7 @@ impl Server {
             let worker = Worker {
                 index,
                 listener,
-                snapshot: Arc::clone(&snapshot),
+                snapshot: snapshot.clone(),
                 limits: config.limits,
                 timeouts: config.timeouts,
                 shutdown: shutdown.clone(),

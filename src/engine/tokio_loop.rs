@@ -11,9 +11,11 @@
 //! access log once a second; on the stop signal, drain
 //! ([`Connections::drain`]).
 //!
-//! The connection loop: hand received bytes to [`Session::on_input_observed`],
-//! drop what it consumed, write its output, and read, write again, close or
-//! linger as its [`Next`] says. Every read and every write operation is raced
+//! The connection loop: load the current snapshot, hand received bytes to
+//! [`Session::on_input_observed`], drop what it consumed, write its output
+//! ([`write_output`]: in-memory pieces by the engine, file ranges streamed
+//! from disk here in chunks of [`FILE_CHUNK_BYTES`]), and read, write again,
+//! close or linger as its [`Next`] says. Every read and every write operation is raced
 //! against the deadline the core decides ([`DeadlineClock`]) on one timer per
 //! connection ([`timer::before`]).
 //!
@@ -25,6 +27,7 @@
 //! pending, and a stalled send also with a reset (`SO_LINGER` 0).
 
 use std::cell::RefCell;
+use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -33,20 +36,23 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::BytesMut;
 use tokio::time::Sleep;
 
 use crate::access_log::{ConnectionLog, FLUSH_INTERVAL, WorkerLog};
 use crate::engine::connections::{Connections, Registration};
 use crate::engine::timer::{self, connection_timer};
 use crate::engine::{
-    AcceptBackoff, LINGER_MAX_BYTES, READ_BUFFER_BYTES, Ready, Worker, set_reset_on_close, shutdown_both,
+    AcceptBackoff, FILE_CHUNK_BYTES, LINGER_MAX_BYTES, READ_BUFFER_BYTES, Ready, Worker, set_reset_on_close,
+    shutdown_both,
 };
-use crate::files::Snapshot;
+use crate::files::SnapshotHandle;
+use crate::http::response::{FileRange, Piece};
 use crate::http::{DeadlineClock, Expiry, Limits, Next, Observer, Output, Session, Timeouts};
 
 /// What the connection tasks of one worker share (by `Rc`: never across threads).
 struct WorkerContext {
-    snapshot: Arc<Snapshot>,
+    snapshot: SnapshotHandle,
     limits: Limits,
     timeouts: Timeouts,
     connections: Connections,
@@ -68,17 +74,25 @@ pub(crate) enum WriteFailed {
     /// A write operation made no progress before its deadline; it was dropped
     /// and may still be in flight.
     Stalled,
+    /// A file being streamed could not be read to the end (an I/O error, or
+    /// truncated in place since the snapshot was built): the response cannot
+    /// be completed. Nothing is in flight.
+    File,
 }
 
-/// One accepted socket of one engine.
+/// One accepted socket of one engine, and how that engine reads files.
 pub(crate) trait ConnectionIo {
+    /// A file opened for this engine's reads (see [`Self::open_file`]).
+    type FileReader;
+
     fn raw_fd(&self) -> RawFd;
 
     /// Reads into the spare capacity of `input` (which has some), appending.
     /// `Ok(0)` is end-of-file.
     async fn read_more(&mut self, input: &mut Vec<u8>) -> io::Result<usize>;
 
-    /// Writes all of `output` and leaves it empty, one operation at a time;
+    /// Writes all of `output`, which holds no file range ([`write_output`]
+    /// streams those itself), and leaves it empty, one operation at a time;
     /// each operation must make progress within `timeouts.send`
     /// ([`DeadlineClock::for_write`], raced on `timer` with
     /// [`timer::before`]), so a slow reader that keeps reading is never cut
@@ -92,6 +106,19 @@ pub(crate) trait ConnectionIo {
 
     /// Shuts down the sending side (the peer sees end-of-file).
     async fn shutdown_write(&mut self) -> io::Result<()>;
+
+    /// Prepares `file` for [`Self::read_file_at`]; called once per streamed range.
+    fn open_file(&self, file: &Arc<File>) -> io::Result<Self::FileReader>;
+
+    /// Reads up to `len` bytes at `offset` into `buffer` (empty, with at
+    /// least `len` bytes of capacity), giving it back holding what was read.
+    async fn read_file_at(
+        &mut self,
+        file: &Self::FileReader,
+        offset: u64,
+        len: usize,
+        buffer: BytesMut,
+    ) -> (io::Result<usize>, BytesMut);
 }
 
 /// How a connection ended, which decides how its socket is closed (in order
@@ -109,7 +136,7 @@ enum Ending {
 impl From<WriteFailed> for Ending {
     fn from(failed: WriteFailed) -> Ending {
         match failed {
-            WriteFailed::Peer => Ending::Clean,
+            WriteFailed::Peer | WriteFailed::File => Ending::Clean,
             WriteFailed::Stalled => Ending::Stalled,
         }
     }
@@ -223,14 +250,17 @@ async fn run_connection<C: ConnectionIo, O: Observer>(
     let mut input: Vec<u8> = Vec::with_capacity(READ_BUFFER_BYTES);
     let mut output = Output::with_capacity(READ_BUFFER_BYTES);
     loop {
-        let progress =
-            session.on_input_observed(&input, &context.snapshot, &context.limits, &mut output, observer);
+        // One load per batch: every request of the batch sees one snapshot.
+        let progress = session.on_input_observed(
+            &input,
+            &context.snapshot.load(),
+            &context.limits,
+            &mut output,
+            observer,
+        );
         input.drain(..progress.consumed);
         if !output.is_empty() {
-            if let Err(failed) = connection
-                .write_output(&mut output, timer.as_mut(), timeouts)
-                .await
-            {
+            if let Err(failed) = write_output(connection, &mut output, timer.as_mut(), timeouts).await {
                 return failed.into();
             }
         }
@@ -273,6 +303,77 @@ async fn run_connection<C: ConnectionIo, O: Observer>(
             None => return Ending::Abandoned,
         }
     }
+}
+
+/// Writes all of `output` and leaves it empty. Without file ranges (the
+/// common case) the engine writes it in one go; otherwise the in-memory
+/// pieces between file ranges go to the engine as they come, and each file
+/// range is streamed ([`stream_file`]).
+async fn write_output<C: ConnectionIo>(
+    connection: &mut C,
+    output: &mut Output,
+    mut timer: Pin<&mut Sleep>,
+    timeouts: &Timeouts,
+) -> Result<(), WriteFailed> {
+    if !output.has_file_ranges() {
+        return connection.write_output(output, timer, timeouts).await;
+    }
+    let mut segment = Output::new();
+    for piece in output.take_pieces() {
+        match piece {
+            Piece::Bytes(bytes) => segment.push_body(&bytes),
+            Piece::File(range) => {
+                if !segment.is_empty() {
+                    connection
+                        .write_output(&mut segment, timer.as_mut(), timeouts)
+                        .await?;
+                    segment.clear();
+                }
+                stream_file(connection, &range, timer.as_mut(), timeouts).await?;
+            }
+        }
+    }
+    if !segment.is_empty() {
+        connection.write_output(&mut segment, timer, timeouts).await?;
+    }
+    Ok(())
+}
+
+/// Sends `range` from disk: read a chunk, send it (each write with its send
+/// deadline, as for any output), read the next; one buffer of at most
+/// [`FILE_CHUNK_BYTES`] for the whole range, reused from chunk to chunk.
+async fn stream_file<C: ConnectionIo>(
+    connection: &mut C,
+    range: &FileRange,
+    mut timer: Pin<&mut Sleep>,
+    timeouts: &Timeouts,
+) -> Result<(), WriteFailed> {
+    let reader = connection.open_file(&range.file).map_err(|_| WriteFailed::File)?;
+    let capacity = usize::try_from(range.len).map_or(FILE_CHUNK_BYTES, |len| len.min(FILE_CHUNK_BYTES));
+    let mut buffer = BytesMut::with_capacity(capacity);
+    let mut chunk_output = Output::new();
+    let end = range.offset + range.len;
+    let mut offset = range.offset;
+    while offset < end {
+        let want = usize::try_from(end - offset).map_or(capacity, |left| left.min(capacity));
+        buffer.clear();
+        let (read, filled) = connection.read_file_at(&reader, offset, want, buffer).await;
+        match read {
+            Ok(n) if n > 0 => offset += n as u64,
+            _ => return Err(WriteFailed::File),
+        }
+        let chunk = filled.freeze();
+        chunk_output.push_body(&chunk);
+        connection
+            .write_output(&mut chunk_output, timer.as_mut(), timeouts)
+            .await?;
+        chunk_output.clear();
+        // The engine has let go of its reference: reuse the allocation.
+        buffer = chunk
+            .try_into_mut()
+            .unwrap_or_else(|_| BytesMut::with_capacity(capacity));
+    }
+    Ok(())
 }
 
 /// Half-closes, then discards what the client still sends, within bounds.

@@ -6,20 +6,23 @@
 //! (tokio-uring's model), so each read hands the connection's receive `Vec`
 //! to the kernel and gets it back, and each write hands over the staged
 //! response bytes (or refcounted pieces of the snapshot for large bodies, in
-//! one `writev`). The loops themselves are [`super::tokio_loop`]'s, shared
-//! with the epoll engine.
+//! one `writev`). Files too large for memory are read with io_uring reads at
+//! an offset into one chunk buffer per connection. The loops themselves are
+//! [`super::tokio_loop`]'s, shared with the epoll engine.
 //!
 //! This is the baseline for comparisons: tokio-uring parks in epoll with the
 //! ring's descriptor registered there and enters the ring on every park, and
 //! has no multishot operations or provided buffers (see the README).
 
+use std::fs::File;
 use std::io;
 use std::net::{Shutdown as Direction, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Buf;
+use bytes::{Buf, BytesMut};
 use tokio::time::Sleep;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::{TcpListener, TcpStream};
@@ -27,6 +30,7 @@ use tokio_uring::net::{TcpListener, TcpStream};
 use crate::engine::timer::before;
 use crate::engine::tokio_loop::{self, Acceptor, ConnectionIo, WriteFailed};
 use crate::engine::{Ready, Worker};
+use crate::http::response::Piece;
 use crate::http::{DeadlineClock, Output, Timeouts};
 
 /// Ring size: submissions in flight per worker before the runtime must enter
@@ -57,6 +61,11 @@ impl Acceptor for UringAcceptor {
 struct UringConnection(TcpStream);
 
 impl ConnectionIo for UringConnection {
+    /// A duplicate of the snapshot's descriptor owned by the ring: the
+    /// snapshot's `File` is shared by every worker, and tokio-uring's `File`
+    /// closes the descriptor it owns.
+    type FileReader = tokio_uring::fs::File;
+
     fn raw_fd(&self) -> RawFd {
         self.0.as_raw_fd()
     }
@@ -96,7 +105,15 @@ impl ConnectionIo for UringConnection {
             output.restore_staged(staged);
             return Ok(());
         }
-        let mut pieces = output.take_pieces();
+        let mut pieces = Vec::new();
+        for piece in output.take_pieces() {
+            match piece {
+                Piece::Bytes(bytes) => pieces.push(bytes),
+                // The shared loop streams file ranges itself
+                // (`tokio_loop::write_output`) and never passes one here.
+                Piece::File(_) => return Err(WriteFailed::File),
+            }
+        }
         while !pieces.is_empty() {
             let deadline = DeadlineClock::for_write(Instant::now(), timeouts);
             let (result, returned) = before(timer.as_mut(), deadline.at, self.0.writev(pieces))
@@ -123,5 +140,22 @@ impl ConnectionIo for UringConnection {
 
     async fn shutdown_write(&mut self) -> io::Result<()> {
         self.0.shutdown(Direction::Write)
+    }
+
+    fn open_file(&self, file: &Arc<File>) -> io::Result<tokio_uring::fs::File> {
+        Ok(tokio_uring::fs::File::from_std(file.try_clone()?))
+    }
+
+    /// An io_uring read at an offset: the ring reads the page cache (or the
+    /// disk, from its own workers) while this thread serves others.
+    async fn read_file_at(
+        &mut self,
+        file: &tokio_uring::fs::File,
+        offset: u64,
+        len: usize,
+        buffer: BytesMut,
+    ) -> (io::Result<usize>, BytesMut) {
+        let (result, slice) = file.read_at(buffer.slice(..len), offset).await;
+        (result, slice.into_inner())
     }
 }

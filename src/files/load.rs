@@ -1,30 +1,57 @@
 //! Building a [`Snapshot`] from a directory.
 //!
 //! Steps, in order:
-//! 1. canonicalise the root (a missing or non-directory root is a clear error);
+//! 1. read the cache policy (`--cache-control`, `--config`), canonicalise the
+//!    root (a missing or non-directory root is a clear error);
 //! 2. walk it, following symlinks, skipping dotfiles and dot-directories unless
 //!    enabled, and skipping anything whose real path lies outside the root
 //!    (a symlink to `/etc` is never loaded, so it can never be served);
-//! 3. read each regular file and render its heads ([`super::head`]);
-//! 4. build the routes: exact paths, then directory indexes, then clean URLs,
-//!    then directory redirects, each only where an earlier one did not claim
-//!    the path.
+//! 3. read every regular file, in parallel: files up to
+//!    `max_cached_file_bytes` into memory, larger ones only hashed (in
+//!    bounded chunks) and kept open; each gets its content hash (`ETag`);
+//!    the memory budget is checked as bytes come in;
+//! 4. generate directory listings, if enabled;
+//! 5. build each file's representations, in parallel: precompressed
+//!    variants ([`super::variants`]) and the heads of each
+//!    ([`super::head`]), with its cache policy and extra headers
+//!    ([`super::cache_rules`]);
+//! 6. build the routes: exact paths, then directory indexes, then clean URLs,
+//!    then listings, then directory redirects, each only where an earlier one
+//!    did not claim the path; then the SPA fallback and the custom 404 page.
+//!
+//! Steps 3 and 5 run on every CPU the process may use (`std::thread::scope`),
+//! since reading, hashing and compressing a large build folder is what makes
+//! a start or a reload slow.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fmt;
-use std::io;
+use std::fs::File;
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
+use super::cache_rules::{ConfigError, HeaderPolicy};
 use super::head::{self, HeadFields};
-use super::{FileEntry, Route, Snapshot};
+use super::listing::{self, ListingItem};
+use super::variants;
+use super::{
+    Body, DiskFile, Encoding, FileEntry, FileIdentity, Representation, Route, Snapshot, SnapshotStats,
+};
 
 /// Extensions a clean URL may leave out (`/book` → `book.json`).
 const CLEAN_URL_EXTENSIONS: [&str; 3] = ["html", "htm", "json"];
+/// Files larger than this stay on disk and are streamed.
+pub const DEFAULT_MAX_CACHED_FILE_BYTES: u64 = 4 * 1024 * 1024;
+/// Buffer for hashing a file that stays on disk: bounded, whatever its size.
+const HASH_CHUNK_BYTES: usize = 1024 * 1024;
+/// The name of the custom not-found page at the root.
+const NOT_FOUND_PAGE: &[u8] = b"/404.html";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadOptions {
@@ -33,6 +60,27 @@ pub struct LoadOptions {
     pub serve_dotfiles: bool,
     /// File names that a directory's `/` serves, in order of preference.
     pub index_names: Vec<String>,
+    /// `/dir` → `301` to `/dir/` (otherwise `/dir` is not found).
+    pub redirect_directories: bool,
+    /// A file (relative to the root) served with 200 for unknown paths whose
+    /// request accepts HTML: a single-page application's entry point.
+    pub fallback: Option<String>,
+    /// Generate an HTML listing for directories without an index file.
+    pub directory_listing: bool,
+    /// Files larger than this are not held in memory but streamed from disk.
+    pub max_cached_file_bytes: u64,
+    /// The most bytes the snapshot may hold in memory (`None`: no limit).
+    pub memory_budget_bytes: Option<u64>,
+    /// Build gzip and brotli variants of compressible files (siblings such as
+    /// `app.js.gz` are used either way).
+    pub precompress: bool,
+    /// `Cache-Control` for ordinary files (`--cache-control`).
+    pub cache_control: Option<String>,
+    /// The TOML file with cache and header rules (`--config`), read on every
+    /// load, so a reload picks up its changes too.
+    pub config_file: Option<PathBuf>,
+    /// Threads that read and compress (0: one per CPU the process may use).
+    pub threads: usize,
 }
 
 impl LoadOptions {
@@ -41,6 +89,15 @@ impl LoadOptions {
             root: root.into(),
             serve_dotfiles: false,
             index_names: vec!["index.html".to_owned()],
+            redirect_directories: true,
+            fallback: None,
+            directory_listing: false,
+            max_cached_file_bytes: DEFAULT_MAX_CACHED_FILE_BYTES,
+            memory_budget_bytes: None,
+            precompress: true,
+            cache_control: None,
+            config_file: None,
+            threads: 0,
         }
     }
 }
@@ -50,6 +107,16 @@ pub enum LoadError {
     RootMissing(PathBuf, io::Error),
     RootNotDirectory(PathBuf),
     Read(PathBuf, io::Error),
+    Config(ConfigError),
+    /// The snapshot needs more memory than `--memory-budget` allows.
+    OverBudget {
+        budget: u64,
+        /// Bytes already held when the budget was exceeded (a lower bound).
+        needed_at_least: u64,
+    },
+    FallbackMissing(String),
+    /// Loading panicked (a bug); the message is the panic's.
+    Panicked(String),
 }
 
 impl fmt::Display for LoadError {
@@ -62,13 +129,77 @@ impl fmt::Display for LoadError {
                 write!(f, "static root {} is not a directory", path.display())
             }
             LoadError::Read(path, e) => write!(f, "cannot read {}: {e}", path.display()),
+            LoadError::Config(e) => e.fmt(f),
+            LoadError::OverBudget {
+                budget,
+                needed_at_least,
+            } => write!(
+                f,
+                "the snapshot needs more than the memory budget of {budget} bytes \
+                 (at least {needed_at_least} bytes); raise --memory-budget, or lower \
+                 --max-cached-file so that more files are streamed from disk"
+            ),
+            LoadError::FallbackMissing(name) => {
+                write!(f, "--fallback {name}: no such file in the static root")
+            }
+            LoadError::Panicked(message) => write!(f, "loading panicked: {message}"),
         }
     }
 }
 
 impl std::error::Error for LoadError {}
 
-pub(super) fn load_snapshot(options: &LoadOptions) -> Result<Snapshot, LoadError> {
+impl From<ConfigError> for LoadError {
+    fn from(e: ConfigError) -> Self {
+        LoadError::Config(e)
+    }
+}
+
+/// A file found by the walk.
+struct FoundFile {
+    path: PathBuf,
+    url_path: Vec<u8>,
+}
+
+/// A file read (step 3) or a generated listing (step 4), before its
+/// representations are built.
+struct RawFile {
+    url_path: Box<[u8]>,
+    content_type: String,
+    modified_secs: u64,
+    body: Body,
+    etag: String,
+}
+
+/// Bytes held in memory so far, against the budget. Shared by the threads
+/// of one load.
+struct MemoryMeter {
+    used: AtomicU64,
+    budget: Option<u64>,
+}
+
+impl MemoryMeter {
+    fn add(&self, bytes: u64) -> Result<(), LoadError> {
+        let used = self.used.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        match self.budget {
+            Some(budget) if used > budget => Err(LoadError::OverBudget {
+                budget,
+                needed_at_least: used,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Builds a snapshot. With `previous` (a reload), the encoded variants of a
+/// file whose content hash is unchanged are taken from it instead of being
+/// compressed again: a reload then costs a read and a hash per file, and the
+/// two snapshots share those bytes.
+pub(super) fn load_snapshot(
+    options: &LoadOptions,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, LoadError> {
+    let policy = HeaderPolicy::load(options.cache_control.as_deref(), options.config_file.as_deref())?;
     let root = options
         .root
         .canonicalize()
@@ -76,14 +207,88 @@ pub(super) fn load_snapshot(options: &LoadOptions) -> Result<Snapshot, LoadError
     if !root.is_dir() {
         return Err(LoadError::RootNotDirectory(options.root.clone()));
     }
+    let (found, directories) = walk(&root, options.serve_dotfiles);
+    let threads = match options.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let meter = MemoryMeter {
+        used: AtomicU64::new(0),
+        budget: options.memory_budget_bytes,
+    };
 
+    let mut raw = parallel_map(&found, threads, |file| read_file(file, options, &meter, previous))?;
+    let file_count = raw.len();
+    if options.directory_listing {
+        raw.extend(listings(&raw, &directories, &options.index_names, &meter)?);
+    }
+
+    let by_path: FxHashMap<&[u8], usize> = raw
+        .iter()
+        .enumerate()
+        .map(|(i, file)| (&file.url_path[..], i))
+        .collect();
+    let built = parallel_map(&raw, threads, |file| {
+        let unchanged = previous
+            .and_then(|p| p.entry_at(&file.url_path))
+            .filter(|old| *old.identity().etag == *file.etag.as_bytes());
+        build_entry(file, &raw, &by_path, &policy, options, &meter, unchanged)
+    })?;
+    let (files, variant_owned): (Vec<FileEntry>, Vec<u64>) = built.into_iter().unzip();
+
+    let routes = build_routes(&files, file_count, &directories, options);
+    let fallback = match &options.fallback {
+        None => None,
+        Some(name) => {
+            let key = format!("/{}", name.trim_start_matches('/'));
+            let index = files[..file_count]
+                .iter()
+                .position(|f| *f.url_path == *key.as_bytes())
+                .ok_or_else(|| LoadError::FallbackMissing(name.clone()))?;
+            Some(index)
+        }
+    };
+    let not_found_page = files[..file_count]
+        .iter()
+        .position(|f| *f.url_path == *NOT_FOUND_PAGE)
+        .map(|i| not_found_entry(&raw[i], &files[i], &policy));
+
+    let mut stats = SnapshotStats {
+        files: file_count,
+        memory_bytes: meter.used.load(Ordering::Relaxed),
+        ..SnapshotStats::default()
+    };
+    for (file, owned) in files[..file_count].iter().zip(&variant_owned) {
+        let identity = file.identity();
+        match identity.body {
+            Body::Memory(_) => stats.identity_bytes += identity.body.len(),
+            Body::Disk(_) => stats.disk_files += 1,
+        }
+        stats.variants += file.representations.len() - 1;
+        stats.variant_bytes += owned;
+        if let Some(best) = file.representations.get(1) {
+            stats.compressed_identity_bytes += identity.body.len();
+            stats.compressed_best_bytes += best.body.len();
+        }
+    }
+    Ok(Snapshot {
+        files,
+        routes,
+        fallback,
+        not_found_page,
+        stats,
+    })
+}
+
+/// Steps 1–2: the files and directories the snapshot may serve, sorted by path.
+fn walk(root: &Path, serve_dotfiles: bool) -> (Vec<FoundFile>, Vec<Vec<u8>>) {
     let mut files = Vec::new();
     let mut directories = Vec::new();
-    let walker = walkdir::WalkDir::new(&root)
+    let walker = walkdir::WalkDir::new(root)
         .follow_links(true)
         .sort_by_file_name()
         .into_iter()
-        .filter_entry(|entry| entry.depth() == 0 || admissible(entry, &root, options.serve_dotfiles));
+        .filter_entry(|entry| entry.depth() == 0 || admissible(entry, root, serve_dotfiles));
     for entry in walker {
         let entry = match entry {
             Ok(entry) => entry,
@@ -96,17 +301,380 @@ pub(super) fn load_snapshot(options: &LoadOptions) -> Result<Snapshot, LoadError
         if entry.depth() == 0 {
             continue;
         }
-        let path = entry.path();
-        let url_path = url_path_of(path, &root);
+        let url_path = url_path_of(entry.path(), root);
         let file_type = entry.file_type();
         if file_type.is_dir() {
             directories.push(url_path);
         } else if file_type.is_file() {
-            files.push(load_file(path, url_path)?);
+            files.push(FoundFile {
+                path: entry.into_path(),
+                url_path,
+            });
         }
     }
-    let routes = build_routes(&files, &directories, &options.index_names);
-    Ok(Snapshot::from_parts(files, routes))
+    (files, directories)
+}
+
+/// Runs `f` over `items` on `threads` threads; results keep the items'
+/// order. The first error stops the other threads at their next item.
+fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> Result<R, LoadError> + Sync,
+) -> Result<Vec<R>, LoadError> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<LoadError>> = Mutex::new(None);
+    let threads = threads.clamp(1, items.len().max(1));
+    let mut slots: Vec<Option<R>> = std::iter::repeat_with(|| None).take(items.len()).collect();
+    let parts: Vec<Vec<(usize, R)>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    while !failed.load(Ordering::Relaxed) {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(item) = items.get(index) else { break };
+                        match f(item) {
+                            Ok(result) => done.push((index, result)),
+                            Err(e) => {
+                                failed.store(true, Ordering::Relaxed);
+                                first_error
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .get_or_insert(e);
+                            }
+                        }
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
+    });
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    for (index, result) in parts.into_iter().flatten() {
+        slots[index] = Some(result);
+    }
+    Ok(slots
+        .into_iter()
+        .map(|slot| slot.expect("every item was processed"))
+        .collect())
+}
+
+/// Step 3 for one file.
+/// Step 3 for one file. A file that stays on disk and is, by its metadata,
+/// the very file `previous` already holds (same device, inode, length and
+/// modification time) keeps its descriptor and hash: a reload does not read
+/// gigabytes of unchanged downloads again.
+fn read_file(
+    found: &FoundFile,
+    options: &LoadOptions,
+    meter: &MemoryMeter,
+    previous: Option<&Snapshot>,
+) -> Result<RawFile, LoadError> {
+    let path = &found.path;
+    let read_error = |e| LoadError::Read(path.to_owned(), e);
+    let mut file = File::open(path).map_err(read_error)?;
+    let metadata = file.metadata().map_err(read_error)?;
+    let modified_secs = metadata.modified().map(head::unix_secs).unwrap_or(0);
+    let file_name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let content_type = head::content_type_for(&file_name);
+    let (body, etag) = if metadata.len() > options.max_cached_file_bytes {
+        let identity = FileIdentity::of(&metadata);
+        let same = previous
+            .and_then(|p| p.entry_at(&found.url_path))
+            .map(FileEntry::identity)
+            .filter(|r| matches!(&r.body, Body::Disk(d) if d.identity == identity));
+        match same {
+            Some(old) => (old.body.clone(), String::from_utf8_lossy(&old.etag).into_owned()),
+            None => {
+                let (len, etag) = hash_on_disk(&mut file).map_err(read_error)?;
+                let disk = DiskFile {
+                    file: Arc::new(file),
+                    len,
+                    identity,
+                };
+                (Body::Disk(disk), etag)
+            }
+        }
+    } else {
+        meter.add(metadata.len())?;
+        let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
+        file.read_to_end(&mut bytes).map_err(read_error)?;
+        // The file may have grown between fstat and read.
+        meter.add((bytes.len() as u64).saturating_sub(metadata.len()))?;
+        let etag = head::etag_for(&bytes);
+        (Body::Memory(Bytes::from(bytes)), etag)
+    };
+    Ok(RawFile {
+        url_path: found.url_path.clone().into_boxed_slice(),
+        content_type,
+        modified_secs,
+        body,
+        etag,
+    })
+}
+
+/// Hashes a file that stays on disk, reading it in bounded chunks; returns
+/// its length and `ETag`. The length is what was read, not what `fstat`
+/// said, so the heads describe the bytes the hash covers.
+fn hash_on_disk(file: &mut File) -> io::Result<(u64, String)> {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut buffer = vec![0u8; HASH_CHUNK_BYTES];
+    let mut len = 0u64;
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buffer[..n]);
+                len += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((len, head::etag_from_hash(hasher.digest())))
+}
+
+/// Step 4: a listing for every directory (the root included) that has no
+/// index file.
+fn listings(
+    raw: &[RawFile],
+    directories: &[Vec<u8>],
+    index_names: &[String],
+    meter: &MemoryMeter,
+) -> Result<Vec<RawFile>, LoadError> {
+    // Directory (`/a/`) → (its entries, the newest mtime among its files).
+    let mut children: BTreeMap<Vec<u8>, (Vec<ListingItem>, u64)> = BTreeMap::new();
+    children.insert(b"/".to_vec(), (Vec::new(), 0));
+    for directory in directories {
+        let mut key = directory.clone();
+        key.push(b'/');
+        children.entry(key).or_default();
+    }
+    let mut add = |url_path: &[u8], is_file: bool, modified_secs: u64| {
+        let (parent, name) = split_last_segment(url_path);
+        let mut key = parent.to_vec();
+        key.push(b'/');
+        let entry = children.entry(key).or_default();
+        entry.0.push(ListingItem {
+            is_file,
+            name: name.to_vec(),
+        });
+        entry.1 = entry.1.max(modified_secs);
+    };
+    for file in raw {
+        add(&file.url_path, true, file.modified_secs);
+    }
+    for directory in directories {
+        add(directory, false, 0);
+    }
+    let mut pages = Vec::new();
+    let existing: rustc_hash::FxHashSet<&[u8]> = raw.iter().map(|f| &f.url_path[..]).collect();
+    for (url_dir, (mut items, modified_secs)) in children {
+        let has_index = index_names.iter().any(|name| {
+            let mut index = url_dir.clone();
+            index.extend_from_slice(name.as_bytes());
+            existing.contains(&index[..])
+        });
+        if has_index {
+            continue;
+        }
+        let page = listing::render_listing(&url_dir, &mut items);
+        meter.add(page.len() as u64)?;
+        pages.push(RawFile {
+            etag: head::etag_for(&page),
+            url_path: url_dir.into_boxed_slice(),
+            content_type: "text/html; charset=utf-8".to_owned(),
+            modified_secs,
+            body: Body::Memory(Bytes::from(page)),
+        });
+    }
+    Ok(pages)
+}
+
+/// Step 5 for one file: its representations and their heads. Also returns
+/// the bytes of the variants it compressed itself (siblings are shared).
+/// `unchanged` is the same file, same content, in the previous snapshot: its
+/// compressed variants are reused.
+fn build_entry(
+    file: &RawFile,
+    raw: &[RawFile],
+    by_path: &FxHashMap<&[u8], usize>,
+    policy: &HeaderPolicy,
+    options: &LoadOptions,
+    meter: &MemoryMeter,
+    unchanged: Option<&FileEntry>,
+) -> Result<(FileEntry, u64), LoadError> {
+    let mut variants: Vec<(Encoding, Body, String)> = Vec::new();
+    let mut owned = 0u64;
+    for encoding in variants::BUILT_ENCODINGS {
+        if let Some(variant) = sibling_variant(file, encoding, raw, by_path) {
+            variants.push(variant);
+            continue;
+        }
+        let reusable = unchanged
+            .filter(|_| options.precompress)
+            .and_then(|old| old.representations.iter().find(|r| r.encoding == encoding));
+        if let Some(old) = reusable {
+            meter.add(old.body.memory_bytes())?;
+            owned += old.body.memory_bytes();
+            let etag = String::from_utf8_lossy(&old.etag).into_owned();
+            variants.push((encoding, old.body.clone(), etag));
+            continue;
+        }
+        let Body::Memory(bytes) = &file.body else {
+            continue;
+        };
+        if !options.precompress
+            || bytes.len() < variants::MIN_COMPRESS_BYTES
+            || !variants::is_compressible(&file.content_type)
+        {
+            continue;
+        }
+        let compressed = variants::compress(encoding, bytes).map_err(|e| {
+            LoadError::Read(
+                PathBuf::from(String::from_utf8_lossy(&file.url_path).into_owned()),
+                e,
+            )
+        })?;
+        if variants::worth_keeping(bytes.len(), compressed.len()) {
+            meter.add(compressed.len() as u64)?;
+            owned += compressed.len() as u64;
+            let etag = head::etag_for(&compressed);
+            variants.push((encoding, Body::Memory(Bytes::from(compressed)), etag));
+        }
+    }
+    variants.sort_by_key(|(_, body, _)| body.len());
+
+    let relative =
+        String::from_utf8_lossy(file.url_path.strip_prefix(b"/").unwrap_or(&file.url_path)).into_owned();
+    let policy_lines = policy.lines_for(&relative, &file.content_type);
+    let negotiable = !variants.is_empty();
+    let identity = (Encoding::Identity, file.body.clone(), file.etag.clone());
+    let mut representations = Vec::with_capacity(variants.len() + 1);
+    for (encoding, body, etag) in std::iter::once(identity).chain(variants) {
+        let representation = render_representation(
+            "HTTP/1.1 200 OK",
+            &file.content_type,
+            file.modified_secs,
+            &policy_lines,
+            negotiable,
+            encoding,
+            body,
+            etag,
+        );
+        meter.add(head_bytes(&representation))?;
+        representations.push(representation);
+    }
+    let entry = FileEntry {
+        url_path: file.url_path.clone(),
+        content_type: file.content_type.clone().into_boxed_str(),
+        modified_secs: file.modified_secs,
+        representations: representations.into_boxed_slice(),
+    };
+    Ok((entry, owned))
+}
+
+/// The variant a precompressed sibling (`app.js.gz`) provides, if it exists
+/// and holds the same content. In memory, "the same" is checked by decoding;
+/// a file that stays on disk is too large to decode at every load, so its
+/// sibling is trusted when it is not older than the file.
+fn sibling_variant(
+    file: &RawFile,
+    encoding: Encoding,
+    raw: &[RawFile],
+    by_path: &FxHashMap<&[u8], usize>,
+) -> Option<(Encoding, Body, String)> {
+    let suffix = encoding.sibling_suffix()?;
+    let mut sibling_path = file.url_path.to_vec();
+    sibling_path.extend_from_slice(suffix.as_bytes());
+    let sibling = &raw[*by_path.get(&sibling_path[..])?];
+    let fresh = match (&file.body, &sibling.body) {
+        (Body::Memory(original), Body::Memory(encoded)) => variants::decodes_to(encoding, encoded, original),
+        _ => sibling.modified_secs >= file.modified_secs,
+    };
+    if !fresh {
+        eprintln!(
+            "ringserve: ignoring {}: it does not hold the current content of {}",
+            String::from_utf8_lossy(&sibling.url_path),
+            String::from_utf8_lossy(&file.url_path)
+        );
+        return None;
+    }
+    Some((encoding, sibling.body.clone(), sibling.etag.clone()))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn render_representation(
+    status_line: &str,
+    content_type: &str,
+    modified_secs: u64,
+    policy_lines: &str,
+    negotiable: bool,
+    encoding: Encoding,
+    body: Body,
+    etag: String,
+) -> Representation {
+    let fields = HeadFields {
+        content_type,
+        content_length: body.len(),
+        etag: &etag,
+        modified_secs,
+        content_encoding: (encoding != Encoding::Identity).then(|| encoding.token()),
+        vary_accept_encoding: negotiable,
+        policy_lines,
+    };
+    Representation {
+        encoding,
+        ok_head: head::render_ok_head(status_line, &fields),
+        not_modified_head: head::render_not_modified_head(&fields),
+        partial_fields: head::render_partial_fields(&fields),
+        etag: etag.into_bytes().into_boxed_slice(),
+        body,
+    }
+}
+
+fn head_bytes(representation: &Representation) -> u64 {
+    (representation.ok_head.len()
+        + representation.not_modified_head.len()
+        + representation.partial_fields.len()
+        + representation.etag.len()) as u64
+}
+
+/// `404.html` as the not-found page: the same representations, heads
+/// rendered with status 404.
+fn not_found_entry(file: &RawFile, entry: &FileEntry, policy: &HeaderPolicy) -> FileEntry {
+    let policy_lines = policy.lines_for("404.html", &file.content_type);
+    let negotiable = entry.is_negotiable();
+    let representations = entry
+        .representations
+        .iter()
+        .map(|r| {
+            render_representation(
+                "HTTP/1.1 404 Not Found",
+                &entry.content_type,
+                entry.modified_secs,
+                &policy_lines,
+                negotiable,
+                r.encoding,
+                r.body.clone(),
+                String::from_utf8_lossy(&r.etag).into_owned(),
+            )
+        })
+        .collect();
+    FileEntry {
+        url_path: entry.url_path.clone(),
+        content_type: entry.content_type.clone(),
+        modified_secs: entry.modified_secs,
+        representations,
+    }
 }
 
 /// Whether the walk may enter or load `entry`. Pruning here (not after) keeps
@@ -145,21 +713,20 @@ fn url_path_of(path: &Path, root: &Path) -> Vec<u8> {
     url
 }
 
-fn load_file(path: &Path, url_path: Vec<u8>) -> Result<FileEntry, LoadError> {
-    let read_error = |e| LoadError::Read(path.to_owned(), e);
-    let metadata = std::fs::metadata(path).map_err(read_error)?;
-    let body = std::fs::read(path).map_err(read_error)?;
-    let modified_secs = metadata.modified().map(head::unix_secs).unwrap_or(0);
-    let file_name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-    Ok(file_entry(url_path, &file_name, body, modified_secs))
-}
-
 /// A snapshot of files given as `(url path, body)` pairs, without touching
 /// the file system: for tests, property tests and fuzzing, which need a small
 /// site that is the same on every run. Directories are implied by the paths.
+/// Built by the same steps as [`load_snapshot`] with the default options
+/// (variants, heads, routes), on the calling thread.
 pub(super) fn snapshot_from_memory(files: &[(&str, &[u8])], modified_secs: u64) -> Snapshot {
-    let mut entries = Vec::new();
+    let options = LoadOptions::new("/");
+    let policy = HeaderPolicy::default();
+    let meter = MemoryMeter {
+        used: AtomicU64::new(0),
+        budget: None,
+    };
     let mut directories: Vec<Vec<u8>> = Vec::new();
+    let mut raw = Vec::with_capacity(files.len());
     for (url_path, body) in files {
         let (parent, file_name) = split_last_segment(url_path.as_bytes());
         let mut ancestor = parent;
@@ -167,50 +734,59 @@ pub(super) fn snapshot_from_memory(files: &[(&str, &[u8])], modified_secs: u64) 
             directories.push(ancestor.to_vec());
             ancestor = split_last_segment(ancestor).0;
         }
-        let file_name = String::from_utf8_lossy(file_name);
-        entries.push(file_entry(
-            url_path.as_bytes().to_vec(),
-            &file_name,
-            body.to_vec(),
+        raw.push(RawFile {
+            url_path: url_path.as_bytes().into(),
+            content_type: head::content_type_for(&String::from_utf8_lossy(file_name)),
             modified_secs,
-        ));
+            etag: head::etag_for(body),
+            body: Body::Memory(Bytes::copy_from_slice(body)),
+        });
     }
-    let routes = build_routes(&entries, &directories, &["index.html".to_owned()]);
-    Snapshot::from_parts(entries, routes)
+    let by_path: FxHashMap<&[u8], usize> = raw
+        .iter()
+        .enumerate()
+        .map(|(i, file)| (&file.url_path[..], i))
+        .collect();
+    let files: Vec<FileEntry> = raw
+        .iter()
+        .map(|file| {
+            build_entry(file, &raw, &by_path, &policy, &options, &meter, None).map(|(entry, _)| entry)
+        })
+        .collect::<Result<_, _>>()
+        .expect("building from memory cannot fail without a budget");
+    let routes = build_routes(&files, files.len(), &directories, &options);
+    let not_found_page = files
+        .iter()
+        .position(|f| *f.url_path == *NOT_FOUND_PAGE)
+        .map(|i| not_found_entry(&raw[i], &files[i], &policy));
+    Snapshot {
+        stats: SnapshotStats {
+            files: files.len(),
+            memory_bytes: meter.used.load(Ordering::Relaxed),
+            ..SnapshotStats::default()
+        },
+        files,
+        routes,
+        fallback: None,
+        not_found_page,
+    }
 }
 
-fn file_entry(url_path: Vec<u8>, file_name: &str, body: Vec<u8>, modified_secs: u64) -> FileEntry {
-    let content_type = head::content_type_for(file_name);
-    let etag = head::etag_for(&body);
-    let fields = HeadFields {
-        content_type: &content_type,
-        content_length: body.len() as u64,
-        etag: &etag,
-        modified_secs,
-    };
-    FileEntry {
-        url_path: url_path.into_boxed_slice(),
-        ok_head: head::render_ok_head(&fields),
-        not_modified_head: head::render_not_modified_head(&fields),
-        etag: etag.into_bytes().into_boxed_slice(),
-        modified_secs,
-        content_type: content_type.into_boxed_str(),
-        body: Bytes::from(body),
-    }
-}
-
+/// Step 6. `files[..file_count]` are the root's files, the rest listings.
 fn build_routes(
     files: &[FileEntry],
+    file_count: usize,
     directories: &[Vec<u8>],
-    index_names: &[String],
+    options: &LoadOptions,
 ) -> FxHashMap<Box<[u8]>, Route> {
+    let (real, generated) = files.split_at(file_count);
     let mut routes: FxHashMap<Box<[u8]>, Route> = FxHashMap::default();
-    for (index, file) in files.iter().enumerate() {
+    for (index, file) in real.iter().enumerate() {
         routes.insert(file.url_path.clone(), Route::File(index));
     }
     // Directory indexes: `/dir/` serves the first index name present.
-    for name in index_names.iter().rev() {
-        for (index, file) in files.iter().enumerate() {
+    for name in options.index_names.iter().rev() {
+        for (index, file) in real.iter().enumerate() {
             let (parent, file_name) = split_last_segment(&file.url_path);
             if file_name == name.as_bytes() {
                 let mut key = parent.to_vec();
@@ -221,7 +797,7 @@ fn build_routes(
     }
     // Clean URLs: `/book` for `/book.json` when it is the only candidate.
     let mut candidates: BTreeMap<Vec<u8>, Vec<usize>> = BTreeMap::new();
-    for (index, file) in files.iter().enumerate() {
+    for (index, file) in real.iter().enumerate() {
         let (parent, file_name) = split_last_segment(&file.url_path);
         if let Some(dot) = memchr::memrchr(b'.', file_name) {
             let extension = &file_name[dot + 1..];
@@ -240,10 +816,17 @@ fn build_routes(
                 .or_insert(Route::File(only));
         }
     }
-    for directory in directories {
+    for (offset, listing) in generated.iter().enumerate() {
         routes
-            .entry(directory.clone().into_boxed_slice())
-            .or_insert(Route::DirectoryRedirect);
+            .entry(listing.url_path.clone())
+            .or_insert(Route::File(file_count + offset));
+    }
+    if options.redirect_directories {
+        for directory in directories {
+            routes
+                .entry(directory.clone().into_boxed_slice())
+                .or_insert(Route::DirectoryRedirect);
+        }
     }
     routes
 }
@@ -258,12 +841,20 @@ fn split_last_segment(url_path: &[u8]) -> (&[u8], &[u8]) {
 mod tests {
     use super::super::Resolved;
     use super::*;
+    use crate::files::FileEntry;
 
     fn temp_root(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("ringserve-load-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    fn options(root: &Path) -> LoadOptions {
+        LoadOptions {
+            threads: 2,
+            ..LoadOptions::new(root)
+        }
     }
 
     fn resolved_path(snapshot: &Snapshot, key: &str) -> Option<String> {
@@ -284,7 +875,7 @@ mod tests {
         std::fs::write(root.join("about.json"), "b").unwrap();
         std::fs::write(root.join("docs/index.html"), "docs").unwrap();
         std::fs::write(root.join(".secret"), "no").unwrap();
-        let snapshot = Snapshot::load(&LoadOptions::new(&root)).unwrap();
+        let snapshot = Snapshot::load(&options(&root)).unwrap();
 
         assert_eq!(resolved_path(&snapshot, "/").as_deref(), Some("/index.html"));
         assert_eq!(resolved_path(&snapshot, "/book").as_deref(), Some("/book.json"));
@@ -312,7 +903,7 @@ mod tests {
         std::os::unix::fs::symlink(outside.join("passwd"), root.join("leak.txt")).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("leakdir")).unwrap();
         std::os::unix::fs::symlink(root.join("inside.txt"), root.join("alias.txt")).unwrap();
-        let snapshot = Snapshot::load(&LoadOptions::new(&root)).unwrap();
+        let snapshot = Snapshot::load(&options(&root)).unwrap();
         assert_eq!(resolved_path(&snapshot, "/leak.txt"), None);
         assert_eq!(resolved_path(&snapshot, "/leakdir/passwd"), None);
         assert_eq!(
@@ -340,5 +931,243 @@ mod tests {
     fn missing_root_is_a_clear_error() {
         let err = Snapshot::load(&LoadOptions::new("/nonexistent/ringserve-root")).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/ringserve-root"), "{err}");
+    }
+
+    fn entry<'a>(snapshot: &'a Snapshot, key: &str) -> &'a FileEntry {
+        match snapshot.resolve(key.as_bytes()) {
+            Resolved::File(f) => f,
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+
+    fn script(lines: usize) -> String {
+        (0..lines)
+            .map(|i| format!("export function f{i}(a) {{ return a + {i}; }}\n"))
+            .collect()
+    }
+
+    #[test]
+    fn compressible_files_get_smaller_variants_with_their_own_tags() {
+        let root = temp_root("variants");
+        std::fs::write(root.join("app.js"), script(100)).unwrap();
+        std::fs::write(root.join("tiny.css"), "a{}").unwrap();
+        std::fs::write(root.join("photo.png"), vec![1u8; 5000]).unwrap();
+        let snapshot = Snapshot::load(&options(&root)).unwrap();
+        let app = entry(&snapshot, "/app.js");
+        let encodings: Vec<Encoding> = app.representations.iter().map(|r| r.encoding).collect();
+        assert_eq!(encodings[0], Encoding::Identity);
+        assert_eq!(encodings.len(), 3, "{encodings:?}");
+        let lengths: Vec<u64> = app.representations.iter().map(|r| r.body.len()).collect();
+        assert!(
+            lengths[1] <= lengths[2] && lengths[2] < lengths[0],
+            "smallest variant first: {lengths:?}"
+        );
+        let tags: std::collections::HashSet<&[u8]> =
+            app.representations.iter().map(|r| &r.etag[..]).collect();
+        assert_eq!(tags.len(), 3, "each representation has its own ETag");
+        for r in app.representations.iter() {
+            let head = String::from_utf8_lossy(&r.ok_head);
+            assert!(head.contains("Vary: Accept-Encoding\r\n"), "{head}");
+            assert!(head.contains(&format!("Content-Length: {}\r\n", r.body.len())));
+            assert_eq!(
+                head.contains("Content-Encoding: "),
+                r.encoding != Encoding::Identity
+            );
+        }
+        // Too small, and not a compressible type: identity only, no Vary.
+        for key in ["/tiny.css", "/photo.png"] {
+            let file = entry(&snapshot, key);
+            assert_eq!(file.representations.len(), 1, "{key}");
+            assert!(!String::from_utf8_lossy(&file.identity().ok_head).contains("Vary"));
+        }
+        let stats = snapshot.stats();
+        assert_eq!(stats.variants, 2);
+        assert!(stats.compressed_best_bytes * 3 < stats.compressed_identity_bytes);
+        let without = Snapshot::load(&LoadOptions {
+            precompress: false,
+            ..options(&root)
+        })
+        .unwrap();
+        assert_eq!(entry(&without, "/app.js").representations.len(), 1);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn siblings_are_used_when_current_and_replaced_when_stale() {
+        let root = temp_root("siblings");
+        let text = script(100);
+        std::fs::write(root.join("app.js"), &text).unwrap();
+        let gzip = variants::compress(Encoding::Gzip, text.as_bytes()).unwrap();
+        // A sibling made with other settings than ours: recognisable by its bytes.
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(1));
+        std::io::Write::write_all(&mut encoder, text.as_bytes()).unwrap();
+        let sibling = encoder.finish().unwrap();
+        assert_ne!(sibling, gzip);
+        std::fs::write(root.join("app.js.gz"), &sibling).unwrap();
+        std::fs::write(root.join("old.js"), script(120)).unwrap();
+        std::fs::write(
+            root.join("old.js.br"),
+            variants::compress(Encoding::Brotli, text.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let snapshot = Snapshot::load(&options(&root)).unwrap();
+
+        let app = entry(&snapshot, "/app.js");
+        let gz = app
+            .representations
+            .iter()
+            .find(|r| r.encoding == Encoding::Gzip)
+            .unwrap();
+        let Body::Memory(bytes) = &gz.body else { panic!() };
+        assert_eq!(
+            &bytes[..],
+            &sibling[..],
+            "the sibling is served, not our compression"
+        );
+        // The sibling stays reachable by its own name, as plain bytes.
+        let own = entry(&snapshot, "/app.js.gz");
+        assert_eq!(own.representations.len(), 1);
+        assert!(!String::from_utf8_lossy(&own.identity().ok_head).contains("Content-Encoding"));
+
+        // A stale sibling is ignored: our brotli holds the current content.
+        let old = entry(&snapshot, "/old.js");
+        let br = old
+            .representations
+            .iter()
+            .find(|r| r.encoding == Encoding::Brotli)
+            .unwrap();
+        let Body::Memory(bytes) = &br.body else { panic!() };
+        let Body::Memory(identity) = &old.identity().body else {
+            panic!()
+        };
+        assert!(variants::decodes_to(Encoding::Brotli, bytes, identity));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn large_files_stay_on_disk_with_the_same_etag() {
+        let root = temp_root("large");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(root.join("big.bin"), &data).unwrap();
+        std::fs::write(root.join("small.txt"), "hello").unwrap();
+        let snapshot = Snapshot::load(&LoadOptions {
+            max_cached_file_bytes: 50_000,
+            ..options(&root)
+        })
+        .unwrap();
+        let big = entry(&snapshot, "/big.bin");
+        let Body::Disk(disk) = &big.identity().body else {
+            panic!("a file over the limit stays on disk")
+        };
+        assert_eq!(disk.len, data.len() as u64);
+        assert_eq!(&big.identity().etag[..], head::etag_for(&data).as_bytes());
+        assert!(String::from_utf8_lossy(&big.identity().ok_head).contains("Content-Length: 100000\r\n"));
+        let stats = snapshot.stats();
+        assert_eq!((stats.files, stats.disk_files, stats.identity_bytes), (2, 1, 5));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn memory_budget_is_enforced_with_a_clear_error() {
+        let root = temp_root("budget");
+        std::fs::write(root.join("a.bin"), vec![0u8; 4000]).unwrap();
+        std::fs::write(root.join("b.bin"), vec![0u8; 4000]).unwrap();
+        let err = Snapshot::load(&LoadOptions {
+            memory_budget_bytes: Some(6000),
+            ..options(&root)
+        })
+        .unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("memory budget of 6000 bytes") && message.contains("--max-cached-file"),
+            "{message}"
+        );
+        // Streaming the files from disk fits the same budget.
+        let snapshot = Snapshot::load(&LoadOptions {
+            memory_budget_bytes: Some(6000),
+            max_cached_file_bytes: 1000,
+            ..options(&root)
+        })
+        .unwrap();
+        assert!(snapshot.stats().memory_bytes <= 6000);
+        assert!(
+            Snapshot::load(&LoadOptions {
+                memory_budget_bytes: Some(9000),
+                ..options(&root)
+            })
+            .is_ok()
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn url_options_index_names_redirects_fallback_and_404() {
+        let root = temp_root("urls");
+        std::fs::create_dir_all(root.join("docs")).unwrap();
+        std::fs::create_dir_all(root.join("empty")).unwrap();
+        std::fs::write(root.join("docs/default.htm"), "d").unwrap();
+        std::fs::write(root.join("app.html"), "<p>app</p>").unwrap();
+        std::fs::write(root.join("404.html"), "<p>gone</p>").unwrap();
+        let mut opts = options(&root);
+        opts.index_names = vec!["index.html".to_owned(), "default.htm".to_owned()];
+        opts.fallback = Some("app.html".to_owned());
+        let snapshot = Snapshot::load(&opts).unwrap();
+        assert_eq!(
+            resolved_path(&snapshot, "/docs/").as_deref(),
+            Some("/docs/default.htm")
+        );
+        assert_eq!(resolved_path(&snapshot, "/docs").as_deref(), Some("redirect"));
+        assert_eq!(&*snapshot.fallback().unwrap().url_path, b"/app.html");
+        let page = snapshot.not_found_page().unwrap();
+        assert!(page.identity().ok_head.starts_with(b"HTTP/1.1 404 Not Found\r\n"));
+        assert!(String::from_utf8_lossy(&page.identity().ok_head).contains("Cache-Control: no-cache\r\n"));
+        // No listing unless asked for.
+        assert_eq!(resolved_path(&snapshot, "/empty/"), None);
+
+        opts.redirect_directories = false;
+        let snapshot = Snapshot::load(&opts).unwrap();
+        assert_eq!(resolved_path(&snapshot, "/docs"), None);
+
+        opts.fallback = Some("missing.html".to_owned());
+        let err = Snapshot::load(&opts).unwrap_err();
+        assert!(err.to_string().contains("--fallback missing.html"), "{err}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn directory_listings_for_directories_without_an_index() {
+        let root = temp_root("listing");
+        std::fs::create_dir_all(root.join("files/sub")).unwrap();
+        std::fs::create_dir_all(root.join("site")).unwrap();
+        std::fs::write(root.join("files/b.txt"), "b").unwrap();
+        std::fs::write(root.join("files/a <x>.txt"), "a").unwrap();
+        std::fs::write(root.join("files/.hidden"), "h").unwrap();
+        std::fs::write(root.join("site/index.html"), "site").unwrap();
+        let snapshot = Snapshot::load(&LoadOptions {
+            directory_listing: true,
+            ..options(&root)
+        })
+        .unwrap();
+        let listing = entry(&snapshot, "/files/");
+        let Body::Memory(body) = &listing.identity().body else {
+            panic!()
+        };
+        let html = String::from_utf8_lossy(body);
+        assert!(
+            html.contains("sub/") && html.contains("b.txt") && html.contains("a &lt;x&gt;.txt"),
+            "{html}"
+        );
+        assert!(!html.contains(".hidden"));
+        assert!(html.find("sub/").unwrap() < html.find("b.txt").unwrap());
+        assert_eq!(&*listing.content_type, "text/html; charset=utf-8");
+        // The root has no index: it is listed too; a directory with one is not.
+        let root_listing = entry(&snapshot, "/");
+        assert_eq!(&*root_listing.url_path, b"/");
+        assert_eq!(
+            resolved_path(&snapshot, "/site/").as_deref(),
+            Some("/site/index.html")
+        );
+        assert_eq!(snapshot.file_count(), 3, "listings are not counted as files");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

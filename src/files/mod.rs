@@ -1,41 +1,169 @@
-//! The immutable in-memory snapshot of the static root.
+//! The immutable snapshot of the static root.
 //!
-//! Built once at start ([`Snapshot::load`]), then shared read-only by every
-//! worker. For each file it holds the body and the response heads, rendered
-//! when the snapshot is built (see [`head`]), so serving a request is a hash
-//! look-up and a copy of bytes that already exist.
+//! Built off the hot path ([`Snapshot::load`], at start and on every reload),
+//! then shared read-only by every worker through a [`SnapshotHandle`] that a
+//! reload swaps atomically ([`reload`]). For each file it holds every
+//! representation a response may send — the identity body and its
+//! precompressed variants ([`variants`]) — each with its own `ETag` and its
+//! response heads rendered when the snapshot is built ([`head`]), cache
+//! policy and extra headers included ([`cache_rules`]). Serving a request is
+//! a hash look-up, a few comparisons and a copy of bytes that already exist.
+//!
+//! Bodies up to `max_cached_file_bytes` live in memory ([`Body::Memory`]);
+//! larger files stay on disk behind an open descriptor ([`Body::Disk`]) and
+//! are streamed by the engines.
 //!
 //! Routes map a normalised URL path (see [`crate::http::target`]) to a file:
-//! the file's own path, its directory's `/` for `index.html`, a clean URL
-//! (`/book` for `book.json` or `book.html` when exactly one exists), and a
-//! redirect for a directory named without its trailing slash. Nothing outside
-//! the root can be served because nothing outside the root is ever loaded
-//! ([`load`] checks every path and symlink while walking).
+//! the file's own path, its directory's `/` for an index name, a clean URL
+//! (`/book` for `book.json` or `book.html` when exactly one exists), a
+//! generated directory listing when enabled, and a redirect for a directory
+//! named without its trailing slash (when enabled). Nothing outside the root
+//! can be served because nothing outside the root is ever loaded ([`load`]
+//! checks every path and symlink while walking).
 
+pub mod cache_rules;
 pub mod head;
+mod listing;
 pub mod load;
+pub mod reload;
+pub mod variants;
+
+use std::fs::File;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
 pub use load::{LoadError, LoadOptions};
+pub use reload::{SnapshotCache, SnapshotHandle};
 
-/// One servable file, with everything its responses need.
+/// A content coding the snapshot may hold a representation in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+    Brotli,
+}
+
+impl Encoding {
+    /// The `Content-Encoding` token.
+    pub fn token(self) -> &'static str {
+        match self {
+            Encoding::Identity => "identity",
+            Encoding::Gzip => "gzip",
+            Encoding::Brotli => "br",
+        }
+    }
+
+    /// The file-name suffix of a precompressed sibling (`app.js.gz`).
+    pub fn sibling_suffix(self) -> Option<&'static str> {
+        match self {
+            Encoding::Identity => None,
+            Encoding::Gzip => Some(".gz"),
+            Encoding::Brotli => Some(".br"),
+        }
+    }
+}
+
+/// A file too large to hold in memory: an open descriptor and its length.
+#[derive(Debug, Clone)]
+pub struct DiskFile {
+    pub file: Arc<File>,
+    pub len: u64,
+    /// Which file this is, by its metadata when it was opened.
+    pub identity: FileIdentity,
+}
+
+/// What tells one file on disk from another without reading it: a reload
+/// keeps the descriptor and hash of a file whose identity did not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    pub device: u64,
+    pub inode: u64,
+    pub len: u64,
+    pub modified_nanos: i128,
+}
+
+impl FileIdentity {
+    pub fn of(metadata: &std::fs::Metadata) -> FileIdentity {
+        use std::os::unix::fs::MetadataExt;
+        FileIdentity {
+            device: metadata.dev(),
+            inode: metadata.ino(),
+            len: metadata.len(),
+            modified_nanos: i128::from(metadata.mtime()) * 1_000_000_000 + i128::from(metadata.mtime_nsec()),
+        }
+    }
+}
+
+/// Where a representation's bytes are.
+#[derive(Debug, Clone)]
+pub enum Body {
+    Memory(Bytes),
+    Disk(DiskFile),
+}
+
+impl Body {
+    pub fn len(&self) -> u64 {
+        match self {
+            Body::Memory(bytes) => bytes.len() as u64,
+            Body::Disk(disk) => disk.len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes held in memory by this body.
+    pub fn memory_bytes(&self) -> u64 {
+        match self {
+            Body::Memory(bytes) => bytes.len() as u64,
+            Body::Disk(_) => 0,
+        }
+    }
+}
+
+/// One representation of a file: its bytes in one content coding, with the
+/// heads of every response that sends (or describes) them.
 #[derive(Debug)]
-pub struct FileEntry {
-    /// The file's URL path, e.g. `/css/site.css`.
-    pub url_path: Box<[u8]>,
-    pub body: Bytes,
+pub struct Representation {
+    pub encoding: Encoding,
+    pub body: Body,
+    /// The strong entity tag of these bytes, quotes included.
+    pub etag: Box<[u8]>,
     /// `200` head for GET and HEAD, up to but not including `Date`.
     pub ok_head: Box<[u8]>,
     /// `304` head, up to but not including `Date`.
     pub not_modified_head: Box<[u8]>,
-    /// The strong entity tag, quotes included.
-    pub etag: Box<[u8]>,
-    /// Modification time in whole seconds since the epoch (what
-    /// `Last-Modified` says).
-    pub modified_secs: u64,
+    /// The fields a `206` shares with the `200`, CRLF-terminated lines:
+    /// everything but the status line, `Content-Type`, `Content-Length` and
+    /// `Accept-Ranges` (a 206 adds `Content-Range` and its own length).
+    pub partial_fields: Box<[u8]>,
+}
+
+/// One servable file, with everything its responses need.
+#[derive(Debug)]
+pub struct FileEntry {
+    /// The file's URL path, e.g. `/css/site.css` (a listing's is `/dir/`).
+    pub url_path: Box<[u8]>,
     pub content_type: Box<str>,
+    /// Modification time in whole seconds since the epoch (what
+    /// `Last-Modified` says, for every representation).
+    pub modified_secs: u64,
+    /// Identity first, then encoded variants, smallest first.
+    pub representations: Box<[Representation]>,
+}
+
+impl FileEntry {
+    pub fn identity(&self) -> &Representation {
+        &self.representations[0]
+    }
+
+    /// Whether responses vary with `Accept-Encoding`.
+    pub fn is_negotiable(&self) -> bool {
+        self.representations.len() > 1
+    }
 }
 
 /// What a normalised path leads to.
@@ -53,26 +181,62 @@ pub enum Resolved<'a> {
     NotFound,
 }
 
+/// What building a snapshot cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// Files found under the root (generated listings not included).
+    pub files: usize,
+    /// Files kept on disk and streamed.
+    pub disk_files: usize,
+    /// Bytes held in memory: bodies, variants, listings and rendered heads.
+    pub memory_bytes: u64,
+    /// Identity bytes of the files held in memory.
+    pub identity_bytes: u64,
+    /// Encoded variants kept, and how many bytes they hold.
+    pub variants: usize,
+    pub variant_bytes: u64,
+    /// Identity bytes of the files that have at least one variant.
+    pub compressed_identity_bytes: u64,
+    /// Bytes of the smallest variant of each such file (what a client
+    /// accepting every coding receives instead).
+    pub compressed_best_bytes: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct Snapshot {
     files: Vec<FileEntry>,
     routes: FxHashMap<Box<[u8]>, Route>,
+    /// Index in `files` of the SPA fallback (`--fallback`).
+    fallback: Option<usize>,
+    /// `404.html` from the root, rendered with status 404.
+    not_found_page: Option<FileEntry>,
+    stats: SnapshotStats,
 }
 
 impl Snapshot {
     /// Loads every servable file under `options.root`.
     pub fn load(options: &LoadOptions) -> Result<Snapshot, LoadError> {
-        load::load_snapshot(options)
+        load::load_snapshot(options, None)
+    }
+
+    /// Loads a snapshot to replace `self`, reusing the precompressed variants
+    /// of files whose content did not change (see [`reload`]).
+    pub fn reload(&self, options: &LoadOptions) -> Result<Snapshot, LoadError> {
+        load::load_snapshot(options, Some(self))
+    }
+
+    /// The file whose own path is `url_path` (not an index or clean URL).
+    fn entry_at(&self, url_path: &[u8]) -> Option<&FileEntry> {
+        match self.routes.get(url_path) {
+            Some(Route::File(index)) => Some(&self.files[*index]).filter(|f| *f.url_path == *url_path),
+            _ => None,
+        }
     }
 
     /// A snapshot of `(url path, body)` pairs held in memory, all modified
     /// at `modified_secs`: a small fixed site for tests and fuzzing.
     pub fn from_memory(files: &[(&str, &[u8])], modified_secs: u64) -> Snapshot {
         load::snapshot_from_memory(files, modified_secs)
-    }
-
-    pub(crate) fn from_parts(files: Vec<FileEntry>, routes: FxHashMap<Box<[u8]>, Route>) -> Self {
-        Snapshot { files, routes }
     }
 
     /// Resolves a normalised key (see [`crate::http::target::normalize_target`]).
@@ -84,16 +248,30 @@ impl Snapshot {
         }
     }
 
+    /// The file served with 200 for unknown paths that accept HTML.
+    pub fn fallback(&self) -> Option<&FileEntry> {
+        self.fallback.map(|index| &self.files[index])
+    }
+
+    /// The custom page served with 404.
+    pub fn not_found_page(&self) -> Option<&FileEntry> {
+        self.not_found_page.as_ref()
+    }
+
     pub fn files(&self) -> &[FileEntry] {
         &self.files
     }
 
     pub fn file_count(&self) -> usize {
-        self.files.len()
+        self.stats.files
     }
 
-    /// Bytes of file bodies held in memory.
+    /// Identity bytes of the files held in memory.
     pub fn body_bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.body.len() as u64).sum()
+        self.stats.identity_bytes
+    }
+
+    pub fn stats(&self) -> SnapshotStats {
+        self.stats
     }
 }

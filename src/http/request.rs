@@ -23,6 +23,7 @@
 
 use std::mem::MaybeUninit;
 
+use crate::http::selection::SelectionHeaders;
 use crate::http::status::Status;
 
 /// Fields of a request head that the server acts on. Borrowed from the input.
@@ -36,8 +37,8 @@ pub struct RequestHead<'a> {
     pub close: bool,
     /// Bytes of request body that follow the head (from `Content-Length`).
     pub body_len: u64,
-    pub if_none_match: Option<&'a [u8]>,
-    pub if_modified_since: Option<&'a [u8]>,
+    /// Validators, range and accepted codings: see [`SelectionHeaders`].
+    pub selection: SelectionHeaders<'a>,
     /// For the access log only (kept as slices: free when logging is off).
     pub referer: Option<&'a [u8]>,
     pub user_agent: Option<&'a [u8]>,
@@ -206,8 +207,7 @@ pub fn parse_request<'a>(head: &'a [u8], limits: &Limits) -> Result<RequestHead<
         version,
         close: version == Version::Http10,
         body_len: 0,
-        if_none_match: None,
-        if_modified_since: None,
+        selection: SelectionHeaders::default(),
         referer: None,
         user_agent: None,
         head_len: head.len(),
@@ -231,7 +231,6 @@ pub fn parse_request<'a>(head: &'a [u8], limits: &Limits) -> Result<RequestHead<
                 apply_connection_tokens(value, version, &mut parsed.close);
             }
             10 if name.eq_ignore_ascii_case(b"user-agent") => parsed.user_agent = Some(value),
-            13 if name.eq_ignore_ascii_case(b"if-none-match") => parsed.if_none_match = Some(value),
             14 if name.eq_ignore_ascii_case(b"content-length") => {
                 // Even identical repeats are refused (RFC 9110 §8.6 allows
                 // either): two framing fields are how smuggling starts.
@@ -240,11 +239,10 @@ pub fn parse_request<'a>(head: &'a [u8], limits: &Limits) -> Result<RequestHead<
                 }
                 content_length = Some(parse_content_length(value)?);
             }
-            17 if name.eq_ignore_ascii_case(b"if-modified-since") => parsed.if_modified_since = Some(value),
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
                 transfer_coding = transfer_coding.then(value);
             }
-            _ => {}
+            _ => parsed.selection.observe(name, value),
         }
     }
     match transfer_coding {
@@ -461,7 +459,7 @@ mod tests {
         assert_eq!(head.target, b"/book?x=1");
         assert_eq!(head.version, Version::Http11);
         assert!(!head.close);
-        assert_eq!(head.if_none_match, Some(&b"\"abc\""[..]));
+        assert_eq!(head.selection.if_none_match, Some(&b"\"abc\""[..]));
     }
 
     #[test]

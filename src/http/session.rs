@@ -20,8 +20,9 @@
 //!   destroy the error response before the client reads it.
 //!
 //! Per request: parse the head ([`request`]), normalise the target
-//! ([`target`]), resolve it in the snapshot, evaluate validators
-//! ([`conditional`]), and append the precomputed head and the body.
+//! ([`target`]), resolve it in the snapshot, and let [`resource`] choose the
+//! representation, evaluate preconditions and ranges, and append the
+//! precomputed head and the body.
 //!
 //! Every response (errors included) is also reported to an [`Observer`] as an
 //! [`Exchange`]: what an access log needs, borrowed from the input. Engines
@@ -33,12 +34,12 @@
 //!
 //! [`request`]: crate::http::request
 //! [`target`]: crate::http::target
-//! [`conditional`]: crate::http::conditional
+//! [`resource`]: crate::http::resource
 
 use crate::files::{Resolved, Snapshot};
-use crate::http::conditional::not_modified;
 use crate::http::date::{self, DateLine};
 use crate::http::request::{self, Limits, Method, RequestHead, Version};
+use crate::http::resource;
 use crate::http::response::{self, ConnectionHeader, Output};
 use crate::http::status::{Status, error_page};
 use crate::http::target::normalize_target;
@@ -297,20 +298,8 @@ impl Session {
         }
         match snapshot.resolve(&self.key) {
             Resolved::File(entry) => {
-                if not_modified(head.if_none_match, head.if_modified_since, entry) {
-                    response::write_response(
-                        out,
-                        &entry.not_modified_head,
-                        None,
-                        date,
-                        connection(head.close),
-                    );
-                    report(Status::NotModified, 0);
-                } else {
-                    let body = with_body.then_some(&entry.body);
-                    response::write_response(out, &entry.ok_head, body, date, connection(head.close));
-                    report(Status::Ok, body.map_or(0, |b| b.len()));
-                }
+                let sent = resource::respond_file(out, head, entry, date, connection(head.close));
+                report(sent.status, sent.body_bytes as usize);
             }
             Resolved::DirectoryRedirect => {
                 let location = directory_location(head.target);
@@ -318,8 +307,8 @@ impl Session {
                 report(Status::MovedPermanently, 0);
             }
             Resolved::NotFound => {
-                response::write_error(out, Status::NotFound, with_body, date, connection(head.close));
-                report(Status::NotFound, error_body(Status::NotFound));
+                let sent = resource::respond_not_found(out, head, snapshot, date, connection(head.close));
+                report(sent.status, sent.body_bytes as usize);
             }
         }
         keep_going
@@ -403,7 +392,7 @@ mod tests {
         loop {
             let progress = session.on_input(&buffer, snapshot, &limits, &mut out);
             buffer.drain(..progress.consumed);
-            written.extend(out.chunks().flatten());
+            written.extend(out.to_vec_blocking().unwrap());
             out.clear();
             match progress.next {
                 Next::Close | Next::Linger => return (String::from_utf8_lossy(&written).into_owned(), true),
@@ -527,7 +516,7 @@ mod tests {
         let Resolved::File(entry) = snapshot.resolve(b"/book.json") else {
             panic!()
         };
-        let etag = String::from_utf8(entry.etag.to_vec()).unwrap();
+        let etag = String::from_utf8(entry.identity().etag.to_vec()).unwrap();
         let raw = format!("GET /book HTTP/1.1\r\nHost: a\r\nIf-None-Match: {etag}\r\n\r\n");
         let (text, _) = drive(&snapshot, raw.as_bytes(), 4096);
         assert!(text.starts_with("HTTP/1.1 304 Not Modified\r\n"));
@@ -561,7 +550,11 @@ mod tests {
                 next: Next::Write
             }
         );
-        assert_eq!(out.len() - 300 * 1024, out.chunks().next().unwrap().len());
+        let first = match out.pieces().next().unwrap() {
+            crate::http::response::PieceRef::Bytes(bytes) => bytes.len(),
+            crate::http::response::PieceRef::File(_) => unreachable!("the file is in memory"),
+        };
+        assert_eq!(out.len() - 300 * 1024, first);
     }
 
     #[test]
@@ -702,7 +695,7 @@ GET /%zz HTTP/1.1\r\nHost: a\r\n\r\n";
             session.on_head_timeout(partial, &mut out, &mut seen),
             Next::Linger
         );
-        let text: Vec<u8> = out.chunks().flatten().copied().collect();
+        let text: Vec<u8> = out.to_vec_blocking().unwrap();
         let text = String::from_utf8(text).unwrap();
         assert!(text.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{text}");
         assert!(text.contains("Connection: close\r\n"));

@@ -1,5 +1,7 @@
-// Marks the page as scripted (a headless browser check reads this marker)
-// and renders /book, fetched from the same server.
+// Marks the page as scripted (a headless browser check reads this marker),
+// renders /book, fetched from the same server, and once everything has
+// loaded, marks whether the stylesheet applied and the image decoded
+// (ci/browser-check.sh reads these markers from the DOM).
 (function () {
   "use strict";
   var status = document.getElementById("status");
@@ -27,4 +29,16 @@
       document.body.setAttribute("data-book", "loaded");
     })
     .catch(function (error) { book.textContent = "Could not load /book: " + error; });
+
+  window.addEventListener("load", function () {
+    // css/site.css gives the header a 3px bottom border in --accent (#d9480f).
+    var header = getComputedStyle(document.querySelector("header"));
+    if (header.borderBottomWidth === "3px" && header.borderBottomColor === "rgb(217, 72, 15)") {
+      document.body.setAttribute("data-css", "applied");
+    }
+    var logo = document.getElementById("logo");
+    if (logo.complete && logo.naturalWidth > 0) {
+      document.body.setAttribute("data-img", "loaded");
+    }
+  });
 })();

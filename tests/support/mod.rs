@@ -85,9 +85,15 @@ impl TestServer {
     }
 
     pub fn start(config: ServerConfig, root: &Path) -> TestServer {
+        TestServer::with_options(config, &LoadOptions::new(root))
+    }
+
+    /// A server for a snapshot loaded with `options` (its `root` is served).
+    pub fn with_options(config: ServerConfig, options: &LoadOptions) -> TestServer {
+        let root = options.root.as_path();
         assert!(config.listen.ip().is_loopback(), "tests listen on loopback only");
-        let snapshot = Snapshot::load(&LoadOptions::new(root))
-            .unwrap_or_else(|e| panic!("cannot load {}: {e}", root.display()));
+        let snapshot =
+            Snapshot::load(options).unwrap_or_else(|e| panic!("cannot load {}: {e}", root.display()));
         let engine = config.engine;
         let server = Server::start(&config, Arc::new(snapshot))
             .unwrap_or_else(|e| panic!("the {engine} server did not start: {e}"));
@@ -299,19 +305,30 @@ impl Expected {
     /// `200` for the file at `relative` under `root`, built from the file on
     /// disk (body, length, modification time), the given type and the `ETag`
     /// the server gave it.
+    ///
+    /// Requests without `Accept-Encoding` get the identity representation;
+    /// it carries `Vary: Accept-Encoding` when the server also holds an
+    /// encoded variant ([`has_encoded_variant`]). `Cache-Control` is the
+    /// default policy: `no-cache` (the tests use no content-hashed names and
+    /// no `--cache-control`).
     pub fn file(root: &Path, relative: &str, content_type: &str, etag: &str) -> Expected {
         let path = root.join(relative);
         let body = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut headers = vec![
+            field("Server", "ringserve"),
+            field("Content-Type", content_type),
+            field("Content-Length", &body.len().to_string()),
+            field("Last-Modified", &last_modified(&path)),
+            field("ETag", etag),
+            field("Accept-Ranges", "bytes"),
+            field("Cache-Control", "no-cache"),
+        ];
+        if has_encoded_variant(content_type, &body) {
+            headers.push(field("Vary", "Accept-Encoding"));
+        }
         Expected {
             status_line: "HTTP/1.1 200 OK".to_owned(),
-            headers: vec![
-                field("Server", "ringserve"),
-                field("Content-Type", content_type),
-                field("Content-Length", &body.len().to_string()),
-                field("Last-Modified", &last_modified(&path)),
-                field("ETag", etag),
-                field("Accept-Ranges", "bytes"),
-            ],
+            headers,
             body,
         }
     }
@@ -325,14 +342,24 @@ impl Expected {
     }
 
     /// `304` for the file at `relative`: validators only (RFC 9110 §15.4.5).
-    pub fn not_modified(root: &Path, relative: &str, etag: &str) -> Expected {
+    /// `304` for the file at `relative`: validators only (RFC 9110 §15.4.5),
+    /// plus `Cache-Control` and `Vary` as the `200` has them (§15.4.5 requires
+    /// both), for a file of type `content_type`.
+    pub fn not_modified(root: &Path, relative: &str, content_type: &str, etag: &str) -> Expected {
+        let path = root.join(relative);
+        let body = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut headers = vec![
+            field("Server", "ringserve"),
+            field("Last-Modified", &last_modified(&path)),
+            field("ETag", etag),
+            field("Cache-Control", "no-cache"),
+        ];
+        if has_encoded_variant(content_type, &body) {
+            headers.push(field("Vary", "Accept-Encoding"));
+        }
         Expected {
             status_line: "HTTP/1.1 304 Not Modified".to_owned(),
-            headers: vec![
-                field("Server", "ringserve"),
-                field("Last-Modified", &last_modified(&root.join(relative))),
-                field("ETag", etag),
-            ],
+            headers,
             body: Vec::new(),
         }
     }
@@ -356,6 +383,26 @@ impl Expected {
         self.headers.push(field(name, value));
         self
     }
+}
+
+/// Whether the server keeps a precompressed variant of a file (the README's
+/// rule, restated here rather than taken from the server): a compressible
+/// type, at least 256 bytes, and gzip at level 6 saves at least 10%. (A file
+/// that gzip barely shrinks is not expected to do better with brotli.)
+pub fn has_encoded_variant(content_type: &str, body: &[u8]) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    let compressible = essence.starts_with("text/")
+        || matches!(
+            essence,
+            "application/javascript" | "application/json" | "image/svg+xml" | "application/wasm"
+        );
+    if !compressible || body.len() < 256 {
+        return false;
+    }
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+    std::io::Write::write_all(&mut encoder, body).unwrap();
+    let compressed = encoder.finish().unwrap();
+    compressed.len() * 10 <= body.len() * 9
 }
 
 fn field(name: &str, value: &str) -> (String, String) {

@@ -26,15 +26,17 @@
 
 use std::cell::RefCell;
 use std::net::IpAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types};
 
 use super::deadlines::{Millis, NEVER, TimerSlot};
+use super::op::OpKind;
 use crate::access_log::{ConnectionLog, WorkerLog};
-use crate::engine::{LINGER_MAX_BYTES, READ_BUFFER_BYTES};
+use crate::engine::{FILE_CHUNK_BYTES, LINGER_MAX_BYTES, READ_BUFFER_BYTES};
 use crate::files::Snapshot;
+use crate::http::response::PieceRef;
 use crate::http::{DeadlineClock, Expiry, Limits, Next, Output, Progress, Session, Timeouts};
 
 /// Input waiting in `carry` beyond which a connection stops receiving until
@@ -131,7 +133,10 @@ pub struct Conn {
     pub fd: RawFd,
     pub phase: Phase,
     pub recv: RecvState,
-    pub send_in_flight: bool,
+    /// An operation of the outbox (a send, or the read of a file chunk) is
+    /// in flight; `output_op` says which.
+    pub output_in_flight: bool,
+    pub output_op: OpKind,
     /// Listed in the driver's flush list for this loop iteration.
     pub queued_for_flush: bool,
     /// The peer sent end-of-file (or shutdown(SHUT_RD) during stop).
@@ -163,7 +168,8 @@ impl Conn {
             fd,
             phase: Phase::Open,
             recv: RecvState::Idle,
-            send_in_flight: false,
+            output_in_flight: false,
+            output_op: OpKind::Send,
             queued_for_flush: false,
             eof: false,
             close_requested: false,
@@ -195,14 +201,15 @@ impl Conn {
             Phase::Closing => false,
             Phase::Lingering { .. } => true,
             Phase::Open => {
-                multishot || (!self.send_in_flight && self.outbox.is_none() && self.after_send == Next::Read)
+                multishot
+                    || (!self.output_in_flight && self.outbox.is_none() && self.after_send == Next::Read)
             }
         }
     }
 
     /// Whether nothing more will happen but closing.
     pub fn should_close(&self) -> bool {
-        self.close_requested || (self.eof && self.outbox.is_none() && !self.send_in_flight)
+        self.close_requested || (self.eof && self.outbox.is_none() && !self.output_in_flight)
     }
 
     /// The current deadline (`NEVER`: none) and what its passing means, by
@@ -215,7 +222,7 @@ impl Conn {
                 cx.millis(cx.instant(self.send_progress) + cx.timeouts.linger),
                 Expiry::Close,
             ),
-            Phase::Open if self.outbox.is_some() || self.send_in_flight => {
+            Phase::Open if self.outbox.is_some() || self.output_in_flight => {
                 let deadline = DeadlineClock::for_write(cx.instant(self.send_progress), cx.timeouts);
                 (cx.millis(deadline.at), deadline.expiry)
             }
@@ -229,13 +236,19 @@ impl Conn {
         }
     }
 
-    /// Records that a send is being submitted (a fresh one starts the
-    /// no-progress clock).
-    pub fn on_send_submitted(&mut self, now: Millis) {
-        if !self.send_in_flight && self.outbox.as_ref().is_some_and(|o| o.sent == 0) {
+    /// Records that an output operation of kind `op` is being submitted (the
+    /// first one of an outbox starts the no-progress clock).
+    pub fn on_output_submitted(&mut self, op: OpKind, now: Millis) {
+        if !self.output_in_flight
+            && self
+                .outbox
+                .as_ref()
+                .is_some_and(|o| o.sent == 0 && o.chunk.is_empty())
+        {
             self.send_progress = now;
         }
-        self.send_in_flight = true;
+        self.output_in_flight = true;
+        self.output_op = op;
     }
 
     /// Received bytes: answer what can be answered now, keep the rest.
@@ -271,7 +284,7 @@ impl Conn {
             return Reaction::Nothing;
         }
         let can_answer_now =
-            !self.send_in_flight && self.after_send == Next::Read && (cx.batch || self.outbox.is_none());
+            !self.output_in_flight && self.after_send == Next::Read && (cx.batch || self.outbox.is_none());
         if can_answer_now {
             let fresh = match input {
                 Input::Fresh(data) => Some(data),
@@ -342,11 +355,11 @@ impl Conn {
 
     /// A send completed with `sent` bytes.
     pub fn on_sent(&mut self, sent: usize, cx: &ServeContext<'_>, pool: &mut OutboxPool) -> Reaction {
-        self.send_in_flight = false;
+        self.output_in_flight = false;
         self.send_progress = cx.now;
         let outbox = self.outbox.as_mut().expect("a send completed without an outbox");
-        outbox.sent += sent;
-        if outbox.sent < outbox.output.len() {
+        outbox.on_sent(sent);
+        if !outbox.is_done() {
             return Reaction::Resend;
         }
         if let Some(outbox) = self.outbox.take() {
@@ -372,10 +385,24 @@ impl Conn {
         }
     }
 
+    /// The read of a file chunk completed with `result` (bytes, or -errno):
+    /// send the chunk, or give up on a response that cannot be completed.
+    pub fn on_file_read(&mut self, result: i32, now: Millis) -> Reaction {
+        self.output_in_flight = false;
+        self.send_progress = now;
+        let read = usize::try_from(result).unwrap_or(0);
+        let complete = self.outbox.as_mut().is_some_and(|outbox| outbox.on_read(read));
+        if complete {
+            Reaction::Resend
+        } else {
+            Reaction::Close
+        }
+    }
+
     /// The request deadline passed with part of a head in `carry`: the
     /// session answers 408, then the connection lingers and closes.
     pub fn on_head_timeout(&mut self, cx: &ServeContext<'_>, pool: &mut OutboxPool) -> Reaction {
-        if self.phase != Phase::Open || self.send_in_flight || self.outbox.is_some() {
+        if self.phase != Phase::Open || self.output_in_flight || self.outbox.is_some() {
             return Reaction::Close;
         }
         let mut outbox = pool.take();
@@ -436,22 +463,83 @@ fn request_limit(input: &[u8], batch: bool) -> usize {
     memchr::memmem::find(&input[start..], b"\r\n\r\n").map_or(input.len(), |end| start + end + 4)
 }
 
-/// Responses waiting to be sent, and the send's own arguments.
+/// Responses waiting to be sent, and the arguments of the operation that
+/// sends (or reads) the next part of them.
 ///
-/// Boxed, and kept by its connection until the send's completion: the kernel
-/// reads the output's bytes (the staged buffer, and the snapshot's `Bytes`
-/// the output holds references to), the iovec array and the `msghdr` through
-/// raw pointers while the send is in flight, so none of them may move or be
-/// freed or changed until then. The box keeps their addresses fixed when the
-/// connection table grows; the connection keeps the box until the send's
-/// final completion (see the driver's close path).
+/// The output's pieces go out in order ([`Output::pieces`]): bytes in memory
+/// (staged heads, the snapshot's refcounted bodies) are sent from where they
+/// are; a [`Piece::File`](crate::http::response::Piece::File) range is read
+/// from its file into `chunk` (at most [`FILE_CHUNK_BYTES`] at a time) and
+/// sent from there, each chunk sent before the next is read. One operation
+/// at a time: [`Outbox::next_op`] says which.
+///
+/// Boxed, and kept by its connection until that operation's completion: the
+/// kernel reads the output's bytes, `chunk`, the iovec array and the
+/// `msghdr`, and writes `chunk`, through raw pointers while it is in flight,
+/// so none of them may move, be freed or (apart from the kernel's write into
+/// `chunk`) change until then. The box keeps their addresses fixed when the
+/// connection table grows; the output holds the file's descriptor open (its
+/// `Arc<File>`); the connection keeps the box until the operation's final
+/// completion (see the driver's close path).
 #[derive(Debug)]
 pub struct Outbox {
     pub output: Output,
     /// Bytes of `output` already sent.
     sent: usize,
+    /// Bytes of a file range read from disk: `chunk` holds output bytes from
+    /// `chunk_at` on (empty when no chunk is held).
+    chunk: Vec<u8>,
+    chunk_at: usize,
     iovecs: Vec<libc::iovec>,
     msghdr: libc::msghdr,
+}
+
+/// The next operation an outbox needs, described (the driver turns it into
+/// a submission with [`OutputOp::entry`]). Its pointers point into the outbox.
+#[derive(Debug, Clone, Copy)]
+pub enum OutputOp {
+    /// Send `len` bytes from `bytes`.
+    Send { bytes: *const u8, len: u32 },
+    /// Send what the outbox's iovecs describe (`sendmsg`).
+    SendMsg { msghdr: *const libc::msghdr },
+    /// Read up to `len` bytes of the file `fd` at `offset` into the outbox's
+    /// chunk buffer at `buffer`.
+    Read {
+        fd: RawFd,
+        buffer: *mut u8,
+        len: u32,
+        offset: u64,
+    },
+}
+
+impl OutputOp {
+    pub fn kind(&self) -> OpKind {
+        match self {
+            OutputOp::Send { .. } | OutputOp::SendMsg { .. } => OpKind::Send,
+            OutputOp::Read { .. } => OpKind::Read,
+        }
+    }
+
+    /// The submission for this operation on `socket`.
+    pub fn entry(&self, socket: RawFd, user_data: u64) -> squeue::Entry {
+        let entry = match *self {
+            OutputOp::Send { bytes, len } => opcode::Send::new(types::Fd(socket), bytes, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build(),
+            OutputOp::SendMsg { msghdr } => opcode::SendMsg::new(types::Fd(socket), msghdr)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build(),
+            OutputOp::Read {
+                fd,
+                buffer,
+                len,
+                offset,
+            } => opcode::Read::new(types::Fd(fd), buffer, len)
+                .offset(offset)
+                .build(),
+        };
+        entry.user_data(user_data)
+    }
 }
 
 impl Outbox {
@@ -459,50 +547,123 @@ impl Outbox {
         Outbox {
             output: Output::with_capacity(READ_BUFFER_BYTES),
             sent: 0,
+            chunk: Vec::new(),
+            chunk_at: 0,
             iovecs: Vec::new(),
             // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
             msghdr: unsafe { std::mem::zeroed() },
         }
     }
 
-    /// The submission that sends what is left: one `send` when the output
-    /// is contiguous (the common case), otherwise one `sendmsg` whose
-    /// iovecs point at the staged bytes and the shared bodies.
+    /// Whether every byte has been sent.
+    pub fn is_done(&self) -> bool {
+        self.sent >= self.output.len()
+    }
+
+    /// The operation that moves the output on: one `send` when it is
+    /// contiguous (the common case), otherwise one `send`/`sendmsg` of
+    /// everything that can go now (in-memory pieces, and the chunk of a file
+    /// range already read), or, when the next bytes are in a file, the `read`
+    /// of their chunk. Call only when no operation of this outbox is in
+    /// flight and bytes are left.
     ///
-    /// The entry points into `self`; see the type's documentation for what
-    /// that requires until its completion.
-    pub fn next_send(&mut self, fd: RawFd, user_data: u64) -> squeue::Entry {
+    /// The operation points into `self`; see the type's documentation for
+    /// what that requires until its completion.
+    pub fn next_op(&mut self) -> OutputOp {
+        debug_assert!(!self.is_done());
         if let Some(bytes) = self.output.as_contiguous() {
             let rest = &bytes[self.sent..];
-            let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
-            return opcode::Send::new(types::Fd(fd), rest.as_ptr(), len)
-                .flags(libc::MSG_NOSIGNAL)
-                .build()
-                .user_data(user_data);
+            return OutputOp::Send {
+                bytes: rest.as_ptr(),
+                len: u32::try_from(rest.len()).unwrap_or(u32::MAX),
+            };
         }
         self.iovecs.clear();
-        let mut skip = self.sent;
-        for chunk in self.output.chunks() {
-            if skip >= chunk.len() {
-                skip -= chunk.len();
+        let chunk_end = self.chunk_at + self.chunk.len();
+        let mut start = 0;
+        for piece in self.output.pieces() {
+            let piece_len = match piece {
+                PieceRef::Bytes(bytes) => bytes.len(),
+                PieceRef::File(range) => usize::try_from(range.len).unwrap_or(usize::MAX),
+            };
+            let end = start + piece_len;
+            if end <= self.sent {
+                start = end;
                 continue;
             }
-            let piece = &chunk[skip..];
-            skip = 0;
-            self.iovecs.push(libc::iovec {
-                iov_base: piece.as_ptr() as *mut libc::c_void,
-                iov_len: piece.len(),
-            });
+            let cursor = self.sent.max(start);
+            match piece {
+                PieceRef::Bytes(bytes) => push_iovec(&mut self.iovecs, &bytes[cursor - start..]),
+                PieceRef::File(range) => {
+                    if self.chunk_at <= cursor && cursor < chunk_end {
+                        push_iovec(&mut self.iovecs, &self.chunk[cursor - self.chunk_at..]);
+                        if chunk_end < end {
+                            // The rest of this range is still on disk.
+                            break;
+                        }
+                    } else if !self.iovecs.is_empty() {
+                        break;
+                    } else {
+                        let want = (end - cursor).min(FILE_CHUNK_BYTES);
+                        self.chunk.clear();
+                        self.chunk.reserve_exact(want);
+                        self.chunk_at = cursor;
+                        return OutputOp::Read {
+                            fd: range.file.as_raw_fd(),
+                            buffer: self.chunk.as_mut_ptr(),
+                            len: want as u32,
+                            offset: range.offset + (cursor - start) as u64,
+                        };
+                    }
+                }
+            }
             if self.iovecs.len() == MAX_IOVECS {
                 break;
             }
+            start = end;
+        }
+        if let [single] = self.iovecs[..] {
+            return OutputOp::Send {
+                bytes: single.iov_base.cast(),
+                len: u32::try_from(single.iov_len).unwrap_or(u32::MAX),
+            };
         }
         self.msghdr.msg_iov = self.iovecs.as_mut_ptr();
         self.msghdr.msg_iovlen = self.iovecs.len();
-        opcode::SendMsg::new(types::Fd(fd), &self.msghdr)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build()
-            .user_data(user_data)
+        OutputOp::SendMsg { msghdr: &self.msghdr }
+    }
+
+    /// A send took `len` bytes.
+    pub fn on_sent(&mut self, len: usize) {
+        self.sent += len;
+        if self.sent >= self.chunk_at + self.chunk.len() {
+            self.chunk.clear();
+        }
+    }
+
+    /// The read of a file chunk returned `len` bytes; `false` if the response
+    /// cannot be completed (0 bytes: the file shrank since the snapshot was
+    /// built).
+    pub fn on_read(&mut self, len: usize) -> bool {
+        if len == 0 || len > self.chunk.capacity() {
+            self.chunk.clear();
+            return false;
+        }
+        // SAFETY: the read pointed the kernel at `chunk`'s spare capacity
+        // (it was empty, with at least the requested length reserved), and
+        // the kernel reports having written `len` bytes there, no more than
+        // the capacity (checked above).
+        unsafe { self.chunk.set_len(len) };
+        true
+    }
+}
+
+fn push_iovec(iovecs: &mut Vec<libc::iovec>, bytes: &[u8]) {
+    if !bytes.is_empty() {
+        iovecs.push(libc::iovec {
+            iov_base: bytes.as_ptr() as *mut libc::c_void,
+            iov_len: bytes.len(),
+        });
     }
 }
 
@@ -527,6 +688,9 @@ impl OutboxPool {
         }
         outbox.output.clear();
         outbox.sent = 0;
+        // A file chunk buffer is large and rare: not kept.
+        outbox.chunk = Vec::new();
+        outbox.chunk_at = 0;
         outbox.iovecs.clear();
         self.free.push(outbox);
     }
@@ -535,6 +699,142 @@ impl OutboxPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::io::Write as _;
+
+    use bytes::Bytes;
+
+    use crate::files::{Body, DiskFile, FileIdentity};
+
+    /// Plays the kernel: runs the outbox's operations until it is done,
+    /// sending at most `max_send` bytes per send; returns what was sent and
+    /// how many file reads it took.
+    fn run_outbox(outbox: &mut Outbox, max_send: usize) -> (Vec<u8>, usize) {
+        let mut sent = Vec::new();
+        let mut reads = 0;
+        while !outbox.is_done() {
+            match outbox.next_op() {
+                OutputOp::Send { bytes, len } => {
+                    let len = (len as usize).min(max_send);
+                    // SAFETY: the operation points into the outbox, which is
+                    // alive and unchanged until `on_sent`.
+                    sent.extend_from_slice(unsafe { std::slice::from_raw_parts(bytes, len) });
+                    outbox.on_sent(len);
+                }
+                OutputOp::SendMsg { .. } => {
+                    let mut taken = 0;
+                    for iovec in &outbox.iovecs {
+                        let len = iovec.iov_len.min(max_send - taken);
+                        // SAFETY: as above, for each iovec.
+                        sent.extend_from_slice(unsafe {
+                            std::slice::from_raw_parts(iovec.iov_base as *const u8, len)
+                        });
+                        taken += len;
+                        if taken == max_send {
+                            break;
+                        }
+                    }
+                    outbox.on_sent(taken);
+                }
+                OutputOp::Read {
+                    fd,
+                    buffer,
+                    len,
+                    offset,
+                } => {
+                    reads += 1;
+                    assert!(len as usize <= FILE_CHUNK_BYTES);
+                    // SAFETY: pread writes at most `len` bytes into the
+                    // outbox's chunk buffer, which has that much capacity.
+                    let n = unsafe { libc::pread(fd, buffer.cast(), len as usize, offset as libc::off_t) };
+                    assert!(outbox.on_read(usize::try_from(n).unwrap()), "read {n}");
+                }
+            }
+        }
+        (sent, reads)
+    }
+
+    fn disk_file(bytes: &[u8]) -> (Body, std::path::PathBuf) {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "ringserve-outbox-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::File::create(&path).unwrap().write_all(bytes).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let identity = FileIdentity::of(&file.metadata().unwrap());
+        let body = Body::Disk(DiskFile {
+            file: std::sync::Arc::new(file),
+            len: bytes.len() as u64,
+            identity,
+        });
+        (body, path)
+    }
+
+    #[test]
+    fn file_ranges_stream_in_bounded_chunks_between_in_memory_pieces() {
+        let content: Vec<u8> = (0..300 * 1024 + 17).map(|i| (i % 251) as u8).collect();
+        let (body, path) = disk_file(&content);
+        let shared = Bytes::from(vec![b's'; 20_000]);
+        let mut pool = OutboxPool::default();
+        for max_send in [usize::MAX, 50_000, 7] {
+            let mut outbox = pool.take();
+            outbox.output.push(b"HEAD1\r\n\r\n");
+            outbox.output.push_whole_body(&body);
+            outbox.output.push(b"HEAD2\r\n\r\n");
+            outbox.output.push_body(&shared);
+            outbox.output.push(b"HEAD3\r\n\r\n");
+            outbox.output.push_body_range(&body, 1000, 10);
+            let mut expected = b"HEAD1\r\n\r\n".to_vec();
+            expected.extend_from_slice(&content);
+            expected.extend_from_slice(b"HEAD2\r\n\r\n");
+            expected.extend_from_slice(&shared);
+            expected.extend_from_slice(b"HEAD3\r\n\r\n");
+            expected.extend_from_slice(&content[1000..1010]);
+            let (sent, reads) = run_outbox(&mut outbox, max_send);
+            assert!(sent == expected, "max_send {max_send}: bytes differ");
+            // 300 KiB in 128 KiB chunks, then the 10-byte range.
+            assert_eq!(reads, 4, "max_send {max_send}");
+            assert!(outbox.chunk.capacity() <= FILE_CHUNK_BYTES);
+            pool.give(outbox);
+        }
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_file_cut_short_fails_the_response() {
+        let (body, path) = disk_file(&[1u8; 1000]);
+        // The snapshot believes the file is longer than it now is.
+        let Body::Disk(disk) = &body else { unreachable!() };
+        let longer = Body::Disk(DiskFile {
+            file: disk.file.clone(),
+            len: 5000,
+            identity: disk.identity,
+        });
+        let mut outbox = OutboxPool::default().take();
+        outbox.output.push_whole_body(&longer);
+        let OutputOp::Read {
+            fd,
+            buffer,
+            len,
+            offset,
+        } = outbox.next_op()
+        else {
+            panic!("the first operation reads the file")
+        };
+        // SAFETY: as in `run_outbox`.
+        let n = unsafe { libc::pread(fd, buffer.cast(), len as usize, offset as libc::off_t) };
+        assert_eq!(n, 1000);
+        assert!(outbox.on_read(1000));
+        let OutputOp::Send { len, .. } = outbox.next_op() else {
+            panic!("then sends the chunk")
+        };
+        outbox.on_sent(len as usize);
+        assert!(matches!(outbox.next_op(), OutputOp::Read { offset: 1000, .. }));
+        assert!(!outbox.on_read(0), "end of file before the range's end");
+        let _ = std::fs::remove_file(path);
+    }
 
     /// An idle connection costs its slot in the table plus a few small
     /// allocations (the session's path scratch, a deadline entry); the

@@ -30,8 +30,13 @@
 //! 4. **Batched sends**: the responses to every request completed in one
 //!    iteration go out in one `send` (or one `sendmsg` whose iovecs point at
 //!    the staged heads and at the snapshot's refcounted bodies). A short send
-//!    continues where it stopped; a connection never has two sends in flight,
-//!    so responses stay in order.
+//!    continues where it stopped; a connection never has two output
+//!    operations in flight, so responses stay in order. A file too large for
+//!    memory is streamed: an io_uring `read` at an offset into a chunk buffer
+//!    of at most [`FILE_CHUNK_BYTES`](crate::engine::FILE_CHUNK_BYTES), sent
+//!    (with what follows it) before the next chunk is read ([`conn::Outbox`]).
+//!    Every iteration answers from one snapshot, refreshed from the worker's
+//!    [`SnapshotCache`] so a reload takes effect at the next iteration.
 //! 5. **Timeouts without syscalls of their own**: which deadline applies
 //!    (request head → 408, keep-alive idle, send without progress → reset,
 //!    linger) is the core's rule ([`crate::http::deadline`]); the deadlines
@@ -100,7 +105,7 @@ use self::op::{Op, OpKind};
 use self::slots::{SlotKey, Slots};
 use crate::access_log::{FLUSH_INTERVAL, WorkerLog};
 use crate::engine::{AcceptBackoff, READ_BUFFER_BYTES, Ready, Shutdown, Worker, set_reset_on_close};
-use crate::files::Snapshot;
+use crate::files::{Snapshot, SnapshotCache};
 use crate::http::{Expiry, Limits, Timeouts};
 
 /// Submission queue entries per worker. When the queue fills mid-iteration
@@ -313,6 +318,9 @@ struct Driver {
     completions: Vec<(u64, i32, u32)>,
     mode: RecvMode,
     batch: bool,
+    /// This thread's view of the current snapshot (changed by a reload) ...
+    snapshots: SnapshotCache,
+    /// ... and the snapshot this iteration answers from.
     snapshot: Arc<Snapshot>,
     limits: Limits,
     timeouts: Timeouts,
@@ -403,7 +411,8 @@ impl Driver {
             completions: Vec::with_capacity(1024),
             mode,
             batch: options.batch_sends,
-            snapshot: Arc::clone(&worker.snapshot),
+            snapshots: worker.snapshot.cache(),
+            snapshot: worker.snapshot.current(),
             limits: worker.limits,
             timeouts: worker.timeouts,
             grace: worker.shutdown_grace,
@@ -484,6 +493,12 @@ impl Driver {
     }
 
     fn handle_completions(&mut self) {
+        // One snapshot for the whole batch of completions; a reload takes
+        // effect at the next iteration.
+        let current = self.snapshots.current();
+        if !Arc::ptr_eq(current, &self.snapshot) {
+            self.snapshot = Arc::clone(current);
+        }
         let mut completions = std::mem::take(&mut self.completions);
         completions.extend(
             self.ring
@@ -504,6 +519,7 @@ impl Driver {
                 OpKind::Timer => self.timer_at = NEVER,
                 OpKind::Recv => self.on_recv(op.key, result, flags),
                 OpKind::Send => self.on_send(op.key, result),
+                OpKind::Read => self.on_file_read(op.key, result),
                 OpKind::TimerUpdate | OpKind::Cancel | OpKind::Close => {}
             }
         }
@@ -733,10 +749,10 @@ impl Driver {
                 continue;
             };
             conn.queued_for_flush = false;
-            if conn.phase == Phase::Closing || conn.send_in_flight || conn.outbox.is_none() {
+            if conn.phase == Phase::Closing || conn.output_in_flight || conn.outbox.is_none() {
                 continue;
             }
-            self.submit_send(key);
+            self.submit_output(key);
             // The deadline is now the send's.
             self.settle(key);
         }
@@ -744,22 +760,42 @@ impl Driver {
         self.flush = flush;
     }
 
-    fn submit_send(&mut self, key: SlotKey) {
+    /// Submits the outbox's next operation: a send, or the read of the next
+    /// chunk of a file range.
+    fn submit_output(&mut self, key: SlotKey) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        conn.on_send_submitted(self.now);
         let fd = conn.fd;
         let Some(outbox) = conn.outbox.as_mut() else {
             return;
         };
-        let entry = outbox.next_send(fd, Op::conn(OpKind::Send, key).encode());
-        // SAFETY: the entry points into the boxed outbox (output bytes,
-        // iovecs, msghdr). The connection keeps the box, unchanged, until
-        // this send's completion: `on_send` is the only place a sending
-        // outbox is released or changed, and a closing connection's slot is
-        // freed only once no send is in flight.
+        let op = outbox.next_op();
+        let entry = op.entry(fd, Op::conn(op.kind(), key).encode());
+        conn.on_output_submitted(op.kind(), self.now);
+        // SAFETY: the entry points into the boxed outbox (output bytes, the
+        // file chunk buffer, iovecs, msghdr) and at a file the output holds
+        // open. The connection keeps the box, unchanged, until this
+        // operation's completion: `on_send` and `on_file_read` are the only
+        // places an outbox with an operation in flight is released or
+        // changed, and a closing connection's slot is freed only once no
+        // output operation is in flight.
         unsafe { self.ring.push(&entry) };
+    }
+
+    fn on_file_read(&mut self, key: SlotKey, result: i32) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.phase == Phase::Closing {
+            conn.output_in_flight = false;
+        } else {
+            // An error, or a file cut short: the response cannot be
+            // completed, and the connection closes.
+            let reaction = conn.on_file_read(result, self.now);
+            self.react(key, reaction);
+        }
+        self.settle(key);
     }
 
     fn on_send(&mut self, key: SlotKey, result: i32) {
@@ -768,10 +804,10 @@ impl Driver {
             return;
         };
         if conn.phase == Phase::Closing {
-            conn.send_in_flight = false;
+            conn.output_in_flight = false;
         } else if result <= 0 {
             // EPIPE, ECONNRESET, or no progress.
-            conn.send_in_flight = false;
+            conn.output_in_flight = false;
             conn.close_requested = true;
         } else {
             let reaction = conn.on_sent(result as usize, &cx, &mut self.pool);
@@ -796,7 +832,7 @@ impl Driver {
                     self.submit_cancel(Op::conn(OpKind::Recv, key));
                 }
             }
-            Reaction::Resend => self.submit_send(key),
+            Reaction::Resend => self.submit_output(key),
             Reaction::StartLinger => {
                 // SAFETY: shutdown(2) reads no memory of ours; the descriptor
                 // is open (closed only by this connection's Close).
@@ -818,7 +854,7 @@ impl Driver {
         if conn.phase != Phase::Closing && conn.should_close() {
             conn.phase = Phase::Closing;
             let cancel_recv = conn.recv == RecvState::Armed;
-            let cancel_send = conn.send_in_flight;
+            let cancel_output = conn.output_in_flight.then_some(conn.output_op);
             if cancel_recv {
                 conn.recv = RecvState::Cancelling;
             } else if conn.recv == RecvState::Starved {
@@ -828,8 +864,8 @@ impl Driver {
             if cancel_recv {
                 self.submit_cancel(Op::conn(OpKind::Recv, key));
             }
-            if cancel_send {
-                self.submit_cancel(Op::conn(OpKind::Send, key));
+            if let Some(kind) = cancel_output {
+                self.submit_cancel(Op::conn(kind, key));
             }
         }
         let cx = serve_context!(self);
@@ -838,7 +874,7 @@ impl Driver {
         };
         if conn.phase == Phase::Closing {
             let receiving = matches!(conn.recv, RecvState::Armed | RecvState::Cancelling);
-            if !receiving && !conn.send_in_flight {
+            if !receiving && !conn.output_in_flight {
                 // Nothing of this connection is in the kernel any more: free
                 // its slot and close its descriptor.
                 let fd = conn.fd;
@@ -852,7 +888,7 @@ impl Driver {
         let (at, expiry) = conn.deadline(&cx);
         conn.expiry = expiry;
         self.deadlines.set(&mut conn.timer, key, at);
-        if conn.outbox.is_some() && !conn.send_in_flight && !conn.queued_for_flush {
+        if conn.outbox.is_some() && !conn.output_in_flight && !conn.queued_for_flush {
             conn.queued_for_flush = true;
             self.flush.push(key);
         }

@@ -25,6 +25,8 @@ pub enum OpKind {
     Cancel = 7,
     /// A connection's close.
     Close = 8,
+    /// The read of a chunk of a file that is streamed from disk.
+    Read = 9,
 }
 
 impl OpKind {
@@ -38,6 +40,7 @@ impl OpKind {
             6 => OpKind::Send,
             7 => OpKind::Cancel,
             8 => OpKind::Close,
+            9 => OpKind::Read,
             _ => return None,
         })
     }
@@ -99,6 +102,7 @@ mod tests {
             OpKind::Send,
             OpKind::Cancel,
             OpKind::Close,
+            OpKind::Read,
         ];
         let keys = [
             SlotKey {

@@ -1,0 +1,63 @@
+//! What the benches share: a small, fixed static root turned into a
+//! [`Snapshot`].
+//!
+//! The files are generated rather than taken from `static/`, so their sizes
+//! are exactly the ones the benches and the comparison tool talk about
+//! (1 KiB, 16 KiB: the largest body copied inline, 1 MiB: referenced) and do
+//! not change when someone edits the bundled site. The directory is removed
+//! as soon as the snapshot is loaded: the snapshot holds every body in
+//! memory, so nothing is read from disk while measuring.
+
+// Each bench target compiles this module and uses a different part of it.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::PathBuf;
+
+use ringserve::files::{LoadOptions, Snapshot};
+
+/// URL paths of the generated files, by body size.
+pub const PATH_1KIB: &str = "/1k.bin";
+pub const PATH_16KIB: &str = "/16k.bin";
+pub const PATH_1MIB: &str = "/1m.bin";
+/// A page with a directory index, a stylesheet and a script, so the look-up
+/// benches have more than one route to choose from.
+pub const PATH_INDEX: &str = "/";
+pub const PATH_STYLESHEET: &str = "/assets/css/site.css";
+
+const FILES: &[(&str, usize)] = &[
+    ("1k.bin", 1024),
+    ("16k.bin", 16 * 1024),
+    ("1m.bin", 1024 * 1024),
+    ("index.html", 1024),
+    ("assets/css/site.css", 4 * 1024),
+    ("assets/js/app.js", 8 * 1024),
+    ("about/index.html", 2 * 1024),
+    ("book.json", 300),
+];
+
+/// Writes the bench site to a fresh temporary directory, loads it, and
+/// removes the directory again.
+pub fn bench_snapshot() -> Snapshot {
+    let root = scratch_dir();
+    for (name, size) in FILES {
+        let path = root.join(name);
+        fs::create_dir_all(path.parent().expect("file has a parent")).expect("create bench dir");
+        // Printable, varied bytes: a body of one repeated byte would be
+        // unrealistically kind to anything that compresses or compares.
+        let body: Vec<u8> = (0..*size).map(|i| b'a' + (i * 7 % 26) as u8).collect();
+        fs::write(&path, body).expect("write bench file");
+    }
+    let loaded = Snapshot::load(&LoadOptions::new(&root));
+    let _ = fs::remove_dir_all(&root);
+    loaded.expect("load bench snapshot")
+}
+
+fn scratch_dir() -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!("ringserve-bench-{}-{nanos}", std::process::id()));
+    fs::create_dir_all(&dir).expect("create bench root");
+    dir
+}
