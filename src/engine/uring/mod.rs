@@ -649,11 +649,12 @@ impl Driver {
                     reaction
                 }
                 (None, None) => {
-                    debug_assert!(len <= conn.carry.capacity() - conn.carry.len());
+                    let buffer = conn.carry.buffer_mut();
+                    debug_assert!(len <= buffer.capacity() - buffer.len());
                     // SAFETY: the receive pointed the kernel at `carry`'s
                     // spare capacity with that capacity as its length, and
                     // the kernel wrote `len` bytes there.
-                    unsafe { conn.carry.set_len(conn.carry.len() + len) };
+                    unsafe { buffer.set_len(buffer.len() + len) };
                     conn.on_received(Input::InCarry(len), &cx, &mut self.pool)
                 }
                 _ => {
@@ -700,21 +701,26 @@ impl Driver {
                     .flags(squeue::Flags::BUFFER_SELECT)
             }
             RecvMode::SingleOwned => {
-                if conn.carry.capacity() - conn.carry.len() < READ_BUFFER_BYTES / 2 {
-                    conn.carry.reserve(READ_BUFFER_BYTES);
+                let buffer = conn.carry.buffer_mut();
+                if buffer.capacity() - buffer.len() < READ_BUFFER_BYTES / 2 {
+                    buffer.reserve(READ_BUFFER_BYTES);
                 }
-                let spare = conn.carry.spare_capacity_mut();
+                let spare = buffer.spare_capacity_mut();
                 opcode::Recv::new(fd, spare.as_mut_ptr().cast(), spare.len() as u32).build()
             }
         };
         conn.recv = RecvState::Armed;
         // SAFETY: provided-buffer receives reference the buffer ring, which
-        // lives as long as the driver. The own-buffer receive points into
-        // `carry`'s spare capacity: `carry` is not touched while its receive
-        // is armed (it is touched only on the receive's completion, and the
-        // connection arms a single-shot receive only while waiting for input,
-        // see `Conn::wants_recv`), and the slot holding it is freed only
-        // after the receive's final completion.
+        // lives as long as the driver. The own-buffer receive points into the
+        // spare capacity of `carry`'s buffer, which is neither freed nor
+        // grown (reallocated) while the receive is armed: it grows only when
+        // received input is handled, which happens after the receive
+        // completed (a single-shot receive is armed only while the connection
+        // waits for input, see `Conn::wants_recv`); with own buffers it is
+        // only ever emptied, never freed, until the connection's slot is
+        // freed, after the receive's final completion. (Emptying it while the
+        // receive is armed, as a 408 does, makes the completion count bytes
+        // from the start of the buffer: all initialised, and discarded.)
         unsafe { self.ring.push(&entry.user_data(user_data)) };
     }
 
