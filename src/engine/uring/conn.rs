@@ -135,6 +135,10 @@ pub struct Conn {
     pub fd: RawFd,
     pub phase: Phase,
     pub recv: RecvState,
+    /// Some input has arrived: the connection's first receive is single-shot
+    /// (most `Connection: close` clients send one request, and a receive
+    /// still armed at close must be cancelled first); later ones multishot.
+    pub received: bool,
     /// An operation of the outbox (a send, or the read of a file chunk) is
     /// in flight; `output_op` says which.
     pub output_in_flight: bool,
@@ -170,6 +174,7 @@ impl Conn {
             fd,
             phase: Phase::Open,
             recv: RecvState::Idle,
+            received: false,
             output_in_flight: false,
             output_op: OpKind::Send,
             queued_for_flush: false,
@@ -193,8 +198,10 @@ impl Conn {
     }
 
     /// Whether the connection should have a receive armed. With `multishot`,
-    /// one stays armed while responses are sent (input is kept in `carry`);
-    /// a single-shot receive is armed only while waiting for a request.
+    /// one stays armed while responses are sent (input is kept in `carry`),
+    /// except while the last response (`Connection: close`) is: nothing
+    /// after it would be read. A single-shot receive is armed only while
+    /// waiting for a request.
     pub fn wants_recv(&self, multishot: bool) -> bool {
         if self.recv != RecvState::Idle || self.eof || self.reads_paused || self.close_requested {
             return false;
@@ -203,7 +210,7 @@ impl Conn {
             Phase::Closing => false,
             Phase::Lingering { .. } => true,
             Phase::Open => {
-                multishot
+                (multishot && self.after_send != Next::Close)
                     || (!self.output_in_flight && self.outbox.is_none() && self.after_send == Next::Read)
             }
         }

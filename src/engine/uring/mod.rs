@@ -45,7 +45,11 @@
 //! 6. **Async close**: an armed multishot receive holds a reference to the
 //!    socket, so closing would not send FIN. Closing cancels the receive
 //!    (and any send), waits for their final completions, then submits
-//!    `Close`.
+//!    `Close`. A connection's first receive is single-shot, and no receive is
+//!    armed while a `Connection: close` response is sent, so a
+//!    connection-per-request client costs one receive, one send and one
+//!    close, with no cancel. Closes and cancels complete silently
+//!    (`IOSQE_CQE_SKIP_SUCCESS`).
 //!
 //! Every completion names its operation and connection in `user_data`
 //! ([`op`]): slot index and generation ([`slots`]), so a late completion can
@@ -234,6 +238,22 @@ impl Ring {
                 Err(e) => panic!("io_uring submission failed: {e}"),
             }
         }
+    }
+
+    /// Queues `entry` (an operation that references no memory of ours) with
+    /// `IOSQE_CQE_SKIP_SUCCESS`: it completes silently unless it fails, so it
+    /// is not counted in flight. Used for closes and cancels, whose success
+    /// tells nothing; what is queued is submitted before the loop returns.
+    fn push_unacknowledged(&mut self, entry: squeue::Entry) {
+        let entry = entry.flags(squeue::Flags::SKIP_SUCCESS);
+        // SAFETY: the entry references no memory (the caller's contract).
+        unsafe { self.push(&entry) };
+        self.in_flight -= 1;
+    }
+
+    /// Whether a completion of `kind` is counted in `in_flight`.
+    fn counted(kind: Option<OpKind>) -> bool {
+        !matches!(kind, Some(OpKind::Close | OpKind::Cancel))
     }
 
     /// The loop's one syscall: submits what is queued and, if `wait`, waits
@@ -465,6 +485,11 @@ impl Driver {
             self.handle_completions();
             self.expire_deadlines();
         }
+        // Closes queued by the last iteration (the listener's, the last
+        // connections') are not counted in flight: submit them.
+        if !self.ring.ring.submission().is_empty() {
+            let _ = self.ring.ring.submit();
+        }
         if let Some(log) = &self.access_log {
             log.borrow_mut().flush();
         }
@@ -507,10 +532,11 @@ impl Driver {
                 .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())),
         );
         for &(user_data, result, flags) in &completions {
-            if !cqueue::more(flags) {
+            let op = Op::decode(user_data);
+            if !cqueue::more(flags) && Ring::counted(op.map(|op| op.kind)) {
                 self.ring.in_flight -= 1;
             }
-            let Some(op) = Op::decode(user_data) else {
+            let Some(op) = op else {
                 continue;
             };
             match op.kind {
@@ -638,6 +664,9 @@ impl Driver {
         if !cqueue::more(flags) {
             conn.recv = RecvState::Idle;
         }
+        if result > 0 {
+            conn.received = true;
+        }
         let reaction = if result > 0 {
             let len = result as usize;
             match (bid, &mut self.buffers) {
@@ -692,8 +721,8 @@ impl Driver {
         let user_data = Op::conn(OpKind::Recv, key).encode();
         let fd = types::Fd(conn.fd);
         let entry = match self.mode {
-            RecvMode::Multishot => opcode::RecvMulti::new(fd, BUFFER_GROUP).build(),
-            RecvMode::SingleProvided => {
+            RecvMode::Multishot if conn.received => opcode::RecvMulti::new(fd, BUFFER_GROUP).build(),
+            RecvMode::Multishot | RecvMode::SingleProvided => {
                 let len = self.buffers.as_ref().map_or(0, BufRing::buffer_bytes);
                 opcode::Recv::new(fd, std::ptr::null_mut(), len)
                     .buf_group(BUFFER_GROUP)
@@ -903,19 +932,21 @@ impl Driver {
         }
     }
 
+    /// Cancels `target`; the cancelled operation reports on its own.
     fn submit_cancel(&mut self, target: Op) {
         let cancel = opcode::AsyncCancel::new(target.encode())
             .build()
             .user_data(Op::worker(OpKind::Cancel).encode());
-        // SAFETY: a cancel references no memory of ours.
-        unsafe { self.ring.push(&cancel) };
+        // A cancel references no memory of ours.
+        self.ring.push_unacknowledged(cancel);
     }
 
+    /// Closes `fd`, which nothing uses any more (its connection's slot is
+    /// already freed, or it never had one).
     fn submit_close(&mut self, fd: RawFd, op: Op) {
         let close = opcode::Close::new(types::Fd(fd)).build().user_data(op.encode());
-        // SAFETY: a close references no memory of ours; nothing else uses
-        // `fd` after this (its connection's slot is already freed).
-        unsafe { self.ring.push(&close) };
+        // A close references no memory of ours.
+        self.ring.push_unacknowledged(close);
     }
 
     /// Ends a connection now: with a reset if `reset` (a peer that stopped
