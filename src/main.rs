@@ -1,22 +1,36 @@
-//! `ringserve`: parse the command line, load the snapshot, run the engine
-//! until SIGINT or SIGTERM. A second signal exits at once. SIGHUP (and, with
-//! `--watch`, a change under the root) reloads the snapshot atomically.
+//! `ringserve`: gather the settings (command line, environment, config
+//! file), load the snapshot, choose the engine (`auto` probes io_uring), run
+//! it until SIGINT or SIGTERM. A second signal exits at once. SIGHUP (and,
+//! with `--watch`, a change under the root) reloads the snapshot atomically.
+//! Under systemd it serves the socket it was handed and reports its state.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use clap::Parser;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use ringserve::config::Cli;
+use ringserve::config::sources::SettingsError;
 use ringserve::engine::Server;
-use ringserve::files::reload::{self, Reloader};
+use ringserve::files::reload::{self, ReloadPhase, Reloader};
 use ringserve::files::{Snapshot, SnapshotHandle};
+use ringserve::systemd::{self, Notifier};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::from_all_sources(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(SettingsError::Clap(error)) => error.exit(),
+        Err(SettingsError::Message(message)) => {
+            eprintln!("ringserve: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.print_config {
+        print!("{}", cli.print_config());
+        return ExitCode::SUCCESS;
+    }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -27,6 +41,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<(), String> {
+    let inherited = systemd::inherited_listener()?;
+    let notifier = Arc::new(Notifier::from_env());
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|e| format!("cannot handle signals: {e}"))?;
     let options = cli.load_options();
@@ -34,18 +50,31 @@ fn run(cli: &Cli) -> Result<(), String> {
     let snapshot = Snapshot::load(&options).map_err(|e| e.to_string())?;
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
     reload::release_freed_memory();
-    let config = cli.server_config();
+    let mut config = cli.server_config();
+    let engine = cli.engine.resolve(&config.uring);
+    config.engine = engine.kind;
+    let from_systemd = inherited.is_some();
+    if from_systemd && cli.sources.iter().any(|(id, _)| id == "listen" || id == "port") {
+        eprintln!("ringserve: ignoring --listen/--port: serving the socket systemd passed");
+    }
+    config.inherited_listener = inherited.map(Arc::new);
     let stats = snapshot.stats();
     let handle = SnapshotHandle::new(Arc::new(snapshot));
     let server = Server::start_with_handle(&config, handle.clone()).map_err(|e| e.to_string())?;
+    let engine_reason = engine.reason.map(|why| format!(" [{why}]")).unwrap_or_default();
     println!(
-        "ringserve listening on http://{} (engine {}, {} workers, {} files, {} bytes, loaded in {:.1} ms)",
+        "ringserve listening on http://{}{} (engine {}{}, {} workers, {} files, {} bytes, {} bytes in memory, \
+         loaded in {:.1} ms) serving {}",
         server.local_addr(),
+        if from_systemd { " (socket from systemd)" } else { "" },
         server.engine(),
+        engine_reason,
         server.worker_count(),
         stats.files,
         stats.identity_bytes,
-        load_ms
+        stats.memory_bytes,
+        load_ms,
+        options.root.display()
     );
     eprintln!(
         "ringserve: snapshot holds {} bytes in memory ({} variants, {} bytes; {} files streamed from disk); \
@@ -58,8 +87,12 @@ fn run(cli: &Cli) -> Result<(), String> {
         stats.compressed_best_bytes
     );
 
+    let reload_notifier = Arc::clone(&notifier);
     let (reload_requests, _reload_thread) = Reloader::new(options.clone(), handle)
-        .spawn()
+        .spawn_reporting(move |phase| match phase {
+            ReloadPhase::Started => reload_notifier.reloading(),
+            ReloadPhase::Finished => reload_notifier.ready(),
+        })
         .map_err(|e| format!("cannot start the reload thread: {e}"))?;
     let _watcher = if cli.watch {
         Some(
@@ -69,6 +102,7 @@ fn run(cli: &Cli) -> Result<(), String> {
     } else {
         None
     };
+    notifier.ready();
 
     let shutdown = server.shutdown_handle();
     for signal in signals.forever() {
@@ -77,6 +111,7 @@ fn run(cli: &Cli) -> Result<(), String> {
             continue;
         }
         eprintln!("ringserve: stopping (a second signal exits at once)");
+        notifier.stopping();
         shutdown.trigger();
         std::thread::spawn(move || {
             if signals.forever().any(|signal| signal != SIGHUP) {

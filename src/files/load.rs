@@ -58,6 +58,9 @@ pub struct LoadOptions {
     pub root: PathBuf,
     /// Serve files and directories whose name starts with `.`.
     pub serve_dotfiles: bool,
+    /// Load symlinks whose targets lie outside the root (their target's
+    /// content, under the link's path); by default they are left out.
+    pub follow_symlinks: bool,
     /// File names that a directory's `/` serves, in order of preference.
     pub index_names: Vec<String>,
     /// `/dir` → `301` to `/dir/` (otherwise `/dir` is not found).
@@ -88,6 +91,7 @@ impl LoadOptions {
         LoadOptions {
             root: root.into(),
             serve_dotfiles: false,
+            follow_symlinks: false,
             index_names: vec!["index.html".to_owned()],
             redirect_directories: true,
             fallback: None,

@@ -89,6 +89,7 @@ mod buffers;
 mod conn;
 mod deadlines;
 mod op;
+mod probe;
 mod slots;
 
 use std::cell::RefCell;
@@ -111,6 +112,8 @@ use crate::access_log::{FLUSH_INTERVAL, WorkerLog};
 use crate::engine::{AcceptBackoff, READ_BUFFER_BYTES, Ready, Shutdown, Worker, set_reset_on_close};
 use crate::files::{Snapshot, SnapshotCache};
 use crate::http::{Expiry, Limits, Timeouts};
+
+pub use self::probe::probe;
 
 /// Submission queue entries per worker. When the queue fills mid-iteration
 /// the loop submits early (rare: one iteration queues about one entry per
