@@ -20,8 +20,7 @@ use crate::engine::uring::{DEFAULT_BUFFERS, DEFAULT_RING_ENTRIES};
 use crate::engine::{
     DEFAULT_BACKLOG, DEFAULT_HEAD_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_LINGER_MS,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_SEND_TIMEOUT_MS, DEFAULT_SHUTDOWN_GRACE_MS, EngineChoice, EngineKind,
-    ServerConfig,
-    Timeouts, UringOptions,
+    ServerConfig, Timeouts, UringOptions,
 };
 use crate::files::LoadOptions;
 use crate::files::load::DEFAULT_MAX_CACHED_FILE_BYTES;
@@ -301,7 +300,11 @@ pub fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
                 .map_err(|_| format!("{text:?}: {host} is not an IPv6 address"))?
                 .into()
         }
-        _ if host.contains(':') => return Err(format!("{text:?}: put an IPv6 address in brackets: [{host}]:{port}")),
+        _ if host.contains(':') => {
+            return Err(format!(
+                "{text:?}: put an IPv6 address in brackets: [{host}]:{port}"
+            ));
+        }
         _ => host
             .parse::<IpAddr>()
             .map_err(|_| format!("{text:?}: {host:?} is not an IP address ({hint})"))?,
@@ -548,7 +551,15 @@ mod tests {
         assert_eq!(ok("[::1]:8080"), "[::1]:8080");
         assert_eq!(ok("[::]:80"), "[::]:80");
         assert_eq!(ok("0.0.0.0:0"), "0.0.0.0:0");
-        for bad in ["localhost", "8080", "example.com:80", "::1:80", "127.0.0.1:99999", "[nope]:1", ""] {
+        for bad in [
+            "localhost",
+            "8080",
+            "example.com:80",
+            "::1:80",
+            "127.0.0.1:99999",
+            "[nope]:1",
+            "",
+        ] {
             assert!(parse_listen_addr(bad).is_err(), "{bad:?} should be refused");
         }
         assert!(parse_listen_addr("8080").unwrap_err().contains("-p 8080"));
@@ -563,7 +574,12 @@ mod tests {
         let cli = Cli::try_parse_from(["ringserve", "--port", "9001", "--follow-symlinks"]).unwrap();
         assert_eq!(cli.listen_addr().to_string(), "127.0.0.1:9001");
         assert!(cli.load_options().follow_symlinks);
-        assert!(!Cli::try_parse_from(["ringserve"]).unwrap().load_options().follow_symlinks);
+        assert!(
+            !Cli::try_parse_from(["ringserve"])
+                .unwrap()
+                .load_options()
+                .follow_symlinks
+        );
         let cli = Cli::try_parse_from(["ringserve", "--listen", ":8081"]).unwrap();
         assert_eq!(cli.listen_addr().to_string(), "0.0.0.0:8081");
     }

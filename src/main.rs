@@ -63,10 +63,10 @@ fn run(cli: &Cli) -> Result<(), String> {
     let server = Server::start_with_handle(&config, handle.clone()).map_err(|e| e.to_string())?;
     let engine_reason = engine.reason.map(|why| format!(" [{why}]")).unwrap_or_default();
     println!(
-        "ringserve listening on http://{}{} (engine {}{}, {} workers, {} files, {} bytes, {} bytes in memory, \
+        "ringserve listening on http://{} ({}engine {}{}, {} workers, {} files, {} bytes, {} bytes in memory, \
          loaded in {:.1} ms) serving {}",
         server.local_addr(),
-        if from_systemd { " (socket from systemd)" } else { "" },
+        if from_systemd { "socket from systemd, " } else { "" },
         server.engine(),
         engine_reason,
         server.worker_count(),

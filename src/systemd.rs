@@ -129,7 +129,10 @@ impl Notifier {
 
 /// `CLOCK_MONOTONIC` in microseconds, as `RELOADING=1` wants it.
 fn monotonic_usec() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec to the valid pointer given.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
     now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1000
@@ -147,7 +150,10 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let listener = UnixDatagram::bind(&path).unwrap();
         let notifier = Notifier {
-            target: Some((UnixDatagram::unbound().unwrap(), UnixAddr::from_pathname(&path).unwrap())),
+            target: Some((
+                UnixDatagram::unbound().unwrap(),
+                UnixAddr::from_pathname(&path).unwrap(),
+            )),
         };
         notifier.ready();
         notifier.reloading();
@@ -159,7 +165,10 @@ mod tests {
         };
         assert!(next().starts_with("READY=1"));
         let reloading = next();
-        assert!(reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{reloading}");
+        assert!(
+            reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+            "{reloading}"
+        );
         assert_eq!(next(), "STOPPING=1");
         let _ = std::fs::remove_dir_all(&dir);
     }

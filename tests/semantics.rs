@@ -516,7 +516,12 @@ fn follow_symlinks_serves_targets_outside_the_root() {
         let server = TestServer::with_options(config, &LoadOptions::new(site.path()));
         let mut client = server.connect();
         assert_eq!(client.request(&request("GET", "/jquery.js", "")).status, 404);
-        assert_eq!(client.request(&request("GET", "/_static/underscore.js", "")).status, 404);
+        assert_eq!(
+            client
+                .request(&request("GET", "/_static/underscore.js", ""))
+                .status,
+            404
+        );
         assert_eq!(client.request(&request("GET", "/", "")).status, 200);
     });
 }

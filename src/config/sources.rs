@@ -182,7 +182,11 @@ fn gather(args: Vec<OsString>) -> Result<Gathered, SettingsError> {
     merged.extend(args);
     let matches = command().try_get_matches_from(&merged).map_err(|e| {
         let text = e.to_string();
-        let line = text.lines().next().unwrap_or_default().trim_start_matches("error: ");
+        let line = text
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ");
         SettingsError::Message(format!("in {}: {line}", path.display()))
     })?;
     Ok(Gathered {
@@ -194,11 +198,17 @@ fn gather(args: Vec<OsString>) -> Result<Gathered, SettingsError> {
 
 /// Step 3: the flags the file's `[server]` table stands for, for options
 /// that neither the command line nor the environment set; and their ids.
-fn file_arguments(path: &Path, first: &ArgMatches) -> Result<(Vec<OsString>, BTreeSet<String>), SettingsError> {
+fn file_arguments(
+    path: &Path,
+    first: &ArgMatches,
+) -> Result<(Vec<OsString>, BTreeSet<String>), SettingsError> {
     let fail = |why: String| SettingsError::Message(format!("in {}: {why}", path.display()));
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| SettingsError::Message(format!("cannot read the config file {}: {e}", path.display())))?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| fail(e.message().to_owned()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        SettingsError::Message(format!("cannot read the config file {}: {e}", path.display()))
+    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| fail(e.message().to_owned()))?;
     let Some(server) = table.get("server") else {
         return Ok((Vec::new(), BTreeSet::new()));
     };
@@ -222,7 +232,11 @@ fn file_arguments(path: &Path, first: &ArgMatches) -> Result<(Vec<OsString>, BTr
             .get_arguments()
             .find(|arg| arg.get_long() == Some(long.as_str()) && !NOT_SETTINGS.contains(&long.as_str()))
             .filter(|_| long != "config")
-            .ok_or_else(|| fail(format!("unknown setting `{key}` in [server] (see ringserve --help)")))?;
+            .ok_or_else(|| {
+                fail(format!(
+                    "unknown setting `{key}` in [server] (see ringserve --help)"
+                ))
+            })?;
         let id = arg.get_id().as_str();
         let skip = match id {
             "listen" | "port" => address_set_above,
@@ -320,12 +334,18 @@ fn describe_sources(gathered: &Gathered) -> Vec<(String, String)> {
         };
         sources.push((id.to_owned(), text));
     }
-    let address = [("listen", gathered.layer("listen")), ("port", gathered.layer("port"))]
-        .into_iter()
-        .max_by_key(|(_, layer)| *layer)
-        .map(|(id, _)| id);
+    let address = [
+        ("listen", gathered.layer("listen")),
+        ("port", gathered.layer("port")),
+    ]
+    .into_iter()
+    .max_by_key(|(_, layer)| *layer)
+    .map(|(id, _)| id);
     if let Some(id) = address
-        && let Some(from) = sources.iter().find(|(key, _)| key == id).map(|(_, from)| from.clone())
+        && let Some(from) = sources
+            .iter()
+            .find(|(key, _)| key == id)
+            .map(|(_, from)| from.clone())
     {
         sources.retain(|(key, _)| key != "listen");
         sources.push(("listen".to_owned(), from));

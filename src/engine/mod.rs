@@ -319,7 +319,9 @@ impl Server {
         };
         let mut port_claim = None;
         let listeners = match &config.inherited_listener {
-            Some(inherited) => listener::share_inherited(inherited, worker_count).map_err(StartError::Worker)?,
+            Some(inherited) => {
+                listener::share_inherited(inherited, worker_count).map_err(StartError::Worker)?
+            }
             None => {
                 let bound = listener::bind_listeners(config.listen, worker_count, config.backlog)
                     .map_err(StartError::Bind)?;

@@ -995,7 +995,10 @@ mod tests {
             ..options(&root)
         };
         let snapshot = Snapshot::load(&following).unwrap();
-        assert_eq!(resolved_path(&snapshot, "/jquery.js").as_deref(), Some("/jquery.js"));
+        assert_eq!(
+            resolved_path(&snapshot, "/jquery.js").as_deref(),
+            Some("/jquery.js")
+        );
         assert_eq!(
             resolved_path(&snapshot, "/lib/underscore.js").as_deref(),
             Some("/lib/underscore.js")

@@ -46,7 +46,10 @@ const NEEDED_OPCODES: [(u8, &str); 10] = [
 /// not, in words fit for the start line.
 pub fn probe(options: &UringOptions) -> Result<(), String> {
     let mut builder = IoUring::<squeue::Entry, cqueue::Entry>::builder();
-    builder.setup_single_issuer().setup_coop_taskrun().setup_submit_all();
+    builder
+        .setup_single_issuer()
+        .setup_coop_taskrun()
+        .setup_submit_all();
     if options.defer_taskrun {
         builder.setup_defer_taskrun();
     }
@@ -88,7 +91,9 @@ fn setup_refusal(error: &io::Error) -> String {
             format!("io_uring_setup: {error}; kernel.io_uring_disabled = {value}")
         }
         (Some(libc::EPERM | libc::EACCES), None) => {
-            format!("io_uring_setup: {error}; a seccomp profile (a container's default) refuses it")
+            format!(
+                "io_uring_setup: {error}; perhaps a seccomp filter, as container runtimes install by default"
+            )
         }
         (Some(libc::ENOSYS), _) => format!("io_uring_setup: {error}; the kernel has no io_uring"),
         (Some(libc::EINVAL), _) => {
@@ -105,7 +110,10 @@ mod tests {
     #[test]
     fn refusals_name_their_cause() {
         let eperm = setup_refusal(&io::Error::from_raw_os_error(libc::EPERM));
-        assert!(eperm.contains("io_uring_setup") && eperm.contains("not permitted"), "{eperm}");
+        assert!(
+            eperm.contains("io_uring_setup") && eperm.contains("not permitted"),
+            "{eperm}"
+        );
         let enosys = setup_refusal(&io::Error::from_raw_os_error(libc::ENOSYS));
         assert!(enosys.contains("no io_uring"), "{enosys}");
         let einval = setup_refusal(&io::Error::from_raw_os_error(libc::EINVAL));
