@@ -49,8 +49,9 @@ pub struct Cli {
     #[arg(value_name = "ROOT")]
     pub root_arg: Option<PathBuf>,
 
-    /// Directory to serve.
-    #[arg(long, value_name = "DIR", default_value = default_root())]
+    /// Directory to serve [default: the bundled static/ when run from a
+    /// checkout, else ./static].
+    #[arg(long, value_name = "DIR", default_value = default_root(), hide_default_value = true)]
     pub root: PathBuf,
 
     /// Port to listen on, on 127.0.0.1 (for another address use --listen).
