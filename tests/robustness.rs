@@ -602,7 +602,9 @@ fn a_close_after_a_response_never_cuts_it_short() {
         raw.extend_from_slice(&junk);
         raw
     };
-    let cases: Vec<(&str, Vec<u8>, Vec<(u16, usize)>)> = vec![
+    // (what, bytes sent, the (status, body length) of each response)
+    type CloseCase = (&'static str, Vec<u8>, Vec<(u16, usize)>);
+    let cases: Vec<CloseCase> = vec![
         (
             "Connection: close with an unread body, file on disk",
             unread_body,
