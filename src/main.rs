@@ -3,6 +3,7 @@
 //! it until SIGINT or SIGTERM. A second signal exits at once. SIGHUP (and,
 //! with `--watch`, a change under the root) reloads the snapshot atomically.
 //! Under systemd it serves the socket it was handed and reports its state.
+//! A worker that fails stops the server, which exits 1.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -104,22 +105,33 @@ fn run(cli: &Cli) -> Result<(), String> {
     };
     notifier.ready();
 
+    // Signals are handled on their own thread, so that the main thread can
+    // wait for the workers: they end on a stop signal, or when one of them
+    // fails (then the server stops and exits 1, for a supervisor to restart).
     let shutdown = server.shutdown_handle();
-    for signal in signals.forever() {
-        if signal == SIGHUP {
-            let _ = reload_requests.send(());
-            continue;
-        }
-        eprintln!("ringserve: stopping (a second signal exits at once)");
-        notifier.stopping();
-        shutdown.trigger();
-        std::thread::spawn(move || {
-            if signals.forever().any(|signal| signal != SIGHUP) {
-                std::process::exit(130);
+    let stop_notifier = Arc::clone(&notifier);
+    std::thread::Builder::new()
+        .name("ringserve-signals".to_owned())
+        .spawn(move || {
+            let mut stopping = false;
+            for signal in signals.forever() {
+                match signal {
+                    SIGHUP => {
+                        let _ = reload_requests.send(());
+                    }
+                    _ if stopping => std::process::exit(130),
+                    _ => {
+                        eprintln!("ringserve: stopping (a second signal exits at once)");
+                        stopping = true;
+                        stop_notifier.stopping();
+                        shutdown.trigger();
+                    }
+                }
             }
-        });
-        break;
-    }
-    server.join();
-    Ok(())
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    server.wait().map_err(|failure| {
+        notifier.stopping();
+        format!("{failure}; the server stopped")
+    })
 }

@@ -4,7 +4,8 @@
 //!
 //! Steps, in order ([`Cli::from_all_sources`]):
 //! 1. [`command`]: the clap definition of [`Cli`] with an environment
-//!    variable added to every option (`--max-body` ← `RINGSERVE_MAX_BODY`;
+//!    variable added to every option but the hidden measurement switches
+//!    and test hooks (`--max-body` ← `RINGSERVE_MAX_BODY`;
 //!    switches take `1`/`0`, `true`/`false`, `yes`/`no`, `on`/`off`), so no
 //!    option can be forgotten; clap itself ranks flag over environment over
 //!    default;
@@ -70,7 +71,9 @@ pub fn command() -> clap::Command {
         let Some(long) = arg.get_long() else {
             return arg;
         };
-        if NOT_SETTINGS.contains(&long) {
+        // Hidden options are measurement switches and test hooks: only
+        // ever given on purpose, on the command line.
+        if NOT_SETTINGS.contains(&long) || arg.is_hide_set() {
             return arg;
         }
         let variable = format!("{ENV_PREFIX}{}", long.to_ascii_uppercase().replace('-', "_"));
@@ -230,7 +233,11 @@ fn file_arguments(
         let long = key.replace('_', "-");
         let arg = command
             .get_arguments()
-            .find(|arg| arg.get_long() == Some(long.as_str()) && !NOT_SETTINGS.contains(&long.as_str()))
+            .find(|arg| {
+                arg.get_long() == Some(long.as_str())
+                    && !NOT_SETTINGS.contains(&long.as_str())
+                    && !arg.is_hide_set()
+            })
             .filter(|_| long != "config")
             .ok_or_else(|| {
                 fail(format!(
