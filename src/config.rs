@@ -45,12 +45,13 @@ pub const PORT_HOST: [u8; 4] = [127, 0, 0, 1];
 #[derive(Debug, Parser)]
 #[command(name = "ringserve", version, about, long_about)]
 pub struct Cli {
-    /// Directory to serve (the same as --root) [default: the bundled static/].
+    /// Directory to serve (the same as --root) [default: the working
+    /// directory; the bundled static/ under `cargo run`].
     #[arg(value_name = "ROOT")]
     pub root_arg: Option<PathBuf>,
 
-    /// Directory to serve [default: the bundled static/ when run from a
-    /// checkout, else ./static].
+    /// Directory to serve [default: the working directory; the bundled
+    /// static/ under `cargo run`].
     #[arg(long, value_name = "DIR", default_value = default_root(), hide_default_value = true)]
     pub root: PathBuf,
 
@@ -265,14 +266,19 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
-/// `static/` next to the crate when run from a checkout (`cargo run`),
-/// otherwise `static/` in the working directory.
+/// The directory served when none is named: the bundled `static/` when
+/// the server runs under Cargo from its own checkout (`cargo run`, `cargo
+/// test`: Cargo sets `CARGO_MANIFEST_DIR` for the process it runs), so the
+/// demo works out of the box; otherwise the working directory, as
+/// `python3 -m http.server` does (`cd site && ringserve -p 9000`).
 fn default_root() -> &'static str {
     const BUNDLED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/static");
-    if std::path::Path::new(BUNDLED).is_dir() {
+    let under_cargo =
+        std::env::var_os("CARGO_MANIFEST_DIR").is_some_and(|dir| dir == env!("CARGO_MANIFEST_DIR"));
+    if under_cargo && Path::new(BUNDLED).is_dir() {
         BUNDLED
     } else {
-        "static"
+        "."
     }
 }
 

@@ -75,7 +75,9 @@ fn run(cli: &Cli) -> Result<(), String> {
         stats.identity_bytes,
         stats.memory_bytes,
         load_ms,
-        options.root.display()
+        std::fs::canonicalize(&options.root)
+            .unwrap_or_else(|_| options.root.clone())
+            .display()
     );
     eprintln!(
         "ringserve: snapshot holds {} bytes in memory ({} variants, {} bytes; {} files streamed from disk); \

@@ -490,6 +490,9 @@ fn socket_activation_serves_the_inherited_socket() {
             "-l",
             &format!("127.0.0.1:{port}"),
             BINARY,
+            // systemd-socket-activate passes no environment but LISTEN_*:
+            // name the directory.
+            support::static_root().to_str().unwrap(),
             "--workers",
             "2",
             "--engine",
@@ -555,4 +558,38 @@ fn service_manager_notifications() {
     server.signal(libc::SIGTERM);
     assert_eq!(next(), "STOPPING=1");
     assert!(server.wait_for_exit().success());
+}
+
+/// Outside Cargo, the directory served by default is the working directory:
+/// `cd site && ringserve -p PORT`, and `RINGSERVE_PORT=PORT ringserve .`.
+#[test]
+fn a_site_folder_is_served_from_where_the_server_starts() {
+    let site = TempSite::new();
+    site.write("index.html", b"my site");
+    let real_site = site.path().canonicalize().unwrap();
+    for args in [vec!["-p"], vec!["."]] {
+        let port = free_port().to_string();
+        let mut command = Command::new(BINARY);
+        command.current_dir(site.path()).env_remove("CARGO_MANIFEST_DIR");
+        if args == ["-p"] {
+            command.args(["-p", &port]);
+        } else {
+            command.arg(".").env("RINGSERVE_PORT", &port);
+        }
+        let mut server = Running::spawn_command(command);
+        let (addr, start_line) = server.wait_for_address();
+        assert_eq!(addr.to_string(), format!("127.0.0.1:{port}"), "{start_line}");
+        assert!(
+            start_line.ends_with(&format!("serving {}", real_site.display())),
+            "{start_line}"
+        );
+        let body = http_agent()
+            .get(format!("http://{addr}/"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        assert_eq!(body, "my site");
+    }
 }
