@@ -37,7 +37,7 @@ pub const ENV_PREFIX: &str = "RINGSERVE_";
 
 /// Options that are not settings: they take no environment variable and no
 /// config file key.
-const NOT_SETTINGS: [&str; 4] = ["help", "version", "print-config", "generate"];
+const NOT_SETTINGS: [&str; 3] = ["help", "version", "print-config"];
 
 /// Why the settings could not be gathered.
 #[derive(Debug)]
