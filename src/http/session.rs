@@ -25,8 +25,10 @@
 //! precomputed head and the body.
 //!
 //! Every response (errors included) is also reported to an [`Observer`] as an
-//! [`Exchange`]: what an access log needs, borrowed from the input. Engines
-//! that do not log pass `()`, whose calls compile to nothing.
+//! [`Exchange`]: what an access log and the metrics need, borrowed from the
+//! input; a health check is reported apart ([`Observer::on_health_check`]).
+//! Engines that neither log nor count pass `()`, whose calls compile to
+//! nothing.
 //!
 //! One refused request gets exactly one response: after an error the session
 //! consumes everything it was given and asks the engine to end the
@@ -38,6 +40,7 @@
 
 use crate::files::{Resolved, Snapshot};
 use crate::http::date::{self, DateLine};
+use crate::http::health;
 use crate::http::request::{self, Limits, Method, RequestHead, Version};
 use crate::http::resource;
 use crate::http::response::{self, ConnectionHeader, Output};
@@ -79,6 +82,11 @@ pub struct Exchange<'a> {
 /// Told about every response the session writes.
 pub trait Observer {
     fn on_response(&mut self, exchange: &Exchange<'_>);
+
+    /// A health check was answered ([`crate::http::health`]); it is not
+    /// reported as a response, so it never reaches the access log.
+    #[inline(always)]
+    fn on_health_check(&mut self) {}
 }
 
 /// No observer: logging off, nothing to do.
@@ -288,6 +296,14 @@ impl Session {
                 Status::MethodNotAllowed,
                 error_page(Status::MethodNotAllowed).body.len(),
             );
+            return keep_going;
+        }
+        if snapshot
+            .health_path()
+            .is_some_and(|path| health::is_health_target(head.target, path))
+        {
+            health::write_health(out, with_body, date, connection(head.close));
+            observer.on_health_check();
             return keep_going;
         }
         if let Err(error) = normalize_target(head.target, &mut self.key) {
