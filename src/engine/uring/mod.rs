@@ -981,7 +981,11 @@ impl Driver {
             if self.deadlines.on_popped(&mut conn.timer, key, at, self.now) != Due::Expired {
                 continue;
             }
-            count_timeout(cx.metrics, conn.expiry);
+            if !matches!(conn.phase, Phase::Lingering { .. }) {
+                // A linger running out is how a refusal normally ends, not
+                // a timeout (the tokio engines do not count it either).
+                count_timeout(cx.metrics, conn.expiry);
+            }
             match conn.expiry {
                 Expiry::Close => self.abort(key, false),
                 Expiry::Abort => self.abort(key, true),
