@@ -429,11 +429,21 @@ fn the_access_log_writes_json_lines_to_a_file() {
             .unwrap();
         assert_eq!(read_response(&mut stream).0, 200);
         assert_eq!(get(&mut stream, "/missing").0, 404);
-        // Flushed within about a second, while the server keeps running.
+        // Handed over 100 ms after the first waiting line, while the server
+        // keeps running and gets no further traffic (an idle worker still
+        // wakes up for it).
         let text = wait_for_file(&path, "/missing");
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
         assert!(lines[0].starts_with("{\"time\":\""), "{}", lines[0]);
+        // RFC 3339 with milliseconds: "2026-12-03T12:34:56.789Z".
+        let time = &lines[0][9..33];
+        assert!(
+            time.as_bytes()[19] == b'.'
+                && time.ends_with('Z')
+                && time[20..23].bytes().all(|b| b.is_ascii_digit()),
+            "{time}"
+        );
         assert!(
             lines[0].contains(
                 "\"remote\":\"127.0.0.1\",\"method\":\"GET\",\"target\":\"/book\",\"protocol\":\"HTTP/1.1\",\
