@@ -7,6 +7,7 @@
 mod support;
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -157,6 +158,35 @@ fn a_408_and_an_idle_close_are_counted_as_timeouts() {
         assert_eq!(value(&samples, "ringserve_timeouts_total{kind=\"head\"}"), 1.0);
         assert_eq!(value(&samples, "ringserve_timeouts_total{kind=\"send\"}"), 0.0);
         assert_eq!(value(&samples, "ringserve_connections_accepted_total"), 2.0);
+    });
+}
+
+#[test]
+fn a_client_that_stops_reading_is_counted_as_a_send_timeout() {
+    for_each_engine(|engine| {
+        let site = site();
+        site.write("big.bin", &vec![b'b'; 16 << 20]);
+        let config = ServerConfig {
+            timeouts: Timeouts {
+                send: Duration::from_millis(500),
+                ..Timeouts::default()
+            },
+            ..with_metrics(engine)
+        };
+        let server = TestServer::start(config, site.path());
+        let metrics = server.metrics_addr().unwrap();
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(64 * 1024).unwrap();
+        socket.connect(&server.addr().into()).unwrap();
+        let mut stalled: std::net::TcpStream = socket.into();
+        stalled.write_all(&get("/big.bin")).unwrap();
+        // Never read: the send makes no progress and the server gives up.
+        let samples = wait_for(metrics, "ringserve_timeouts_total{kind=\"send\"}", 1.0);
+        assert_eq!(value(&samples, "ringserve_timeouts_total{kind=\"send\"}"), 1.0);
+        assert_eq!(requests(&samples, "2xx", "GET"), 1.0);
+        let samples = wait_for(metrics, "ringserve_open_connections", 0.0);
+        assert_eq!(value(&samples, "ringserve_open_connections"), 0.0);
+        drop(stalled);
     });
 }
 
