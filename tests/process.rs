@@ -1,8 +1,9 @@
 //! Rules that only the whole process can show, tested on the `ringserve`
 //! binary for every engine in `EngineKind::ALL`: graceful shutdown on
 //! SIGTERM (and a second signal exiting at once), accept back-off when
-//! descriptors run out (counted in the metrics) and recovery when they free up, no descriptor left
-//! behind by aborted downloads, and an access log that never stops serving.
+//! descriptors run out (counted in the metrics) and recovery when they free
+//! up, no descriptor left behind by aborted downloads, and an access log
+//! that never stops serving.
 //!
 //! Every child runs on `127.0.0.1:0` and is killed by PID when its test ends,
 //! also when the test fails.
