@@ -50,9 +50,10 @@ pub mod uring;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::panic::AssertUnwindSafe;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -155,6 +156,10 @@ pub struct ServerConfig {
     /// Serve Prometheus metrics on this address (`None`: nothing is counted;
     /// the default, and what benchmarks use).
     pub metrics_listen: Option<SocketAddr>,
+    /// For tests only: worker 0 fails, as if its event loop had broken,
+    /// once it has accepted this many connections (see [`WorkerFailure`]).
+    #[doc(hidden)]
+    pub fault_after_accepts: Option<u64>,
 }
 
 pub const DEFAULT_BACKLOG: u32 = 1024;
@@ -176,6 +181,7 @@ impl ServerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             access_log: None,
             metrics_listen: None,
+            fault_after_accepts: None,
         }
     }
 }
@@ -199,7 +205,34 @@ pub struct Worker {
     pub access_log: Option<WorkerLog>,
     /// This worker's counters, if metrics are on; only this worker writes them.
     pub metrics: Option<Arc<WorkerMetrics>>,
+    /// Test-only fault injection ([`ServerConfig::fault_after_accepts`]):
+    /// fail once this many connections were accepted.
+    #[doc(hidden)]
+    pub fault_after_accepts: Option<u64>,
 }
+
+/// Why a worker's event loop ended before the stop signal. A worker that
+/// fails takes the whole server down with it, on purpose: its connections
+/// are cut (their clients see a reset, not a hang), the other workers stop
+/// gracefully, and the process exits non-zero ([`Server::wait`]) so that a
+/// supervisor (systemd, Kubernetes) starts a fresh one. Restarting the worker
+/// in place was rejected: after a broken ring or a panic, what the kernel
+/// still holds of its memory cannot be known, so that memory is leaked rather
+/// than reused, and a process that keeps leaking and limping is worse than
+/// one that is restarted whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerFailure {
+    pub worker: usize,
+    pub reason: String,
+}
+
+impl fmt::Display for WorkerFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "worker {} failed: {}", self.worker, self.reason)
+    }
+}
+
+impl std::error::Error for WorkerFailure {}
 
 /// A worker reports once whether its runtime started.
 #[derive(Debug)]
@@ -251,6 +284,8 @@ pub struct Server {
     metrics: Option<Arc<Metrics>>,
     metrics_addr: Option<SocketAddr>,
     metrics_thread: Option<JoinHandle<()>>,
+    /// The first worker failure, if any ([`WorkerFailure`]).
+    failure: Arc<Mutex<Option<WorkerFailure>>>,
 }
 
 impl Server {
@@ -278,6 +313,7 @@ impl Server {
             .map(|_| Arc::new(Metrics::new(worker_count, config.engine, snapshot.clone())));
         let listeners = listener::bind_listeners(config.listen, worker_count, config.backlog)
             .map_err(StartError::Bind)?;
+        listener::set_send_timeout(&listeners, config.timeouts.send).map_err(StartError::Worker)?;
         let local_addr = listeners[0].local_addr().map_err(StartError::Worker)?;
         let shutdown = Shutdown::new().map_err(StartError::Worker)?;
         let cores = if config.pin_workers {
@@ -296,6 +332,7 @@ impl Server {
             metrics: metrics.clone(),
             metrics_addr: None,
             metrics_thread: None,
+            failure: Arc::default(),
         };
         for (index, listener) in listeners.into_iter().enumerate() {
             let worker = Worker {
@@ -310,17 +347,37 @@ impl Server {
                 max_connections: config.max_connections.max(1),
                 access_log: access_log.as_ref().map(AccessLog::worker_log),
                 metrics: metrics.as_ref().map(|m| Arc::clone(&m.workers()[index])),
+                fault_after_accepts: config.fault_after_accepts.filter(|_| index == 0),
             };
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let ready = Ready(ready_tx.clone());
             let engine = config.engine;
+            let failure = Arc::clone(&server.failure);
+            let stop = shutdown.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("ringserve-{index}"))
                 .spawn(move || {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    run_worker(engine, worker, ready);
+                    let outcome =
+                        std::panic::catch_unwind(AssertUnwindSafe(|| run_worker(engine, worker, ready)));
+                    let reason = match outcome {
+                        Ok(Ok(())) => return,
+                        Ok(Err(error)) => error.to_string(),
+                        Err(panic) => panic_message(panic.as_ref()),
+                    };
+                    let failed = WorkerFailure {
+                        worker: index,
+                        reason,
+                    };
+                    eprintln!(
+                        "ringserve: {failed}; stopping the server (exit status 1) so that it can be restarted"
+                    );
+                    if let Ok(mut first) = failure.lock() {
+                        first.get_or_insert(failed);
+                    }
+                    stop.trigger();
                 });
             match spawned {
                 Ok(handle) => server.workers.push(handle),
@@ -391,9 +448,10 @@ impl Server {
         self.shutdown.clone()
     }
 
-    /// Waits for every worker to finish (after a stop signal), then for the
-    /// access log to be written.
-    pub fn join(mut self) {
+    /// Waits for every worker to finish (after a stop signal, or after a
+    /// worker failed and stopped the others), then for the access log to be
+    /// written; says whether a worker failed ([`WorkerFailure`]).
+    pub fn wait(mut self) -> Result<(), WorkerFailure> {
         for worker in self.workers.drain(..) {
             let _ = worker.join();
         }
@@ -403,6 +461,18 @@ impl Server {
         if let Some(log) = self.access_log.take() {
             log.finish();
         }
+        match self.failure.lock() {
+            Ok(mut failure) => failure.take().map_or(Ok(()), Err),
+            Err(_) => Err(WorkerFailure {
+                worker: 0,
+                reason: "a worker panicked while reporting its failure".to_owned(),
+            }),
+        }
+    }
+
+    /// [`Server::wait`], for callers that have reported failures already.
+    pub fn join(self) {
+        let _ = self.wait();
     }
 
     /// Signals the workers to stop and waits for them.
@@ -412,11 +482,45 @@ impl Server {
     }
 }
 
-fn run_worker(engine: EngineKind, worker: Worker, ready: Ready) {
+/// Runs one worker's event loop until the stop signal; an error (or a
+/// panic, caught by the caller) is a [`WorkerFailure`].
+fn run_worker(engine: EngineKind, worker: Worker, ready: Ready) -> io::Result<()> {
     match engine {
         EngineKind::TokioUring => tokio_uring::run_worker(worker, ready),
         EngineKind::Epoll => epoll::run_worker(worker, ready),
         EngineKind::Uring => uring::run_worker(worker, ready),
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    format!("panicked: {text}")
+}
+
+/// Counts a worker's accepted connections for the test-only fault
+/// injection ([`ServerConfig::fault_after_accepts`]): `true` once the worker
+/// must fail.
+#[derive(Debug)]
+pub(crate) struct FaultCountdown(Option<u64>);
+
+impl FaultCountdown {
+    pub(crate) fn new(after_accepts: Option<u64>) -> Self {
+        FaultCountdown(after_accepts)
+    }
+
+    /// After an accept: whether the injected fault is due now.
+    pub(crate) fn on_accept(&mut self) -> bool {
+        match &mut self.0 {
+            Some(0) | None => false,
+            Some(left) => {
+                *left -= 1;
+                *left == 0
+            }
+        }
     }
 }
 

@@ -43,8 +43,8 @@ use crate::access_log::{ConnectionLog, MAX_FLUSH_DELAY, WorkerLog};
 use crate::engine::connections::{Connections, Registration};
 use crate::engine::timer::{self, connection_timer};
 use crate::engine::{
-    AcceptBackoff, FILE_CHUNK_BYTES, LINGER_MAX_BYTES, READ_BUFFER_BYTES, Ready, Worker, set_reset_on_close,
-    shutdown_both,
+    AcceptBackoff, FILE_CHUNK_BYTES, FaultCountdown, LINGER_MAX_BYTES, READ_BUFFER_BYTES, Ready, Worker,
+    set_reset_on_close, shutdown_both,
 };
 use crate::files::SnapshotHandle;
 use crate::http::response::{FileRange, Piece};
@@ -169,6 +169,7 @@ pub(crate) async fn run_worker_loop<A: Acceptor>(
         tokio::task::spawn_local(flush_log_when_due(Rc::clone(&context)));
     }
     let mut backoff = AcceptBackoff::counted(worker.metrics.take());
+    let mut fault = FaultCountdown::new(worker.fault_after_accepts);
     loop {
         let accepted = tokio::select! {
             accepted = async {
@@ -180,6 +181,9 @@ pub(crate) async fn run_worker_loop<A: Acceptor>(
         match accepted {
             Ok((connection, peer)) => {
                 backoff.on_success(worker.index);
+                if fault.on_accept() {
+                    panic!("injected fault: the worker's event loop broke");
+                }
                 // Registered here, not in the task: the cap must count it
                 // before the next accept.
                 let registration = context.connections.register(connection.raw_fd());
@@ -278,8 +282,9 @@ async fn run_connection<C: ConnectionIo, O: Observer>(
         match progress.next {
             Next::Read => {}
             Next::Write => continue,
-            Next::Close => return Ending::Clean,
-            Next::Linger => return linger(connection, input, timeouts).await,
+            // Never close with input unread (RFC 9112 §9.6): the kernel would
+            // answer with a reset that can destroy the response's end.
+            Next::Close | Next::Linger => return linger(connection, input, timeouts).await,
         }
         let deadline = clock.for_read(&session, input.len(), Instant::now(), timeouts);
         if deadline.expiry == Expiry::RequestTimeout {
