@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks the metrics endpoint with Prometheus's own tools, on every engine:
-# 1. starts the release binary with --health and --metrics-listen on
+# 1. starts the binary (a debug build, as ci/browser-check.sh) with --health and --metrics-listen on
 #    127.0.0.1 (ports picked by the kernel), sends known traffic, scrapes
 #    /metrics and runs `promtool check metrics` on what it got (format and
 #    naming lints), then checks a few exact values;
@@ -22,9 +22,9 @@ if ! command -v promtool >/dev/null; then
 fi
 PROMETHEUS=$(command -v prometheus || true)
 
-echo "== cargo build --release"
-cargo build --release --quiet
-BIN=target/release/ringserve
+echo "== cargo build --bin ringserve"
+cargo build --quiet --bin ringserve
+BIN=target/debug/ringserve
 
 WORK=$(mktemp -d)
 SERVER_PID=""
