@@ -259,14 +259,13 @@ impl Metrics {
         totals
     }
 
-    /// The text exposition format, version 0.0.4.
+    /// The text exposition format, version 0.0.4: for each family its
+    /// `# HELP` and `# TYPE` lines, then its samples.
     pub fn render(&self) -> String {
         let totals = self.totals();
         let mut out = String::with_capacity(4096);
-        let mut family = |name: &str, kind: &str, help: &str| {
-            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
-        };
         family(
+            &mut out,
             "ringserve_requests_total",
             "counter",
             "Responses sent, by status class and request method (health checks not included).",
@@ -281,52 +280,46 @@ impl Metrics {
                 );
             }
         }
-        let simple = |out: &mut String, name: &str, kind: &str, help: &str, value: u64| {
-            let _ = write!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            );
-        };
-        simple(
+        single(
             &mut out,
             "ringserve_response_body_bytes_total",
             "counter",
             "Response body bytes sent (heads not included; 0 for HEAD and 304).",
             totals.body_bytes,
         );
-        simple(
+        single(
             &mut out,
             "ringserve_health_checks_total",
             "counter",
             "Health-check requests answered (--health).",
             totals.health_checks,
         );
-        simple(
+        single(
             &mut out,
             "ringserve_open_connections",
             "gauge",
             "Connections being served now.",
             totals.accepted.saturating_sub(totals.closed),
         );
-        simple(
+        single(
             &mut out,
             "ringserve_connections_accepted_total",
             "counter",
             "Connections accepted and served.",
             totals.accepted,
         );
-        simple(
+        single(
             &mut out,
             "ringserve_accept_backoffs_total",
             "counter",
             "Times accepting paused because accept failed for want of descriptors or memory.",
             totals.accept_backoffs,
         );
-        let _ = write!(
-            out,
-            "# HELP ringserve_timeouts_total Connections ended at a deadline: head (408 sent), \
-             idle (closed silently), send (no progress, reset).\n\
-             # TYPE ringserve_timeouts_total counter\n"
+        family(
+            &mut out,
+            "ringserve_timeouts_total",
+            "counter",
+            "Connections ended at a deadline: head (408 sent), idle (closed silently), send (no progress, reset).",
         );
         for (kind, count) in TimeoutKind::ALL.iter().zip(totals.timeouts) {
             let _ = writeln!(
@@ -338,16 +331,23 @@ impl Metrics {
         // TLS: `ringserve_tls_handshakes_total{result="ok"|"failed"}` goes
         // here once handshakes are counted (see the module doc).
         let reloads = self.snapshot.reloads();
-        let _ = write!(
+        family(
+            &mut out,
+            "ringserve_reloads_total",
+            "counter",
+            "Snapshot reloads, by result.",
+        );
+        let _ = writeln!(
             out,
-            "# HELP ringserve_reloads_total Snapshot reloads, by result.\n\
-             # TYPE ringserve_reloads_total counter\n\
-             ringserve_reloads_total{{result=\"ok\"}} {}\n\
-             ringserve_reloads_total{{result=\"failed\"}} {}\n",
-            reloads.succeeded(),
+            "ringserve_reloads_total{{result=\"ok\"}} {}",
+            reloads.succeeded()
+        );
+        let _ = writeln!(
+            out,
+            "ringserve_reloads_total{{result=\"failed\"}} {}",
             reloads.failed()
         );
-        simple(
+        single(
             &mut out,
             "ringserve_last_reload_success_timestamp_seconds",
             "gauge",
@@ -355,47 +355,65 @@ impl Metrics {
             reloads.last_success_unix_secs(),
         );
         let stats = self.snapshot.current().stats();
-        simple(
+        single(
             &mut out,
             "ringserve_snapshot_files",
             "gauge",
             "Files in the current snapshot.",
             stats.files as u64,
         );
-        simple(
+        single(
             &mut out,
             "ringserve_snapshot_disk_files",
             "gauge",
             "Files of the current snapshot streamed from disk (too large for memory).",
             stats.disk_files as u64,
         );
-        simple(
+        single(
             &mut out,
             "ringserve_snapshot_memory_bytes",
             "gauge",
             "Bytes the current snapshot holds in memory (bodies, variants, heads).",
             stats.memory_bytes,
         );
-        simple(
+        single(
             &mut out,
             "ringserve_workers",
             "gauge",
             "Worker threads (one event loop and listener each).",
             self.workers.len() as u64,
         );
-        let _ = write!(
+        family(
+            &mut out,
+            "ringserve_engine_info",
+            "gauge",
+            "The I/O engine serving, as a label.",
+        );
+        let _ = writeln!(out, "ringserve_engine_info{{engine=\"{}\"}} 1", self.engine);
+        family(
+            &mut out,
+            "ringserve_build_info",
+            "gauge",
+            "The version of ringserve, as a label.",
+        );
+        let _ = writeln!(
             out,
-            "# HELP ringserve_engine_info The I/O engine serving, as a label.\n\
-             # TYPE ringserve_engine_info gauge\n\
-             ringserve_engine_info{{engine=\"{}\"}} 1\n\
-             # HELP ringserve_build_info The version of ringserve, as a label.\n\
-             # TYPE ringserve_build_info gauge\n\
-             ringserve_build_info{{version=\"{}\"}} 1\n",
-            self.engine,
+            "ringserve_build_info{{version=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION")
         );
         out
     }
+}
+
+/// The `# HELP` and `# TYPE` lines of a family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+}
+
+/// A family of one sample without labels.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    family(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
 }
 
 #[cfg(test)]
