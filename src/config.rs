@@ -213,7 +213,7 @@ pub struct Cli {
     /// Serve Prometheus metrics at `http://ADDR/metrics`, on a listener and
     /// thread of their own (port 0 picks a free port). Off by default: then
     /// nothing is counted.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
     pub metrics_listen: Option<SocketAddr>,
 
     // Switches of the uring engine, for measuring what each technique
