@@ -48,8 +48,8 @@
 //!    live in a lazy queue ([`deadlines`]) checked once per iteration, and
 //!    one io_uring timeout, armed for the earliest, wakes the loop.
 //! 6. **Graceful, async close**: every end after a response is graceful
-//!    (RFC 9112 §9.6): once the last response is sent, a `Shutdown` through
-//!    the ring sends FIN, and input is received and discarded (lingering)
+//!    (RFC 9112 §9.6): once the last response is sent, `shutdown(SHUT_WR)`
+//!    sends FIN, and input is received and discarded (lingering)
 //!    until the client closes, [`LINGER_MAX_BYTES`](crate::engine::LINGER_MAX_BYTES)
 //!    or the linger deadline, so unread input never makes the kernel reset
 //!    the connection under the response's end. An armed multishot receive
@@ -58,8 +58,12 @@
 //!    completions, then submits `Close`. A connection's first receive is
 //!    single-shot, and no receive is armed while a `Connection: close`
 //!    response is sent, so a connection-per-request client costs one
-//!    receive, one send, one shutdown, the receive that sees its FIN, and one
-//!    close, with no cancel and no syscall of their own. Closes, shutdowns and
+//!    receive, one send, one `shutdown` syscall, the receive that sees its
+//!    FIN, and one close, with no cancel. The shutdown is a direct syscall,
+//!    not `IORING_OP_SHUTDOWN`: the kernel always runs that one in an io-wq
+//!    worker and looks its descriptor up only then, so after a fast close
+//!    the number could name the next accepted connection (measured: wrk saw
+//!    ~4% of `Connection: close` requests cut by a stray FIN). Closes and
 //!    cancels complete silently (`IOSQE_CQE_SKIP_SUCCESS`).
 //!
 //! Every completion names its operation and connection in `user_data`
@@ -286,19 +290,9 @@ impl Ring {
         unsafe { self.push_unacknowledged(&entry) };
     }
 
-    /// Queues `shutdown(fd, SHUT_WR)`: the peer sees end-of-file once what
-    /// was sent before is delivered.
-    fn push_shutdown_write(&mut self, fd: RawFd, op: Op) {
-        let entry = opcode::Shutdown::new(types::Fd(fd), libc::SHUT_WR)
-            .build()
-            .user_data(op.encode());
-        // SAFETY: a shutdown takes a descriptor and a number: no memory.
-        unsafe { self.push_unacknowledged(&entry) };
-    }
-
     /// Queues `entry` with `IOSQE_CQE_SKIP_SUCCESS`: it completes silently
-    /// unless it fails, so it is not counted in flight (closes, cancels and
-    /// shutdowns, whose success tells nothing; what is queued is submitted
+    /// unless it fails, so it is not counted in flight (closes and cancels,
+    /// whose success tells nothing; what is queued is submitted
     /// before the loop returns).
     ///
     /// # Safety
@@ -313,7 +307,7 @@ impl Ring {
 
     /// Whether a completion of `kind` is counted in `in_flight`.
     fn counted(kind: OpKind) -> bool {
-        !matches!(kind, OpKind::Close | OpKind::Cancel | OpKind::Shutdown)
+        !matches!(kind, OpKind::Close | OpKind::Cancel)
     }
 
     /// The loop's one syscall: submits what is queued and, if `wait`, waits
@@ -633,7 +627,7 @@ impl Driver {
                 OpKind::Recv => self.on_recv(op.key, result, flags),
                 OpKind::Send => self.on_send(op.key, result),
                 OpKind::Read => self.on_file_read(op.key, result),
-                OpKind::TimerUpdate | OpKind::Cancel | OpKind::Close | OpKind::Shutdown => {}
+                OpKind::TimerUpdate | OpKind::Cancel | OpKind::Close => {}
             }
         }
         completions.clear();
@@ -968,11 +962,14 @@ impl Driver {
             }
             Reaction::Resend => self.submit_output(key),
             Reaction::StartLinger => {
-                // Through the ring: no syscall of its own. Queued after the
-                // send that completed, so the FIN follows the response; if it
-                // fails (the peer is gone), the lingering receive fails too.
-                let fd = conn.fd;
-                self.ring.push_shutdown_write(fd, Op::conn(OpKind::Shutdown, key));
+                // A direct syscall, not through the ring (see the module doc:
+                // the ring's shutdown resolves its descriptor late). After the
+                // send completed, so the FIN follows the response.
+                // SAFETY: shutdown(2) reads no memory of ours; the descriptor
+                // is open (closed only by this connection's Close).
+                if unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) } != 0 {
+                    conn.close_requested = true;
+                }
             }
             Reaction::Close => conn.close_requested = true,
         }
