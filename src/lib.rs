@@ -25,3 +25,5 @@ pub mod files;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod protocol;
+pub mod tls;

@@ -98,6 +98,10 @@ pub struct Session {
     /// Requests answered so far (wrapping): lets the timeout rules see that a
     /// request ended (see [`crate::http::deadline`]).
     answered: u32,
+    /// `Some(port)`: a plain listener told to send every client to HTTPS
+    /// (`--https-redirect`): each request is answered with a `308` to the
+    /// same target on `https://` at this port (see [`https_location`]).
+    https_redirect: Option<u16>,
     /// Scratch for the normalised path, reused across requests.
     key: Vec<u8>,
 }
@@ -105,6 +109,15 @@ pub struct Session {
 impl Session {
     pub fn new() -> Self {
         Session::default()
+    }
+
+    /// A session that answers every request with a `308` to `https://` on
+    /// `https_port`.
+    pub fn redirecting(https_port: u16) -> Self {
+        Session {
+            https_redirect: Some(https_port),
+            ..Session::default()
+        }
     }
 
     /// True between requests: no partial head or body is pending.
@@ -282,6 +295,19 @@ impl Session {
             }
         };
         let keep_going = if head.close { Next::Close } else { Next::Read };
+        if let Some(port) = self.https_redirect {
+            let location = normalize_target(head.target, &mut self.key)
+                .ok()
+                .and_then(|()| https_location(head.host?, head.target, port));
+            let Some(location) = location else {
+                response::write_error(out, Status::BadRequest, with_body, date, ConnectionHeader::Close);
+                report(Status::BadRequest, error_body(Status::BadRequest));
+                return Next::Linger;
+            };
+            response::write_permanent_redirect(out, &location, date, connection(head.close));
+            report(Status::PermanentRedirect, 0);
+            return keep_going;
+        }
         if head.method == Method::Unsupported {
             response::write_error(out, Status::MethodNotAllowed, true, date, connection(head.close));
             report(
@@ -313,6 +339,66 @@ impl Session {
         }
         keep_going
     }
+}
+
+/// `https://HOST[:PORT]/path?query` for a request to `target` with `Host:
+/// host`, or `None` if the host is not a plain name or IP literal. The host
+/// loses any port of its own; the path and query are the target's (its path
+/// part, for an absolute-form target), with every byte outside the URI
+/// characters percent-encoded, so nothing raw from the request reaches the
+/// header.
+pub fn https_location(host: &[u8], target: &[u8], port: u16) -> Option<Vec<u8>> {
+    let name = match host.first() {
+        Some(b'[') => {
+            let end = memchr::memchr(b']', host)?;
+            let literal = &host[1..end];
+            if literal.is_empty() || !literal.iter().all(|b| b.is_ascii_hexdigit() || b":.".contains(b)) {
+                return None;
+            }
+            let rest = &host[end + 1..];
+            if !(rest.is_empty() || (rest[0] == b':' && rest[1..].iter().all(u8::is_ascii_digit))) {
+                return None;
+            }
+            &host[..=end]
+        }
+        _ => {
+            let name_end = memchr::memchr(b':', host).unwrap_or(host.len());
+            let (name, port_part) = host.split_at(name_end);
+            if name.is_empty()
+                || name.len() > 253
+                || !name.iter().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(b))
+                || !(port_part.is_empty() || port_part[1..].iter().all(u8::is_ascii_digit))
+            {
+                return None;
+            }
+            name
+        }
+    };
+    let path_start = if target.first() == Some(&b'/') {
+        0
+    } else {
+        let after_scheme = memchr::memmem::find(target, b"://").map_or(0, |i| i + 3);
+        memchr::memchr(b'/', &target[after_scheme..]).map_or(target.len(), |i| after_scheme + i)
+    };
+    let path = &target[path_start..];
+    let path = &path[..memchr::memchr(b'#', path).unwrap_or(path.len())];
+    let mut location = Vec::with_capacity(16 + name.len() + path.len());
+    location.extend_from_slice(b"https://");
+    location.extend_from_slice(&name.to_ascii_lowercase());
+    if port != 443 {
+        location.extend_from_slice(format!(":{port}").as_bytes());
+    }
+    if path.is_empty() {
+        location.push(b'/');
+    }
+    for &byte in path {
+        if byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&byte) {
+            location.push(byte);
+        } else {
+            location.extend_from_slice(format!("%{byte:02X}").as_bytes());
+        }
+    }
+    Some(location)
 }
 
 /// A refused request: the error page, `Connection: close`, reported.
