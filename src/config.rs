@@ -19,6 +19,8 @@ use crate::engine::{
     Timeouts, UringOptions,
 };
 use crate::files::LoadOptions;
+use crate::protocol::{Listen, ListenKind};
+use crate::tls::CertPaths;
 use crate::files::load::DEFAULT_MAX_CACHED_FILE_BYTES;
 use crate::http::Limits;
 use crate::http::request::{
@@ -36,9 +38,29 @@ pub struct Cli {
     #[arg(long, default_value = default_root())]
     pub root: PathBuf,
 
-    /// Address and port to listen on (port 0 picks a free port).
-    #[arg(long, default_value = DEFAULT_LISTEN)]
-    pub listen: SocketAddr,
+    /// Address and port to serve plain HTTP on (port 0 picks a free port);
+    /// repeat for several [default: 127.0.0.1:8080, unless --tls-listen is
+    /// given]. With --tls-cert and no --tls-listen, these serve HTTPS.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<SocketAddr>,
+
+    /// Address and port to serve HTTPS on; repeat for several. Needs
+    /// --tls-cert and --tls-key.
+    #[arg(long, value_name = "ADDR", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_listen: Vec<SocketAddr>,
+
+    /// Certificate chain for HTTPS (PEM, leaf first). Reloaded on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key for HTTPS (PEM: PKCS#8, RSA or SEC1). Reloaded on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Answer every request on the plain HTTP listeners with a 308 redirect to
+    /// the same URL on https:// (the first --tls-listen port).
+    #[arg(long, requires = "tls_listen")]
+    pub https_redirect: bool,
 
     /// Worker threads, one event loop and one listener each [default: the CPUs this process may use].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -244,13 +266,47 @@ impl Cli {
         }
     }
 
+    /// Where the certificate and key are, if HTTPS is on.
+    pub fn cert_paths(&self) -> Option<CertPaths> {
+        Some(CertPaths {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+        })
+    }
+
+    /// The addresses to listen on and what each serves (see the flags).
+    pub fn listens(&self) -> Vec<Listen> {
+        let tls = self.tls_cert.is_some();
+        let mut plain = self.listen.clone();
+        if plain.is_empty() && self.tls_listen.is_empty() {
+            plain.push(DEFAULT_LISTEN.parse().expect("the default address parses"));
+        }
+        let mut listens = Vec::new();
+        if tls && self.tls_listen.is_empty() {
+            listens.extend(plain.iter().map(|&addr| Listen::https(addr)));
+            return listens;
+        }
+        listens.extend(self.tls_listen.iter().map(|&addr| Listen::https(addr)));
+        let https_port = self.tls_listen.first().map_or(443, SocketAddr::port);
+        listens.extend(plain.iter().map(|&addr| Listen {
+            addr,
+            kind: if self.https_redirect {
+                ListenKind::HttpRedirect { https_port }
+            } else {
+                ListenKind::Http
+            },
+        }));
+        listens
+    }
+
     pub fn server_config(&self) -> ServerConfig {
         let workers = self
             .workers
             .map(usize::from)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         ServerConfig {
-            listen: self.listen,
+            listen: self.listens(),
+            tls: None,
             workers,
             engine: self.engine,
             backlog: self.backlog,
@@ -292,7 +348,7 @@ mod tests {
     #[test]
     fn defaults_serve_the_bundled_site_on_8080() {
         let cli = Cli::try_parse_from(["ringserve"]).unwrap();
-        assert_eq!(cli.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(cli.listens(), [Listen::http(DEFAULT_LISTEN.parse().unwrap())]);
         assert!(cli.root.ends_with("static"));
         assert_eq!(cli.engine, EngineKind::Uring);
         assert!(cli.server_config().workers >= 1);
@@ -387,6 +443,61 @@ mod tests {
         let off = Cli::try_parse_from(["ringserve"]).unwrap().server_config();
         assert_eq!(off.access_log, None, "the access log is off by default");
         assert_eq!(off.timeouts, Timeouts::default());
+    }
+
+    #[test]
+    fn listeners_http_https_and_redirect() {
+        let addr = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        let parse = |args: &[&str]| {
+            let mut all = vec!["ringserve"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all)
+        };
+        let cli = parse(&["--listen", "127.0.0.1:1", "--listen", "[::1]:2"]).unwrap();
+        assert_eq!(
+            cli.listens(),
+            [Listen::http(addr("127.0.0.1:1")), Listen::http(addr("[::1]:2"))]
+        );
+        assert_eq!(cli.cert_paths(), None);
+        // A certificate alone turns the (default) listener into HTTPS.
+        let cli = parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap();
+        assert_eq!(cli.listens(), [Listen::https(addr(DEFAULT_LISTEN))]);
+        assert_eq!(
+            cli.cert_paths(),
+            Some(CertPaths {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            })
+        );
+        // Side by side, with the plain one redirecting to the HTTPS port.
+        let cli = parse(&[
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-listen",
+            "127.0.0.1:8443",
+            "--listen",
+            "127.0.0.1:8080",
+            "--https-redirect",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.listens(),
+            [
+                Listen::https(addr("127.0.0.1:8443")),
+                Listen {
+                    addr: addr("127.0.0.1:8080"),
+                    kind: ListenKind::HttpRedirect { https_port: 8443 }
+                }
+            ]
+        );
+        // Only --tls-listen: no plain listener at all.
+        let cli = parse(&["--tls-cert", "c", "--tls-key", "k", "--tls-listen", "127.0.0.1:9"]).unwrap();
+        assert_eq!(cli.listens(), [Listen::https(addr("127.0.0.1:9"))]);
+        assert!(parse(&["--tls-cert", "c.pem"]).is_err(), "a certificate needs its key");
+        assert!(parse(&["--tls-listen", "127.0.0.1:9"]).is_err(), "HTTPS needs a certificate");
+        assert!(parse(&["--https-redirect"]).is_err(), "a redirect needs an HTTPS listener");
     }
 
     #[test]

@@ -1,19 +1,21 @@
 //! `ringserve`: parse the command line, load the snapshot, run the engine
 //! until SIGINT or SIGTERM. A second signal exits at once. SIGHUP (and, with
-//! `--watch`, a change under the root) reloads the snapshot atomically.
+//! `--watch`, a change under the root) reloads the snapshot atomically, and
+//! with HTTPS the certificate and key too.
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use clap::Parser;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use ringserve::config::Cli;
-use ringserve::engine::Server;
+use ringserve::engine::{ListenKind, Server};
 use ringserve::files::reload::{self, Reloader};
 use ringserve::files::{Snapshot, SnapshotHandle};
+use ringserve::tls::TlsHandle;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -34,13 +36,31 @@ fn run(cli: &Cli) -> Result<(), String> {
     let snapshot = Snapshot::load(&options).map_err(|e| e.to_string())?;
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
     reload::release_freed_memory();
-    let config = cli.server_config();
+    let mut config = cli.server_config();
+    if let Some(paths) = cli.cert_paths() {
+        let (tls, cert) = TlsHandle::load(&paths).map_err(|e| e.to_string())?;
+        if cert.is_expired(SystemTime::now()) {
+            eprintln!(
+                "ringserve: warning: the TLS certificate in {} has expired; serving it anyway",
+                paths.cert.display()
+            );
+        }
+        config.tls = Some(tls);
+    }
     let stats = snapshot.stats();
     let handle = SnapshotHandle::new(Arc::new(snapshot));
     let server = Server::start_with_handle(&config, handle.clone()).map_err(|e| e.to_string())?;
+    let urls: Vec<String> = server
+        .local_addrs()
+        .iter()
+        .map(|listen| match listen.kind {
+            ListenKind::HttpRedirect { .. } => format!("http://{} (redirecting to https)", listen.addr),
+            _ => format!("{}://{}", listen.scheme(), listen.addr),
+        })
+        .collect();
     println!(
-        "ringserve listening on http://{} (engine {}, {} workers, {} files, {} bytes, loaded in {:.1} ms)",
-        server.local_addr(),
+        "ringserve listening on {} (engine {}, {} workers, {} files, {} bytes, loaded in {:.1} ms)",
+        urls.join(", "),
         server.engine(),
         server.worker_count(),
         stats.files,
@@ -58,7 +78,11 @@ fn run(cli: &Cli) -> Result<(), String> {
         stats.compressed_best_bytes
     );
 
-    let (reload_requests, _reload_thread) = Reloader::new(options.clone(), handle)
+    let mut reloader = Reloader::new(options.clone(), handle);
+    if let Some(tls) = &config.tls {
+        reloader = reloader.with_tls(tls.clone());
+    }
+    let (reload_requests, _reload_thread) = reloader
         .spawn()
         .map_err(|e| format!("cannot start the reload thread: {e}"))?;
     let _watcher = if cli.watch {

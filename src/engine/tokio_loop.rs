@@ -48,7 +48,9 @@ use crate::engine::{
 };
 use crate::files::SnapshotHandle;
 use crate::http::response::{FileRange, Piece};
-use crate::http::{DeadlineClock, Expiry, Limits, Next, Observer, Output, Session, Timeouts};
+use crate::http::{DeadlineClock, Expiry, Limits, Next, Observer, Output, Timeouts};
+use crate::protocol::{ListenKind, Protocol};
+use crate::tls::{Pull, TlsHandle};
 
 /// What the connection tasks of one worker share (by `Rc`: never across threads).
 struct WorkerContext {
@@ -57,6 +59,7 @@ struct WorkerContext {
     timeouts: Timeouts,
     connections: Connections,
     access_log: Option<RefCell<WorkerLog>>,
+    tls: Option<TlsHandle>,
 }
 
 /// A listening socket of one engine.
@@ -142,18 +145,22 @@ impl From<WriteFailed> for Ending {
     }
 }
 
-/// Takes over the worker's listener with `adopt` (inside the runtime, which
-/// some engines need to register it), reports readiness, accepts and serves
-/// until the stop signal, then drains.
-pub(crate) async fn run_worker_loop<A: Acceptor>(
+/// Takes over the worker's listeners with `adopt` (inside the runtime,
+/// which some engines need to register them), reports readiness, accepts
+/// on each (one task per listener) and serves until the stop signal, then
+/// drains.
+pub(crate) async fn run_worker_loop<A: Acceptor + 'static>(
     mut worker: Worker,
     ready: Ready,
-    adopt: impl FnOnce(std::net::TcpListener) -> io::Result<A>,
+    adopt: impl Fn(std::net::TcpListener) -> io::Result<A>,
 ) {
-    let acceptor = match adopt(worker.listener) {
-        Ok(acceptor) => acceptor,
-        Err(e) => return ready.report(Err(e)),
-    };
+    let mut acceptors = Vec::with_capacity(worker.listeners.len());
+    for (listener, kind) in std::mem::take(&mut worker.listeners) {
+        match adopt(listener) {
+            Ok(acceptor) => acceptors.push((acceptor, kind)),
+            Err(e) => return ready.report(Err(e)),
+        }
+    }
     ready.report(Ok(()));
     let context = Rc::new(WorkerContext {
         snapshot: worker.snapshot,
@@ -161,43 +168,61 @@ pub(crate) async fn run_worker_loop<A: Acceptor>(
         timeouts: worker.timeouts,
         connections: Connections::new(worker.max_connections),
         access_log: worker.access_log.take().map(RefCell::new),
+        tls: worker.tls.take(),
     });
     if context.access_log.is_some() {
         tokio::task::spawn_local(flush_log_every_second(Rc::clone(&context)));
     }
+    let accepting: Vec<_> = acceptors
+        .into_iter()
+        .map(|(acceptor, kind)| {
+            tokio::task::spawn_local(accept_loop(acceptor, kind, worker.index, Rc::clone(&context)))
+        })
+        .collect();
+    worker.shutdown.wait().await;
+    // Ending the accept tasks drops (closes) the listeners: new clients are
+    // refused while the connections drain.
+    for task in &accepting {
+        task.abort();
+    }
+    for task in accepting {
+        let _ = task.await;
+    }
+    context.connections.drain(worker.shutdown_grace).await;
+    if let Some(log) = &context.access_log {
+        log.borrow_mut().flush();
+    }
+}
+
+/// Accepts on one listener, under the worker's connection cap, and spawns a
+/// task per connection speaking what the listener serves.
+async fn accept_loop<A: Acceptor>(acceptor: A, kind: ListenKind, worker: usize, context: Rc<WorkerContext>) {
     let mut backoff = AcceptBackoff::default();
     loop {
-        let accepted = tokio::select! {
-            accepted = async {
-                context.connections.wait_for_room().await;
-                acceptor.accept().await
-            } => accepted,
-            () = worker.shutdown.wait() => break,
-        };
-        match accepted {
+        context.connections.wait_for_room().await;
+        match acceptor.accept().await {
             Ok((connection, peer)) => {
-                backoff.on_success(worker.index);
+                backoff.on_success(worker);
                 // Registered here, not in the task: the cap must count it
                 // before the next accept.
                 let registration = context.connections.register(connection.raw_fd());
+                let Some(protocol) = Protocol::new(kind, context.tls.as_ref()) else {
+                    continue;
+                };
                 tokio::task::spawn_local(serve_connection(
                     connection,
+                    protocol,
                     registration,
                     peer,
                     Rc::clone(&context),
                 ));
             }
             Err(e) => {
-                if let Some(pause) = backoff.on_error(worker.index, &e) {
+                if let Some(pause) = backoff.on_error(worker, &e) {
                     tokio::time::sleep(pause).await;
                 }
             }
         }
-    }
-    drop(acceptor);
-    context.connections.drain(worker.shutdown_grace).await;
-    if let Some(log) = &context.access_log {
-        log.borrow_mut().flush();
     }
 }
 
@@ -216,15 +241,16 @@ async fn flush_log_every_second(context: Rc<WorkerContext>) {
 /// is dropped before the socket closes.
 async fn serve_connection<C: ConnectionIo>(
     mut connection: C,
+    mut protocol: Protocol,
     registration: Registration,
     peer: SocketAddr,
     context: Rc<WorkerContext>,
 ) {
     let ending = match &context.access_log {
-        None => run_connection(&mut connection, &context, &mut ()).await,
+        None => run_connection(&mut connection, &mut protocol, &context, &mut ()).await,
         Some(log) => {
             let mut observer = ConnectionLog { log, peer: peer.ip() };
-            run_connection(&mut connection, &context, &mut observer).await
+            run_connection(&mut connection, &mut protocol, &context, &mut observer).await
         }
     };
     if ending == Ending::Stalled {
@@ -239,6 +265,7 @@ async fn serve_connection<C: ConnectionIo>(
 
 async fn run_connection<C: ConnectionIo, O: Observer>(
     connection: &mut C,
+    protocol: &mut Protocol,
     context: &WorkerContext,
     observer: &mut O,
 ) -> Ending {
@@ -246,12 +273,11 @@ async fn run_connection<C: ConnectionIo, O: Observer>(
     let mut clock = DeadlineClock::new(Instant::now());
     let timer = connection_timer(Instant::now() + timeouts.head);
     tokio::pin!(timer);
-    let mut session = Session::new();
     let mut input: Vec<u8> = Vec::with_capacity(READ_BUFFER_BYTES);
     let mut output = Output::with_capacity(READ_BUFFER_BYTES);
     loop {
         // One load per batch: every request of the batch sees one snapshot.
-        let progress = session.on_input_observed(
+        let progress = protocol.on_input_observed(
             &input,
             &context.snapshot.load(),
             &context.limits,
@@ -264,13 +290,17 @@ async fn run_connection<C: ConnectionIo, O: Observer>(
                 return failed.into();
             }
         }
+        if let Err(failed) = write_sealed(connection, protocol, &mut output, timer.as_mut(), timeouts).await {
+            return failed.into();
+        }
         match progress.next {
             Next::Read => {}
             Next::Write => continue,
             Next::Close => return Ending::Clean,
             Next::Linger => return linger(connection, input, timeouts).await,
         }
-        let deadline = clock.for_read(&session, input.len(), Instant::now(), timeouts);
+        let buffered = protocol.buffered(input.len());
+        let deadline = clock.for_read(protocol.session(), buffered, Instant::now(), timeouts);
         if deadline.expiry == Expiry::RequestTimeout {
             // A head is partly here (rare: most heads arrive in one read).
             // Read into a second buffer, so the partial head stays ours for
@@ -280,15 +310,17 @@ async fn run_connection<C: ConnectionIo, O: Observer>(
                 Some(Ok(0) | Err(_)) => return Ending::Clean,
                 Some(Ok(_)) => input.extend_from_slice(&spare),
                 None => {
-                    session.on_head_timeout(&input, &mut output, observer);
-                    return match connection
-                        .write_output(&mut output, timer.as_mut(), timeouts)
-                        .await
-                    {
-                        Ok(()) => linger(connection, Vec::new(), timeouts)
+                    let next = protocol.on_head_timeout(&input, &mut output, observer);
+                    let written = match write_output(connection, &mut output, timer.as_mut(), timeouts).await {
+                        Ok(()) => write_sealed(connection, protocol, &mut output, timer.as_mut(), timeouts).await,
+                        Err(failed) => Err(failed),
+                    };
+                    return match (written, next) {
+                        (Ok(()), Next::Linger) => linger(connection, Vec::new(), timeouts)
                             .await
                             .max(Ending::Abandoned),
-                        Err(failed) => Ending::from(failed).max(Ending::Abandoned),
+                        (Ok(()), _) => Ending::Abandoned,
+                        (Err(failed), _) => Ending::from(failed).max(Ending::Abandoned),
                     };
                 }
             }
@@ -337,6 +369,38 @@ async fn write_output<C: ConnectionIo>(
         connection.write_output(&mut segment, timer, timeouts).await?;
     }
     Ok(())
+}
+
+/// Sends what the protocol has still to send after its plain output (for
+/// TLS: sealed records, and file chunks read here, sealed, then sent), until
+/// it is done. Nothing for plain HTTP.
+async fn write_sealed<C: ConnectionIo>(
+    connection: &mut C,
+    protocol: &mut Protocol,
+    output: &mut Output,
+    mut timer: Pin<&mut Sleep>,
+    timeouts: &Timeouts,
+) -> Result<(), WriteFailed> {
+    let mut buffer = BytesMut::new();
+    loop {
+        match protocol.pull_output(output) {
+            Pull::Done => return Ok(()),
+            Pull::Send => {}
+            Pull::ReadFile(chunk) => {
+                let reader = connection.open_file(&chunk.file).map_err(|_| WriteFailed::File)?;
+                buffer.clear();
+                buffer.reserve(chunk.len);
+                let (read, filled) = connection.read_file_at(&reader, chunk.offset, chunk.len, buffer).await;
+                let read = read.unwrap_or(0);
+                if !protocol.seal_file_chunk(&filled[..read.min(filled.len())], output) {
+                    return Err(WriteFailed::File);
+                }
+                buffer = filled;
+            }
+        }
+        connection.write_output(output, timer.as_mut(), timeouts).await?;
+        output.clear();
+    }
 }
 
 /// Sends `range` from disk: read a chunk, send it (each write with its send
