@@ -19,14 +19,14 @@ use crate::engine::{
     Timeouts, UringOptions,
 };
 use crate::files::LoadOptions;
-use crate::protocol::{Listen, ListenKind};
-use crate::tls::CertPaths;
 use crate::files::load::DEFAULT_MAX_CACHED_FILE_BYTES;
 use crate::http::Limits;
 use crate::http::request::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEAD_BYTES, DEFAULT_MAX_HEADER_COUNT, DEFAULT_MAX_REQUEST_LINE_BYTES,
     HEADER_COUNT_CEILING,
 };
+use crate::protocol::{Listen, ListenKind};
+use crate::tls::CertPaths;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
@@ -495,9 +495,18 @@ mod tests {
         // Only --tls-listen: no plain listener at all.
         let cli = parse(&["--tls-cert", "c", "--tls-key", "k", "--tls-listen", "127.0.0.1:9"]).unwrap();
         assert_eq!(cli.listens(), [Listen::https(addr("127.0.0.1:9"))]);
-        assert!(parse(&["--tls-cert", "c.pem"]).is_err(), "a certificate needs its key");
-        assert!(parse(&["--tls-listen", "127.0.0.1:9"]).is_err(), "HTTPS needs a certificate");
-        assert!(parse(&["--https-redirect"]).is_err(), "a redirect needs an HTTPS listener");
+        assert!(
+            parse(&["--tls-cert", "c.pem"]).is_err(),
+            "a certificate needs its key"
+        );
+        assert!(
+            parse(&["--tls-listen", "127.0.0.1:9"]).is_err(),
+            "HTTPS needs a certificate"
+        );
+        assert!(
+            parse(&["--https-redirect"]).is_err(),
+            "a redirect needs an HTTPS listener"
+        );
     }
 
     #[test]

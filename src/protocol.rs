@@ -80,7 +80,9 @@ impl Protocol {
     pub fn new(kind: ListenKind, tls: Option<&TlsHandle>) -> Option<Protocol> {
         match kind {
             ListenKind::Http => Some(Protocol::Plain(Session::new())),
-            ListenKind::HttpRedirect { https_port } => Some(Protocol::Plain(Session::redirecting(https_port))),
+            ListenKind::HttpRedirect { https_port } => {
+                Some(Protocol::Plain(Session::redirecting(https_port)))
+            }
             ListenKind::Https => {
                 let config = tls?.current();
                 TlsSession::new(config).ok().map(|s| Protocol::Tls(Box::new(s)))
@@ -125,7 +127,13 @@ impl Protocol {
         }
     }
 
-    pub fn on_input(&mut self, input: &[u8], snapshot: &Snapshot, limits: &Limits, out: &mut Output) -> Progress {
+    pub fn on_input(
+        &mut self,
+        input: &[u8],
+        snapshot: &Snapshot,
+        limits: &Limits,
+        out: &mut Output,
+    ) -> Progress {
         self.on_input_observed(input, snapshot, limits, out, &mut ())
     }
 
@@ -146,7 +154,12 @@ impl Protocol {
 
     /// The head deadline passed with `partial` unconsumed: the `408` (or,
     /// before a TLS handshake completed, [`Next::Close`] and no output).
-    pub fn on_head_timeout<O: Observer>(&mut self, partial: &[u8], out: &mut Output, observer: &mut O) -> Next {
+    pub fn on_head_timeout<O: Observer>(
+        &mut self,
+        partial: &[u8],
+        out: &mut Output,
+        observer: &mut O,
+    ) -> Next {
         match self {
             Protocol::Plain(session) => session.on_head_timeout(partial, out, observer),
             Protocol::Tls(tls) => tls.on_head_timeout(observer),

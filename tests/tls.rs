@@ -68,12 +68,7 @@ fn issue(ca_name: &str, expired: bool) -> (CertificateDer<'static>, String, Stri
     }
     let leaf_key = rcgen::KeyPair::generate().unwrap();
     let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
-    (
-        ca.der().clone(),
-        ca.pem(),
-        leaf.pem(),
-        leaf_key.serialize_pem(),
-    )
+    (ca.der().clone(), ca.pem(), leaf.pem(), leaf_key.serialize_pem())
 }
 
 fn tls_handle(pki: &Pki) -> TlsHandle {
@@ -215,7 +210,10 @@ fn try_get_book(addr: SocketAddr, config: &Arc<ClientConfig>) -> Result<u16, Str
         }
     }
     let text = String::from_utf8_lossy(&head);
-    text.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| text.into_owned())
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| text.into_owned())
 }
 
 fn book() -> Vec<u8> {
@@ -251,13 +249,7 @@ fn get_book_over_https_with_rustls_and_ureq_on_every_engine() {
                 .build(),
         );
         let url = format!("https://localhost:{}/book", server.addr().port());
-        let body = agent
-            .get(&url)
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_vec()
-            .unwrap();
+        let body = agent.get(&url).call().unwrap().body_mut().read_to_vec().unwrap();
         assert_eq!(body, book());
         // Plain HTTP client to the HTTPS port: refused, not served.
         assert!(
@@ -275,7 +267,8 @@ fn pipelining_keep_alive_ranges_and_304_over_tls_on_every_engine() {
     let config = client_config(&[&pki.ca_der]);
     let site = TempSite::new();
     let big = support::pattern_bytes(300 * 1024);
-    site.write("big.bin", &big).write("small.txt", b"0123456789abcdef");
+    site.write("big.bin", &big)
+        .write("small.txt", b"0123456789abcdef");
     for_each_engine(|engine| {
         let server = https_server(engine, &pki, site.path());
         let mut client = TlsClient::connect(server.addr(), &config);
@@ -356,7 +349,7 @@ fn plain_and_https_listeners_side_by_side_and_the_https_redirect() {
         // Plain beside HTTPS.
         let mut both = ServerConfig::loopback_tls(engine, tls_handle(&pki));
         both.listen.push(Listen::http(loopback));
-        let server = TestServer::with_options(both, &LoadOptions::new(&static_root()));
+        let server = TestServer::with_options(both, &LoadOptions::new(static_root()));
         let https = server.server().addr_of(ListenKind::Https).unwrap();
         let http = server.server().addr_of(ListenKind::Http).unwrap();
         assert_eq!(TlsClient::connect(https, &config).get("/book").body, book());
@@ -370,7 +363,7 @@ fn plain_and_https_listeners_side_by_side_and_the_https_redirect() {
             addr: loopback,
             kind: ListenKind::HttpRedirect { https_port: 0 },
         });
-        let server = TestServer::with_options(redirecting, &LoadOptions::new(&static_root()));
+        let server = TestServer::with_options(redirecting, &LoadOptions::new(static_root()));
         let https_port = server.server().addr_of(ListenKind::Https).unwrap().port();
         let http = server
             .server()
@@ -405,7 +398,7 @@ fn bad_input_on_the_tls_port_closes_at_once_and_harms_no_one_on_every_engine() {
     for_each_engine(|engine| {
         let mut server_config = ServerConfig::loopback_tls(engine, tls_handle(&pki));
         server_config.timeouts.head = Duration::from_millis(1500);
-        let server = TestServer::with_options(server_config, &LoadOptions::new(&static_root()));
+        let server = TestServer::with_options(server_config, &LoadOptions::new(static_root()));
         // A client in the middle of a keep-alive conversation throughout.
         let mut bystander = TlsClient::connect(server.addr(), &config);
         assert_eq!(bystander.get("/book").status, 200);
@@ -443,7 +436,12 @@ fn bad_input_on_the_tls_port_closes_at_once_and_harms_no_one_on_every_engine() {
             );
             // Whatever came back is a TLS alert record, never HTTP.
             if !reply.is_empty() {
-                assert_eq!(reply[0], 0x15, "{name}: answered with {:?}", &reply[..reply.len().min(16)]);
+                assert_eq!(
+                    reply[0],
+                    0x15,
+                    "{name}: answered with {:?}",
+                    &reply[..reply.len().min(16)]
+                );
             }
         }
 
@@ -451,7 +449,9 @@ fn bad_input_on_the_tls_port_closes_at_once_and_harms_no_one_on_every_engine() {
         let started = Instant::now();
         let mut stalled = TcpStream::connect(server.addr()).unwrap();
         stalled.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        stalled.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01]).unwrap();
+        stalled
+            .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01])
+            .unwrap();
         let mut reply = Vec::new();
         let _ = stalled.read_to_end(&mut reply);
         let waited = started.elapsed();
@@ -479,7 +479,7 @@ fn a_partial_head_after_the_handshake_gets_a_408_over_tls() {
     for_each_engine(|engine| {
         let mut server_config = ServerConfig::loopback_tls(engine, tls_handle(&pki));
         server_config.timeouts.head = Duration::from_millis(800);
-        let server = TestServer::with_options(server_config, &LoadOptions::new(&static_root()));
+        let server = TestServer::with_options(server_config, &LoadOptions::new(static_root()));
         let mut client = TlsClient::connect(server.addr(), &config);
         client.send(b"GET /book HTTP/1.1\r\nHost: a\r\n");
         let reply = client.read_reply(false);
@@ -546,7 +546,9 @@ impl ServerProcess {
     }
 
     fn open_descriptors(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).unwrap().count()
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
     }
 
     fn signal(&self, signal: i32) {
@@ -586,7 +588,11 @@ fn curl_with_cacert_gets_the_book_over_http_1_1_on_every_engine() {
             .arg(server.url("/book"))
             .output()
             .unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let text = String::from_utf8(output.stdout).unwrap();
         let (body, version) = text.rsplit_once('\n').unwrap();
         assert_eq!(body.as_bytes(), book());
@@ -597,7 +603,13 @@ fn curl_with_cacert_gets_the_book_over_http_1_1_on_every_engine() {
 /// Runs `openssl s_client` against `addr` with `args`, sending a request.
 fn s_client(addr: SocketAddr, ca: &Path, args: &[&str]) -> String {
     let mut child = Command::new("openssl")
-        .args(["s_client", "-connect", &addr.to_string(), "-servername", "localhost"])
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "localhost",
+        ])
         .arg("-CAfile")
         .arg(ca)
         .args(["-verify_return_error", "-ign_eof"])
@@ -619,7 +631,10 @@ fn s_client(addr: SocketAddr, ca: &Path, args: &[&str]) -> String {
 
 #[test]
 fn openssl_s_client_tls_1_2_and_1_3_with_resumption_on_every_engine() {
-    assert!(tool_available("openssl"), "openssl is required (apt-get install openssl)");
+    assert!(
+        tool_available("openssl"),
+        "openssl is required (apt-get install openssl)"
+    );
     let pki = make_pki("ringserve test CA", false);
     for_each_engine(|engine| {
         let server = ServerProcess::start(engine, &static_root(), &pki, &[]);
@@ -628,12 +643,18 @@ fn openssl_s_client_tls_1_2_and_1_3_with_resumption_on_every_engine() {
             let session = dir.path().join(format!("session-{version}.pem"));
             let session = session.to_str().unwrap();
             let first = s_client(server.addr, &pki.ca_path, &[flag, "-sess_out", session]);
-            assert!(first.contains(&format!("Protocol  : {name}")) || first.contains(&format!("New, {name}")), "{first}");
+            assert!(
+                first.contains(&format!("Protocol  : {name}")) || first.contains(&format!("New, {name}")),
+                "{first}"
+            );
             assert!(first.contains("Verify return code: 0 (ok)"), "{first}");
             assert!(first.contains("HTTP/1.1 200 OK"), "{first}");
             assert!(first.contains("\"The Great Gatsby\""), "{first}");
             let second = s_client(server.addr, &pki.ca_path, &[flag, "-sess_in", session]);
-            assert!(second.contains("Reused, "), "TLS {version} session not resumed:\n{second}");
+            assert!(
+                second.contains("Reused, "),
+                "TLS {version} session not resumed:\n{second}"
+            );
             assert!(second.contains("HTTP/1.1 200 OK"), "{second}");
         }
         // No TLS 1.1 or older.
@@ -674,7 +695,14 @@ fn a_256_mib_file_over_tls_is_intact_with_flat_memory_on_every_engine() {
         let status = Command::new("sh").args(["-c", &compare]).status().unwrap();
         assert!(status.success(), "the download over TLS differs from the file");
         let range = Command::new("curl")
-            .args(["--silent", "--fail", "--max-time", "60", "-r", "134217728-134217735"])
+            .args([
+                "--silent",
+                "--fail",
+                "--max-time",
+                "60",
+                "-r",
+                "134217728-134217735",
+            ])
             .arg("--cacert")
             .arg(&pki.ca_path)
             .arg(server.url("/large.bin"))
@@ -685,8 +713,13 @@ fn a_256_mib_file_over_tls_is_intact_with_flat_memory_on_every_engine() {
         }
         let peak = server.status_kib("VmHWM");
         let grown_kib = peak.saturating_sub(rss_before);
-        eprintln!("{engine}: {mib} MiB over TLS; RSS {rss_before} KiB before, peak {peak} KiB (+{grown_kib} KiB)");
-        assert!(grown_kib < 32 * 1024, "memory grew by {grown_kib} KiB streaming {mib} MiB over TLS");
+        eprintln!(
+            "{engine}: {mib} MiB over TLS; RSS {rss_before} KiB before, peak {peak} KiB (+{grown_kib} KiB)"
+        );
+        assert!(
+            grown_kib < 32 * 1024,
+            "memory grew by {grown_kib} KiB streaming {mib} MiB over TLS"
+        );
     });
 }
 
@@ -760,7 +793,11 @@ fn sighup_swaps_the_certificate_under_load_on_every_engine() {
             try_get_book(addr, &only_new).is_err(),
             "the new CA cannot verify the old certificate"
         );
-        assert_eq!(try_get_book(addr, &both), Ok(200), "the old certificate still serves");
+        assert_eq!(
+            try_get_book(addr, &both),
+            Ok(200),
+            "the old certificate still serves"
+        );
         // Then the new pair, written together, then SIGHUP.
         std::fs::write(&old.paths.key, &new_key).unwrap();
         std::fs::write(&old.paths.cert, &new_cert).unwrap();
@@ -775,7 +812,9 @@ fn sighup_swaps_the_certificate_under_load_on_every_engine() {
         }
         stop.store(true, Ordering::Relaxed);
         for thread in load {
-            thread.join().expect("a request failed across the certificate swap");
+            thread
+                .join()
+                .expect("a request failed across the certificate swap");
         }
         assert!(served.load(Ordering::Relaxed) > 10);
         // Restore the original pair for the next engine.
@@ -803,9 +842,21 @@ fn a_bad_certificate_at_start_is_one_line_and_exit_1_an_expired_one_a_warning() 
     let missing = pki.paths.cert.with_file_name("missing.pem");
     let cases = [
         (missing.as_path(), pki.paths.key.as_path(), "cannot read"),
-        (pki.paths.cert.as_path(), other.paths.key.as_path(), "does not match"),
-        (pki.paths.cert.as_path(), pki.paths.cert.as_path(), "no usable PEM private key"),
-        (pki.paths.key.as_path(), pki.paths.key.as_path(), "no PEM certificate"),
+        (
+            pki.paths.cert.as_path(),
+            other.paths.key.as_path(),
+            "does not match",
+        ),
+        (
+            pki.paths.cert.as_path(),
+            pki.paths.cert.as_path(),
+            "no usable PEM private key",
+        ),
+        (
+            pki.paths.key.as_path(),
+            pki.paths.key.as_path(),
+            "no PEM certificate",
+        ),
     ];
     for (cert, key, expected) in cases {
         let output = run(cert, key);
@@ -827,9 +878,13 @@ fn a_bad_certificate_at_start_is_one_line_and_exit_1_an_expired_one_a_warning() 
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let mut warning = String::new();
-    BufReader::new(child.stderr.take().unwrap()).read_line(&mut warning).unwrap();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut warning)
+        .unwrap();
     let _ = child.kill();
     let _ = child.wait();
     assert!(line.contains("https://127.0.0.1:"), "{line}");

@@ -54,11 +54,11 @@ use std::time::Duration;
 use crate::access_log::{AccessLog, AccessLogConfig, WorkerLog};
 use crate::files::{Snapshot, SnapshotHandle};
 use crate::http::Limits;
-pub use crate::protocol::{Listen, ListenKind};
-use crate::tls::TlsHandle;
 pub use crate::http::deadline::{
     DEFAULT_HEAD_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_LINGER_MS, DEFAULT_SEND_TIMEOUT_MS, Timeouts,
 };
+pub use crate::protocol::{Listen, ListenKind};
+use crate::tls::TlsHandle;
 
 pub use listener::BindError;
 pub use shutdown::Shutdown;
@@ -282,8 +282,8 @@ impl Server {
         let mut per_address = Vec::with_capacity(config.listen.len());
         let mut local_addrs = Vec::with_capacity(config.listen.len());
         for listen in &config.listen {
-            let bound =
-                listener::bind_listeners(listen.addr, worker_count, config.backlog).map_err(StartError::Bind)?;
+            let bound = listener::bind_listeners(listen.addr, worker_count, config.backlog)
+                .map_err(StartError::Bind)?;
             let addr = bound[0].local_addr().map_err(StartError::Worker)?;
             local_addrs.push(Listen {
                 addr,
@@ -293,9 +293,13 @@ impl Server {
         }
         // A redirect to an HTTPS port picked at bind time (port 0) goes to
         // the port the first HTTPS listener got.
-        let bound_https_port = local_addrs.iter().find(|l| l.kind == ListenKind::Https).map(|l| l.addr.port());
+        let bound_https_port = local_addrs
+            .iter()
+            .find(|l| l.kind == ListenKind::Https)
+            .map(|l| l.addr.port());
         for listen in &mut local_addrs {
-            if let (ListenKind::HttpRedirect { https_port: 0 }, Some(port)) = (listen.kind, bound_https_port) {
+            if let (ListenKind::HttpRedirect { https_port: 0 }, Some(port)) = (listen.kind, bound_https_port)
+            {
                 listen.kind = ListenKind::HttpRedirect { https_port: port };
             }
         }
@@ -303,7 +307,8 @@ impl Server {
             return Err(StartError::Worker(io::Error::other("no address to listen on")));
         };
         let local_addr = first.addr;
-        let mut listeners: Vec<Vec<(TcpListener, ListenKind)>> = (0..worker_count).map(|_| Vec::new()).collect();
+        let mut listeners: Vec<Vec<(TcpListener, ListenKind)>> =
+            (0..worker_count).map(|_| Vec::new()).collect();
         for (bound, listen) in per_address.iter_mut().zip(&local_addrs) {
             for worker_listeners in &mut listeners {
                 if let Some(listener) = bound.next() {

@@ -311,8 +311,11 @@ async fn run_connection<C: ConnectionIo, O: Observer>(
                 Some(Ok(_)) => input.extend_from_slice(&spare),
                 None => {
                     let next = protocol.on_head_timeout(&input, &mut output, observer);
-                    let written = match write_output(connection, &mut output, timer.as_mut(), timeouts).await {
-                        Ok(()) => write_sealed(connection, protocol, &mut output, timer.as_mut(), timeouts).await,
+                    let written = match write_output(connection, &mut output, timer.as_mut(), timeouts).await
+                    {
+                        Ok(()) => {
+                            write_sealed(connection, protocol, &mut output, timer.as_mut(), timeouts).await
+                        }
                         Err(failed) => Err(failed),
                     };
                     return match (written, next) {
@@ -390,7 +393,9 @@ async fn write_sealed<C: ConnectionIo>(
                 let reader = connection.open_file(&chunk.file).map_err(|_| WriteFailed::File)?;
                 buffer.clear();
                 buffer.reserve(chunk.len);
-                let (read, filled) = connection.read_file_at(&reader, chunk.offset, chunk.len, buffer).await;
+                let (read, filled) = connection
+                    .read_file_at(&reader, chunk.offset, chunk.len, buffer)
+                    .await;
                 let read = read.unwrap_or(0);
                 if !protocol.seal_file_chunk(&filled[..read.min(filled.len())], output) {
                     return Err(WriteFailed::File);

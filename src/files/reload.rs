@@ -130,7 +130,9 @@ impl Reloader {
         match certificate {
             Some((tls, Ok(Some((config, cert))))) => {
                 if cert.is_expired(std::time::SystemTime::now()) {
-                    eprintln!("ringserve: warning: the reloaded TLS certificate has expired; serving it anyway");
+                    eprintln!(
+                        "ringserve: warning: the reloaded TLS certificate has expired; serving it anyway"
+                    );
                 }
                 tls.replace(config);
                 eprintln!("ringserve: reloaded the TLS certificate and key");

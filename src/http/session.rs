@@ -366,7 +366,9 @@ pub fn https_location(host: &[u8], target: &[u8], port: u16) -> Option<Vec<u8>> 
             let (name, port_part) = host.split_at(name_end);
             if name.is_empty()
                 || name.len() > 253
-                || !name.iter().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(b))
+                || !name
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(b))
                 || !(port_part.is_empty() || port_part[1..].iter().all(u8::is_ascii_digit))
             {
                 return None;
@@ -798,5 +800,55 @@ GET /%zz HTTP/1.1\r\nHost: a\r\n\r\n";
         for step in 1..raw.len() {
             assert_eq!(drive(&snapshot, raw, step), whole, "step {step}");
         }
+    }
+
+    #[test]
+    fn https_locations_are_built_from_validated_parts_only() {
+        let loc = |host: &[u8], target: &[u8], port| {
+            https_location(host, target, port).map(|l| String::from_utf8(l).unwrap())
+        };
+        assert_eq!(
+            loc(b"Example.com:80", b"/a?b=1", 443).as_deref(),
+            Some("https://example.com/a?b=1")
+        );
+        assert_eq!(
+            loc(b"example.com", b"/", 8443).as_deref(),
+            Some("https://example.com:8443/")
+        );
+        assert_eq!(
+            loc(b"[::1]:8080", b"/x", 8443).as_deref(),
+            Some("https://[::1]:8443/x")
+        );
+        assert_eq!(
+            loc(b"a", b"http://other/p?q#frag", 443).as_deref(),
+            Some("https://a/p?q")
+        );
+        assert_eq!(
+            loc(b"a", b"/\xe9\"<>", 443).as_deref(),
+            Some("https://a/%E9%22%3C%3E")
+        );
+        for bad in [&b""[..], b"a b", b"a'b", b"[zz]", b"a:x", b"[::1]x", b"a@b"] {
+            assert_eq!(loc(bad, b"/", 443), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn a_redirecting_session_answers_every_request_with_308() {
+        let snapshot = Snapshot::from_memory(&[("/a.txt", b"hello")], 0);
+        let mut session = Session::redirecting(8443);
+        let mut out = Output::new();
+        let input = b"GET /a.txt HTTP/1.1\r\nHost: h\r\n\r\nPOST /b HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.0\r\n\r\n";
+        let progress = session.on_input(input, &snapshot, &Limits::default(), &mut out);
+        let text = String::from_utf8(out.to_vec_blocking().unwrap()).unwrap();
+        assert_eq!(
+            text.matches("HTTP/1.1 308 Permanent Redirect\r\n").count(),
+            2,
+            "{text}"
+        );
+        assert!(text.contains("Location: https://h:8443/a.txt\r\n"), "{text}");
+        assert!(text.contains("Location: https://h:8443/b\r\n"), "{text}");
+        // HTTP/1.0 without Host: nothing to redirect to.
+        assert!(text.contains("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+        assert_eq!(progress.next, Next::Linger);
     }
 }

@@ -37,12 +37,24 @@ pub const TLS13_TICKETS_PER_HANDSHAKE: usize = 1;
 /// Why a certificate or key could not be used.
 #[derive(Debug)]
 pub enum CertError {
-    Read { path: PathBuf, error: String },
+    Read {
+        path: PathBuf,
+        error: String,
+    },
     NoCertificate(PathBuf),
-    NoKey { path: PathBuf, error: String },
+    NoKey {
+        path: PathBuf,
+        error: String,
+    },
     /// The key is of a kind rustls cannot sign with.
-    UnsupportedKey { path: PathBuf, error: String },
-    KeyMismatch { cert: PathBuf, key: PathBuf },
+    UnsupportedKey {
+        path: PathBuf,
+        error: String,
+    },
+    KeyMismatch {
+        cert: PathBuf,
+        key: PathBuf,
+    },
     Config(String),
 }
 
@@ -288,7 +300,9 @@ fn der_element(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         if count == 0 || count > 4 || rest.len() < count {
             return None;
         }
-        let len = rest[..count].iter().fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+        let len = rest[..count]
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
         (len, &rest[count..])
     };
     if rest.len() < len {
@@ -351,7 +365,10 @@ mod tests {
 
     #[test]
     fn der_elements_refuse_truncation() {
-        assert_eq!(der_element(&[0x30, 0x02, 1, 2, 3]), Some((0x30, &[1u8, 2][..], &[3u8][..])));
+        assert_eq!(
+            der_element(&[0x30, 0x02, 1, 2, 3]),
+            Some((0x30, &[1u8, 2][..], &[3u8][..]))
+        );
         assert_eq!(der_element(&[0x30, 0x05, 1]), None);
         assert_eq!(der_element(&[0x30, 0x85, 1, 1, 1, 1, 1]), None);
         assert_eq!(der_element(&[]), None);

@@ -271,9 +271,9 @@ impl TlsSession {
         }
         // The handshake is done: the kTLS seam (see the module doc).
         let AppProtocol::Http1 = self.app_protocol();
-        let progress = self
-            .http
-            .on_input_observed(&self.plain_in, snapshot, limits, &mut self.plain_out, observer);
+        let progress =
+            self.http
+                .on_input_observed(&self.plain_in, snapshot, limits, &mut self.plain_out, observer);
         self.plain_in.drain(..progress.consumed);
         if self.plain_in.is_empty() && self.plain_in.capacity() > 0 {
             // An idle connection holds no input buffer.
@@ -307,7 +307,9 @@ impl TlsSession {
             self.ending = Ending::Closed;
             return Next::Close;
         }
-        let next = self.http.on_head_timeout(&self.plain_in, &mut self.plain_out, observer);
+        let next = self
+            .http
+            .on_head_timeout(&self.plain_in, &mut self.plain_out, observer);
         self.plain_in = Vec::new();
         self.pending.extend(self.plain_out.take_pieces());
         self.ending = Ending::CloseNotifyDue;
@@ -339,7 +341,8 @@ impl TlsSession {
                         self.pending.pop_front();
                         continue;
                     }
-                    let len = usize::try_from(range.len).map_or(FILE_CHUNK_BYTES, |l| l.min(FILE_CHUNK_BYTES));
+                    let len =
+                        usize::try_from(range.len).map_or(FILE_CHUNK_BYTES, |l| l.min(FILE_CHUNK_BYTES));
                     return Pull::ReadFile(FileChunk {
                         file: Arc::clone(&range.file),
                         offset: range.offset,
@@ -394,5 +397,184 @@ impl TlsSession {
     /// Whether the connection has nothing queued to send.
     pub fn is_output_idle(&self) -> bool {
         self.pending.is_empty() && !self.tls.wants_write() && self.ending != Ending::CloseNotifyDue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection};
+
+    use crate::files::LoadOptions;
+    use crate::http::Limits;
+    use crate::tls::certs::{LoadedCert, TlsState};
+
+    /// A server configuration for a fresh self-signed `localhost`
+    /// certificate, and a client configuration that trusts it.
+    fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der: CertificateDer<'static> = cert.der().clone();
+        let signer = certs::provider()
+            .key_provider
+            .load_private_key(rustls::pki_types::PrivateKeyDer::Pkcs8(
+                key.serialize_der().into(),
+            ))
+            .unwrap();
+        let loaded = LoadedCert {
+            key: Arc::new(rustls::sign::CertifiedKey::new(vec![der.clone()], signer)),
+            not_after: None,
+        };
+        let server = TlsState::new().unwrap().server_config(&loaded).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let mut client = ClientConfig::builder_with_provider(certs::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        (server, Arc::new(client))
+    }
+
+    /// Plays the engine: hands `input` to the session `split` bytes at a
+    /// time, then pulls everything (reading file chunks with `pread`).
+    fn exchange(server: &mut TlsSession, snapshot: &Snapshot, input: &[u8], split: usize) -> (Vec<u8>, Next) {
+        let mut next = Next::Read;
+        let mut sent = Vec::new();
+        for part in input.chunks(split.max(1)) {
+            let progress = server.on_input(part, snapshot, &Limits::default(), &mut ());
+            assert_eq!(
+                progress.consumed,
+                part.len(),
+                "ciphertext is always consumed whole"
+            );
+            next = progress.next;
+            sent.extend(pull_all(server));
+        }
+        if input.is_empty() {
+            sent.extend(pull_all(server));
+        }
+        (sent, next)
+    }
+
+    fn pull_all(server: &mut TlsSession) -> Vec<u8> {
+        let mut sent = Vec::new();
+        let mut out = Output::new();
+        loop {
+            match server.pull_output(&mut out) {
+                Pull::Done => return sent,
+                Pull::Send => {}
+                Pull::ReadFile(chunk) => {
+                    assert!(chunk.len <= FILE_CHUNK_BYTES);
+                    let mut buffer = vec![0; chunk.len];
+                    let n =
+                        std::os::unix::fs::FileExt::read_at(&*chunk.file, &mut buffer, chunk.offset).unwrap();
+                    assert!(server.seal_file_chunk(&buffer[..n], &mut out));
+                }
+            }
+            assert!(out.as_contiguous().is_some(), "TLS output is plain bytes");
+            sent.extend(out.to_vec_blocking().unwrap());
+            out.clear();
+        }
+    }
+
+    /// Runs a client against the session until `request` is answered;
+    /// returns the plaintext the client received.
+    fn fetch(snapshot: &Snapshot, request: &[u8], split: usize) -> Vec<u8> {
+        let (server_config, client_config) = configs();
+        let mut server = TlsSession::new(server_config).unwrap();
+        let mut client =
+            ClientConnection::new(client_config, ServerName::try_from("localhost").unwrap()).unwrap();
+        client.writer().write_all(request).unwrap();
+        let mut received = Vec::new();
+        for _ in 0..20 {
+            let mut to_server = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut to_server).unwrap();
+            }
+            let (to_client, _) = exchange(&mut server, snapshot, &to_server, split);
+            let mut reader = &to_client[..];
+            while !reader.is_empty() {
+                client.read_tls(&mut reader).unwrap();
+                client.process_new_packets().unwrap();
+                let _ = client.reader().read_to_end(&mut received);
+            }
+            if to_server.is_empty() && to_client.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(client.alpn_protocol(), Some(&b"http/1.1"[..]));
+        received
+    }
+
+    #[test]
+    fn a_request_is_answered_inside_tls_whatever_the_ciphertext_splits() {
+        let snapshot = Snapshot::from_memory(&[("/a.txt", b"hello")], 0);
+        for split in [usize::MAX, 1000, 7, 1] {
+            let received = fetch(&snapshot, b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n", split);
+            let text = String::from_utf8_lossy(&received);
+            assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "split {split}: {text}");
+            assert!(text.ends_with("\r\n\r\nhello"), "split {split}: {text}");
+        }
+    }
+
+    #[test]
+    fn files_on_disk_are_sealed_chunk_by_chunk() {
+        let dir = std::env::temp_dir().join(format!("ringserve-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let content: Vec<u8> = (0..FILE_CHUNK_BYTES * 2 + 1234)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        std::fs::write(dir.join("big.bin"), &content).unwrap();
+        let mut options = LoadOptions::new(&dir);
+        options.max_cached_file_bytes = 1024;
+        let snapshot = Snapshot::load(&options).unwrap();
+        let received = fetch(&snapshot, b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n", usize::MAX);
+        let body_at = memchr::memmem::find(&received, b"\r\n\r\n").unwrap() + 4;
+        assert!(received[body_at..] == content[..], "the sealed file differs");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn plain_http_and_garbage_get_an_alert_and_close() {
+        let snapshot = Snapshot::from_memory(&[("/a.txt", b"hello")], 0);
+        let inputs: [&[u8]; 3] = [
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            &[0xff; 100],
+            &[0x16, 0x03, 0x01, 0xff, 0xff, 1, 2, 3],
+        ];
+        for input in inputs {
+            let mut server = TlsSession::new(configs().0).unwrap();
+            let (sent, next) = exchange(&mut server, &snapshot, input, usize::MAX);
+            assert_eq!(next, Next::Close, "{input:?}");
+            assert_eq!(sent.first(), Some(&0x15), "an alert record for {input:?}");
+            // Nothing more is read or answered.
+            let progress = server.on_input(b"more", &snapshot, &Limits::default(), &mut ());
+            assert_eq!(progress.next, Next::Close);
+        }
+    }
+
+    #[test]
+    fn the_head_deadline_during_the_handshake_closes_without_a_word() {
+        let snapshot = Snapshot::from_memory(&[("/a.txt", b"hello")], 0);
+        let mut server = TlsSession::new(configs().0).unwrap();
+        // The start of a ClientHello.
+        let (sent, next) = exchange(&mut server, &snapshot, &[0x16, 0x03, 0x01, 0x00, 0x40, 0x01], 1);
+        assert!(sent.is_empty());
+        assert_eq!(next, Next::Read);
+        assert!(server.is_handshaking());
+        assert_eq!(
+            server.buffered_plaintext(),
+            0,
+            "the handshake is not a partial head"
+        );
+        assert_eq!(server.on_head_timeout(&mut ()), Next::Close);
+        assert!(pull_all(&mut server).is_empty(), "no 408 before a handshake");
     }
 }

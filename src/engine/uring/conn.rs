@@ -242,9 +242,12 @@ impl Conn {
             }
             Phase::Open => {
                 let now = cx.instant(cx.now);
-                let deadline = self
-                    .clock
-                    .for_read(self.protocol.session(), self.protocol.buffered(self.carry.len()), now, cx.timeouts);
+                let deadline = self.clock.for_read(
+                    self.protocol.session(),
+                    self.protocol.buffered(self.carry.len()),
+                    now,
+                    cx.timeouts,
+                );
                 (cx.millis(deadline.at), deadline.expiry)
             }
         }

@@ -110,9 +110,9 @@ use self::slots::{SlotKey, Slots};
 use crate::access_log::{FLUSH_INTERVAL, WorkerLog};
 use crate::engine::{AcceptBackoff, READ_BUFFER_BYTES, Ready, Shutdown, Worker, set_reset_on_close};
 use crate::files::{Snapshot, SnapshotCache};
+use crate::http::{Expiry, Limits, Timeouts};
 use crate::protocol::{ListenKind, Protocol};
 use crate::tls::TlsHandle;
-use crate::http::{Expiry, Limits, Timeouts};
 
 /// Submission queue entries per worker. When the queue fills mid-iteration
 /// the loop submits early (rare: one iteration queues about one entry per
