@@ -207,6 +207,11 @@ pub struct Cli {
     #[arg(long, hide = true, default_value_t = DEFAULT_RING_ENTRIES,
           value_parser = clap::value_parser!(u32).range(8..=32768))]
     pub uring_ring_entries: u32,
+
+    /// Tests only: worker 0 fails as if its event loop had broken once it has
+    /// accepted N connections (the server must then stop and exit 1).
+    #[arg(long, hide = true, value_name = "N")]
+    pub fault_after_accepts: Option<u64>,
 }
 
 fn parse_buffer_count(value: &str) -> Result<u16, String> {
@@ -325,6 +330,7 @@ impl Cli {
             },
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             max_connections: self.max_connections,
+            fault_after_accepts: self.fault_after_accepts,
             access_log: self.access_log.clone().map(|destination| AccessLogConfig {
                 destination,
                 format: self.access_log_format,

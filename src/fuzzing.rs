@@ -5,7 +5,14 @@
 //! 1. [`check_session`]: any bytes, delivered whole or split at any
 //!    boundaries, give byte-identical output (apart from `Date` lines) and
 //!    the same connection fate; the session never panics, never consumes more
-//!    than it was given, and every output starts with a status line.
+//!    than it was given, and every output starts with a status line; and
+//!    (the graceful-close rule, as far as the core decides it) a session that
+//!    ends the connection has consumed all it was given, so that nothing it
+//!    left is ever answered later, and its last response says
+//!    `Connection: close`, so the client expects the end and reads the whole
+//!    response before it (engines then close gracefully: see
+//!    [`crate::http::session`]; `tests/properties.rs` checks that end to end
+//!    on every engine).
 //! 2. [`check_normalize`]: target normalisation never panics, and a key it
 //!    accepts is rooted, has no `.` or `..` segment, no empty segment, no NUL
 //!    or backslash, and normalises to itself.
@@ -58,6 +65,12 @@ pub fn drive(snapshot: &Snapshot, limits: &Limits, input: &[u8], pieces: &[usize
         out.clear();
         match progress.next {
             Next::Close | Next::Linger => {
+                assert!(buffer.is_empty(), "the session ended with input left unconsumed");
+                assert!(
+                    last_response_announces_close(&written),
+                    "the session ended the connection without saying so: {:?}",
+                    String::from_utf8_lossy(&written)
+                );
                 return Transcript {
                     written: blank_dates(written),
                     ended: true,
@@ -78,6 +91,16 @@ pub fn drive(snapshot: &Snapshot, limits: &Limits, input: &[u8], pieces: &[usize
             }
         }
     }
+}
+
+/// Whether the last response in `written` has a `Connection: close` field.
+/// (No body of the small site contains a status line, so the last one found
+/// starts the last response.)
+fn last_response_announces_close(written: &[u8]) -> bool {
+    let start = memchr::memmem::rfind(written, b"HTTP/1.1 ").unwrap_or(0);
+    let response = &written[start..];
+    let head_end = memchr::memmem::find(response, b"\r\n\r\n").map_or(response.len(), |end| end + 2);
+    memchr::memmem::find(&response[..head_end], b"\r\nConnection: close\r\n").is_some()
 }
 
 /// Replaces the 29 characters of every `Date:` value with `#`.

@@ -1,7 +1,8 @@
 //! `ringserve`: parse the command line, load the snapshot, run the engine
 //! until SIGINT or SIGTERM. A second signal exits at once. SIGHUP (and, with
 //! `--watch`, a change under the root) reloads the snapshot atomically, and
-//! with HTTPS the certificate and key too.
+//! with HTTPS the certificate and key too. A worker that fails stops the
+//! server, which exits 1.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -94,21 +95,30 @@ fn run(cli: &Cli) -> Result<(), String> {
         None
     };
 
+    // Signals are handled on their own thread, so that the main thread can
+    // wait for the workers: they end on a stop signal, or when one of them
+    // fails (then the server stops and exits 1, for a supervisor to restart).
     let shutdown = server.shutdown_handle();
-    for signal in signals.forever() {
-        if signal == SIGHUP {
-            let _ = reload_requests.send(());
-            continue;
-        }
-        eprintln!("ringserve: stopping (a second signal exits at once)");
-        shutdown.trigger();
-        std::thread::spawn(move || {
-            if signals.forever().any(|signal| signal != SIGHUP) {
-                std::process::exit(130);
+    std::thread::Builder::new()
+        .name("ringserve-signals".to_owned())
+        .spawn(move || {
+            let mut stopping = false;
+            for signal in signals.forever() {
+                match signal {
+                    SIGHUP => {
+                        let _ = reload_requests.send(());
+                    }
+                    _ if stopping => std::process::exit(130),
+                    _ => {
+                        eprintln!("ringserve: stopping (a second signal exits at once)");
+                        stopping = true;
+                        shutdown.trigger();
+                    }
+                }
             }
-        });
-        break;
-    }
-    server.join();
-    Ok(())
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    server
+        .wait()
+        .map_err(|failure| format!("{failure}; the server stopped"))
 }

@@ -497,3 +497,33 @@ fn a_full_disk_or_a_closed_stdout_never_stops_serving() {
         }
     });
 }
+
+/// A worker whose event loop breaks (a failed `io_uring_enter`, a panic) is
+/// never silent: the process says which worker failed and why, cuts that
+/// worker's connections (their clients see the end at once, they do not
+/// hang), and exits 1 so that a supervisor restarts it.
+#[test]
+fn a_failed_worker_stops_the_server_with_exit_status_1() {
+    for_each_engine(|engine| {
+        // The fault strikes once the worker has accepted its second client.
+        let mut server = Process::start(engine, &["--fault-after-accepts", "2"], None);
+        let mut held = server.connect();
+        assert_eq!(get(&mut held, "/book").0, 200, "{engine}");
+        let mut second = server.connect();
+        let _ = second.write_all(b"GET /book HTTP/1.1\r\nHost: a\r\n\r\n");
+        let status = server
+            .wait_for_exit(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("{engine}: the server kept running with a dead worker"));
+        assert_eq!(status.code(), Some(1), "{engine}: {status:?}");
+        let stderr = server.stderr_text();
+        assert!(stderr.contains("worker 0 failed"), "{engine}: {stderr}");
+        // The held connection ends (end of file or reset), it does not hang
+        // until the read timeout.
+        let mut rest = Vec::new();
+        match held.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("{engine}: the held connection was left open: {e}"),
+        }
+    });
+}

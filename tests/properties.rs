@@ -7,12 +7,21 @@
 //!    fate; so does any arbitrary or mutated byte stream.
 //! 2. Target normalisation never panics and never yields a key with a `..`
 //!    segment (nor `.`, empty segments, NUL or backslash).
+//! 3. The graceful-close rule, end to end on every engine: whatever a client
+//!    sends after the request that ends a connection (a body, more requests,
+//!    junk), every response before the end arrives whole, followed by a clean
+//!    end of file, never a reset that cuts it short.
 
-use std::path::Path;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use proptest::prelude::*;
+use ringserve::engine::{EngineKind, ServerConfig};
 use ringserve::files::Snapshot;
 use ringserve::fuzzing::{check_normalize, check_session, fuzz_session, small_site};
+use support::TestServer;
 
 fn site() -> &'static Snapshot {
     use std::sync::OnceLock;
@@ -156,6 +165,91 @@ proptest! {
     )) {
         let target = format!("/{}", parts.concat());
         check_normalize(target.as_bytes());
+    }
+}
+
+/// Files of the graceful-close property: `(path, length)`; the large one is
+/// streamed from disk, the others are held in memory.
+const CLOSE_FILES: [(&str, usize); 3] = [
+    ("/small.txt", 1_000),
+    ("/mem.bin", 2_000_000),
+    ("/disk.bin", 12 * 1024 * 1024),
+];
+
+fn close_site() -> PathBuf {
+    use std::sync::OnceLock;
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = std::env::temp_dir().join(format!("ringserve-close-property-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        for (path, len) in CLOSE_FILES {
+            std::fs::write(root.join(&path[1..]), support::pattern_bytes(len)).unwrap();
+        }
+        root
+    })
+    .clone()
+}
+
+/// How the last request ends its connection.
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    ConnectionClose,
+    Http10,
+    Refused,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    #[test]
+    fn no_response_is_ever_cut_short_by_the_servers_own_close(
+        keep_alive_before in 0usize..3,
+        file in 0usize..CLOSE_FILES.len(),
+        ending in prop::sample::select(vec![Ending::ConnectionClose, Ending::Http10, Ending::Refused]),
+        body in 0usize..40_000,
+        after in 0usize..40_000,
+        pause_ms in 0u64..150,
+    ) {
+        let (path, len) = CLOSE_FILES[file];
+        let mut raw = Vec::new();
+        let mut expected = Vec::new();
+        for _ in 0..keep_alive_before {
+            raw.extend_from_slice(b"GET /small.txt HTTP/1.1\r\nHost: a\r\n\r\n");
+            expected.push((200, CLOSE_FILES[0].1));
+        }
+        match ending {
+            Ending::ConnectionClose => {
+                raw.extend_from_slice(
+                    format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: {body}\r\n\r\n")
+                        .as_bytes(),
+                );
+                raw.extend(std::iter::repeat_n(b'b', body));
+                expected.push((200, len));
+            }
+            Ending::Http10 => {
+                raw.extend_from_slice(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
+                expected.push((200, len));
+            }
+            Ending::Refused => {
+                raw.extend_from_slice(b"GET /%zz HTTP/1.1\r\nHost: a\r\n\r\n");
+                expected.push((400, 130));
+            }
+        }
+        raw.extend(std::iter::repeat_n(b'j', after));
+        for engine in EngineKind::ALL {
+            let mut config = ServerConfig::loopback(engine);
+            config.timeouts.linger = Duration::from_secs(2);
+            let server = TestServer::start(config, &close_site());
+            let mut client = server.connect();
+            client.send(&raw);
+            std::thread::sleep(Duration::from_millis(pause_ms));
+            for &(status, body_len) in &expected {
+                let response = client.read_response(false);
+                prop_assert_eq!((response.status, response.body.len()), (status, body_len), "{}", engine);
+            }
+            client.expect_closed();
+        }
     }
 }
 

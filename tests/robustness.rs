@@ -22,6 +22,8 @@ use support::{IO_TIMEOUT, TestServer, for_each_engine, panic_message};
 
 const BIG_BYTES: usize = 16 * 1024 * 1024;
 const MEDIUM_BYTES: usize = 8 * 1024 * 1024;
+/// Held in memory (under the 4 MiB default of `--max-cached-file`).
+const IN_MEMORY_BYTES: usize = 3 * 1000 * 1000;
 
 /// A generated site (made once per test process): small files, a dotfile, a
 /// symlink leading outside the root, and two large files for the send-side
@@ -42,6 +44,7 @@ fn site() -> PathBuf {
         std::os::unix::fs::symlink(base.join("outside.txt"), root.join("leak.txt")).unwrap();
         std::fs::write(root.join("big.bin"), vec![b'b'; BIG_BYTES]).unwrap();
         std::fs::write(root.join("medium.bin"), vec![b'm'; MEDIUM_BYTES]).unwrap();
+        std::fs::write(root.join("mem3.bin"), vec![b'3'; IN_MEMORY_BYTES]).unwrap();
         root
     })
     .clone()
@@ -239,6 +242,48 @@ fn cases() -> Vec<Case> {
             true,
         ),
         case("invalid Host", "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400, true),
+        case(
+            "unclosed IPv6 Host",
+            "GET / HTTP/1.1\r\nHost: [abcd::1\r\n\r\n",
+            400,
+            true,
+        ),
+        case(
+            "Host port too large",
+            "GET / HTTP/1.1\r\nHost: a:99999\r\n\r\n",
+            400,
+            true,
+        ),
+        case(
+            "Host with two ports",
+            "GET / HTTP/1.1\r\nHost: a:1:2\r\n\r\n",
+            400,
+            true,
+        ),
+        case(
+            "Host without a host",
+            "GET / HTTP/1.1\r\nHost: :80\r\n\r\n",
+            400,
+            true,
+        ),
+        case(
+            "Host with empty labels",
+            "GET / HTTP/1.1\r\nHost: ..x\r\n\r\n",
+            400,
+            true,
+        ),
+        case(
+            "Host IPv6 with port",
+            "GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
+            200,
+            false,
+        ),
+        case(
+            "Host name with port",
+            "GET / HTTP/1.1\r\nHost: example.com:80\r\n\r\n",
+            200,
+            false,
+        ),
         // Bodies and smuggling.
         case(
             "CL and TE",
@@ -352,6 +397,18 @@ fn cases() -> Vec<Case> {
             false,
         ),
         case(
+            "directory redirect to another host",
+            "GET //evil.example/../docs HTTP/1.1\r\nHost: a\r\n\r\n",
+            301,
+            false,
+        ),
+        case(
+            "encoded directory redirect to another host",
+            "GET //evil.example/%2e%2e/docs HTTP/1.1\r\nHost: a\r\n\r\n",
+            301,
+            false,
+        ),
+        case(
             "symlink outside the root",
             "GET /leak.txt HTTP/1.1\r\nHost: a\r\n\r\n",
             404,
@@ -374,6 +431,9 @@ fn every_case_gets_its_status_and_connection_fate() {
                 assert_eq!(response.status, case.status, "status");
                 if response.status == 405 {
                     assert_eq!(response.header("Allow"), Some("GET, HEAD"));
+                }
+                if response.status == 301 {
+                    assert_same_site_location(response.expect_header("Location"));
                 }
                 if case.closes {
                     if case.status >= 400 {
@@ -470,6 +530,241 @@ fn a_half_closed_client_still_receives_the_full_response() {
         assert_eq!((big.status, big.body.len()), (200, MEDIUM_BYTES));
         assert_eq!(stream.read_response(false).status, 200);
         stream.expect_closed();
+    });
+}
+
+/// A `Location` a browser resolves on the same site: a path starting with
+/// exactly one `/` (not `//host` or `/\\host`), with no dot segments.
+fn assert_same_site_location(location: &str) {
+    assert!(
+        location.starts_with('/') && !location.starts_with("//") && !location.starts_with("/\\"),
+        "Location {location:?} can lead to another host"
+    );
+    let path = location.split(['?', '#']).next().unwrap_or_default();
+    assert!(
+        !path.split('/').any(|segment| {
+            let lower = segment.to_ascii_lowercase();
+            lower == ".." || lower == "." || lower.contains("%2e")
+        }),
+        "Location {location:?} keeps dot segments"
+    );
+}
+
+#[test]
+fn a_directory_redirect_is_built_from_the_normalised_path() {
+    for_each_engine(|engine| {
+        let server = start(engine, |_| {});
+        for (target, location) in [
+            ("//evil.example/../docs", "/docs/"),
+            ("//evil.example/%2e%2e/docs", "/docs/"),
+            ("//evil.example/%2E%2E/docs?next=1", "/docs/?next=1"),
+            ("/./docs", "/docs/"),
+            ("//docs", "/docs/"),
+            ("/docs/x/..", ""),
+            ("http://evil.example/docs", "/docs/"),
+            ("http://evil.example//docs", "/docs/"),
+        ] {
+            let mut client = server.connect();
+            let response = client.request(format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+            match location {
+                "" => assert_ne!(response.status, 301, "{target}"),
+                _ => {
+                    assert_eq!(response.status, 301, "{target}");
+                    assert_eq!(response.header("Location"), Some(location), "{target}");
+                    assert_same_site_location(location);
+                }
+            }
+        }
+    });
+}
+
+/// Reads everything until the server closes: the responses to `paths` in
+/// order, each complete, then a clean end of file (not a reset).
+fn read_all_then_end(client: &mut support::RawClient, expected: &[(u16, usize)]) {
+    for &(status, body_len) in expected {
+        let response = client.read_response(false);
+        assert_eq!((response.status, response.body.len()), (status, body_len));
+    }
+    client.expect_closed();
+}
+
+#[test]
+fn a_close_after_a_response_never_cuts_it_short() {
+    let junk = vec![b'x'; 8 * 1024];
+    let mut unread_body = format!(
+        "GET /big.bin HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        60_000
+    )
+    .into_bytes();
+    unread_body.extend(std::iter::repeat_n(b'b', 60_000));
+    let with_junk = |head: &str| {
+        let mut raw = head.as_bytes().to_vec();
+        raw.extend_from_slice(&junk);
+        raw
+    };
+    // (what, bytes sent, the (status, body length) of each response)
+    type CloseCase = (&'static str, Vec<u8>, Vec<(u16, usize)>);
+    let cases: Vec<CloseCase> = vec![
+        (
+            "Connection: close with an unread body, file on disk",
+            unread_body,
+            vec![(200, BIG_BYTES)],
+        ),
+        (
+            "HTTP/1.0 with input after the request, file on disk",
+            with_junk("GET /big.bin HTTP/1.0\r\n\r\n"),
+            vec![(200, BIG_BYTES)],
+        ),
+        (
+            "HTTP/1.0 with input after the request, file in memory",
+            with_junk("GET /mem3.bin HTTP/1.0\r\n\r\n"),
+            vec![(200, IN_MEMORY_BYTES)],
+        ),
+        (
+            "keep-alive pipeline ending in HTTP/1.0, then more input",
+            with_junk("GET /book HTTP/1.1\r\nHost: a\r\n\r\nGET /mem3.bin HTTP/1.0\r\n\r\n"),
+            vec![(200, "{\"title\":\"x\"}".len()), (200, IN_MEMORY_BYTES)],
+        ),
+        (
+            "a refused request with input after it",
+            with_junk("GET /%zz HTTP/1.1\r\nHost: a\r\n\r\n"),
+            vec![(400, 130)],
+        ),
+    ];
+    for_each_engine(|engine| {
+        let server = start(engine, |config| config.timeouts.linger = Duration::from_secs(2));
+        for (name, raw, expected) in &cases {
+            for round in 0..3 {
+                let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+                    let mut client = server.connect();
+                    client.send(raw);
+                    // Let the server finish sending (into the kernel's
+                    // buffers) and decide to close while most of the
+                    // response is still unread.
+                    std::thread::sleep(Duration::from_millis(200));
+                    read_all_then_end(&mut client, expected);
+                }));
+                if let Err(payload) = outcome {
+                    panic!(
+                        "{engine}: {name} (round {round}): {}",
+                        panic_message(payload.as_ref())
+                    );
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn garbage_is_refused_at_once_not_at_the_head_deadline() {
+    let all_bytes: Vec<u8> = (0..=255u8).cycle().take(1024).collect();
+    let client_hello = [
+        0x16u8, 0x03, 0x01, 0x00, 0xf4, 0x01, 0x00, 0x00, 0xf0, 0x03, 0x03, 0x7a, 0x21, 0x5c,
+    ];
+    for_each_engine(|engine| {
+        // A long head deadline: answering within it proves the early refusal.
+        let server = start(engine, |config| config.timeouts.head = Duration::from_secs(30));
+        for (name, raw) in [
+            ("every byte value", &all_bytes[..]),
+            ("control bytes", &b"\x00\x01\x02\r\n"[..]),
+            ("a TLS ClientHello", &client_hello[..]),
+            ("a space before the method", &b" GET / HTTP/1.1\r\n"[..]),
+            ("a bad field name", &b"GET / HTTP/1.1\r\nHo st: a\r\n"[..]),
+        ] {
+            let mut client = server.connect();
+            client
+                .stream()
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let started = Instant::now();
+            client.send(raw);
+            let response = client.read_response(false);
+            assert_eq!(response.status, 400, "{engine}: {name}");
+            assert!(started.elapsed() < Duration::from_secs(5), "{engine}: {name}");
+            client.expect_closed();
+        }
+    });
+}
+
+#[test]
+fn the_send_timeout_applies_to_a_pipelined_backlog_the_client_never_reads() {
+    const REQUESTS: usize = 2000;
+    for_each_engine(|engine| {
+        let server = start(engine, |config| {
+            config.timeouts.send = Duration::from_millis(1000);
+            config.timeouts.idle = Duration::from_secs(20);
+        });
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(16 * 1024).unwrap();
+        socket.connect(&server.addr().into()).unwrap();
+        let mut stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let burst: Vec<u8> = std::iter::repeat_n(&b"GET /docs/ HTTP/1.1\r\nHost: a\r\n\r\n"[..], REQUESTS)
+            .flatten()
+            .copied()
+            .collect();
+        stream.write_all(&burst).unwrap();
+        let one_response = {
+            let mut probe = server.connect();
+            let response = probe.request(b"GET /docs/ HTTP/1.1\r\nHost: a\r\n\r\n");
+            let head = response
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len() + 4)
+                .sum::<usize>();
+            response.status_line.len() + 2 + head + 2 + response.body.len()
+        };
+        // Well past the send timeout, far before the idle timeout.
+        std::thread::sleep(Duration::from_millis(4000));
+        let started = Instant::now();
+        let mut received = 0usize;
+        let mut chunk = vec![0u8; 64 * 1024];
+        let ended = loop {
+            match stream.read(&mut chunk) {
+                Ok(0) => break "end of stream",
+                Ok(n) => received += n,
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => break "reset",
+                Err(e) => panic!("{engine}: the server kept the connection: {e} after {received} bytes"),
+            }
+        };
+        assert!(
+            received < REQUESTS * one_response,
+            "{engine}: all {received} bytes arrived ({ended}): the backlog outlived the send timeout"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{engine}: {ended} only after {:?}",
+            started.elapsed()
+        );
+    });
+}
+
+#[test]
+fn a_head_larger_than_half_the_carry_limit_completes_after_back_pressure() {
+    for_each_engine(|engine| {
+        let server = start(engine, |config| {
+            config.limits.max_head_bytes = 128 * 1024;
+            config.timeouts.head = Duration::from_secs(30);
+        });
+        let mut client = server.connect();
+        // A large response keeps output pending while a 70 KB head arrives
+        // behind it: reads pause (back-pressure) and must resume.
+        let mut raw =
+            b"GET /medium.bin HTTP/1.1\r\nHost: a\r\n\r\nGET /book HTTP/1.1\r\nHost: a\r\nX-Pad: ".to_vec();
+        raw.extend(std::iter::repeat_n(b'p', 70_000));
+        raw.extend_from_slice(b"\r\n");
+        client.send(&raw);
+        std::thread::sleep(Duration::from_millis(300));
+        let first = client.read_response(false);
+        assert_eq!((first.status, first.body.len()), (200, MEDIUM_BYTES), "{engine}");
+        std::thread::sleep(Duration::from_millis(300));
+        client.send(b"\r\n");
+        client
+            .stream()
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let second = client.read_response(false);
+        assert_eq!(second.status, 200, "{engine}: the head was never completed");
     });
 }
 

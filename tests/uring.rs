@@ -628,3 +628,41 @@ fn bad_requests_get_an_error_and_the_connection_ends() {
     assert!(took < Duration::from_secs(2));
     server.stop();
 }
+
+/// Issue 9, defect 5: reads paused for back-pressure resume when the session
+/// needs more input, even while more than half the carry limit is held (a
+/// head larger than that, allowed by `--max-head`): the head completes and
+/// is answered, instead of waiting for its 408.
+#[test]
+fn a_large_partial_head_resumes_paused_reads() {
+    let mut config = config(UringOptions::default());
+    config.limits.max_head_bytes = 128 * 1024;
+    config.timeouts.head = Duration::from_secs(30);
+    let (server, site) = start(&config);
+    let paused_before = ringserve::engine::uring::paused_reads();
+    let mut stream = connect(server.local_addr());
+    let mut burst = get("big.bin");
+    burst.extend_from_slice(b"GET /k1.txt HTTP/1.1\r\nHost: t\r\nX-Pad: ");
+    burst.extend(std::iter::repeat_n(b'p', 70_000));
+    burst.extend_from_slice(b"\r\n");
+    stream.write_all(&burst).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut pending = Vec::new();
+    expect_file(
+        &read_response(&mut stream, &mut pending, false).unwrap(),
+        &site,
+        "big.bin",
+    );
+    assert!(
+        ringserve::engine::uring::paused_reads() > paused_before,
+        "the test did not reach the paused-reads path"
+    );
+    stream.write_all(b"\r\n").unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    expect_file(
+        &read_response(&mut stream, &mut pending, false).unwrap(),
+        &site,
+        "k1.txt",
+    );
+    server.stop();
+}

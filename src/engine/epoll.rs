@@ -28,10 +28,13 @@ use crate::engine::{Ready, Worker};
 use crate::http::response::PieceRef;
 use crate::http::{DeadlineClock, Output, Timeouts};
 
-pub fn run_worker(worker: Worker, ready: Ready) {
+pub fn run_worker(worker: Worker, ready: Ready) -> io::Result<()> {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
-        Err(e) => return ready.report(Err(e)),
+        Err(e) => {
+            ready.report(Err(e));
+            return Ok(());
+        }
     };
     // Connection tasks share worker-local `Rc` state, so they run on a LocalSet.
     let local = LocalSet::new();
@@ -41,6 +44,7 @@ pub fn run_worker(worker: Worker, ready: Ready) {
             TcpListener::from_std(listener).map(EpollAcceptor)
         }),
     );
+    Ok(())
 }
 
 struct EpollAcceptor(TcpListener);

@@ -61,6 +61,23 @@ pub fn bind_listeners(addr: SocketAddr, count: usize, backlog: u32) -> Result<Ve
     Ok(listeners)
 }
 
+/// Sets `TCP_USER_TIMEOUT` to the send timeout on `listeners`, inherited by
+/// every accepted socket: the kernel drops a connection whose sent data has
+/// gone unacknowledged, or stayed unsent behind a zero window, for that long.
+///
+/// The engines' own send deadline covers a write that is waiting for room in
+/// the socket; this covers what they cannot see: a response that fitted in the
+/// kernel's send buffer (megabytes) while the client stopped reading. Without
+/// it such a connection looked idle and lived until the idle timeout, then
+/// lingered in FIN-WAIT-1 with its unsent data. A slow reader that keeps
+/// reading keeps acknowledging, so it is never cut off.
+pub fn set_send_timeout(listeners: &[TcpListener], timeout: std::time::Duration) -> io::Result<()> {
+    for listener in listeners {
+        socket2::SockRef::from(listener).set_tcp_user_timeout(Some(timeout))?;
+    }
+    Ok(())
+}
+
 fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     let socket = Socket::new(
         Domain::for_address(addr),
@@ -103,6 +120,25 @@ mod tests {
         let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (accepted, _) = listener.accept().unwrap();
         assert!(socket2::SockRef::from(&accepted).tcp_nodelay().unwrap());
+    }
+
+    #[test]
+    fn accepted_sockets_inherit_the_send_timeout() {
+        let listener = bind_listeners("127.0.0.1:0".parse().unwrap(), 1, 16)
+            .unwrap()
+            .remove(0);
+        set_send_timeout(
+            std::slice::from_ref(&listener),
+            std::time::Duration::from_millis(2500),
+        )
+        .unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert_eq!(
+            socket2::SockRef::from(&accepted).tcp_user_timeout().unwrap(),
+            Some(std::time::Duration::from_millis(2500))
+        );
     }
 
     #[test]

@@ -45,9 +45,10 @@ pub mod uring;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::panic::AssertUnwindSafe;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -152,6 +153,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// `None`: no access log (the default, and what benchmarks use).
     pub access_log: Option<AccessLogConfig>,
+    /// For tests only: worker 0 fails, as if its event loop had broken,
+    /// once it has accepted this many connections (see [`WorkerFailure`]).
+    #[doc(hidden)]
+    pub fault_after_accepts: Option<u64>,
 }
 
 pub const DEFAULT_BACKLOG: u32 = 1024;
@@ -173,6 +178,7 @@ impl ServerConfig {
             uring: UringOptions::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             access_log: None,
+            fault_after_accepts: None,
         }
     }
 
@@ -206,7 +212,34 @@ pub struct Worker {
     pub max_connections: usize,
     /// This worker's access log buffer, if logging is on.
     pub access_log: Option<WorkerLog>,
+    /// Test-only fault injection ([`ServerConfig::fault_after_accepts`]):
+    /// fail once this many connections were accepted.
+    #[doc(hidden)]
+    pub fault_after_accepts: Option<u64>,
 }
+
+/// Why a worker's event loop ended before the stop signal. A worker that
+/// fails takes the whole server down with it, on purpose: its connections
+/// are cut (their clients see a reset, not a hang), the other workers stop
+/// gracefully, and the process exits non-zero ([`Server::wait`]) so that a
+/// supervisor (systemd, Kubernetes) starts a fresh one. Restarting the worker
+/// in place was rejected: after a broken ring or a panic, what the kernel
+/// still holds of its memory cannot be known, so that memory is leaked rather
+/// than reused, and a process that keeps leaking and limping is worse than
+/// one that is restarted whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerFailure {
+    pub worker: usize,
+    pub reason: String,
+}
+
+impl fmt::Display for WorkerFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "worker {} failed: {}", self.worker, self.reason)
+    }
+}
+
+impl std::error::Error for WorkerFailure {}
 
 /// A worker reports once whether its runtime started.
 #[derive(Debug)]
@@ -257,6 +290,8 @@ pub struct Server {
     shutdown: Shutdown,
     workers: Vec<JoinHandle<()>>,
     access_log: Option<AccessLog>,
+    /// The first worker failure, if any ([`WorkerFailure`]).
+    failure: Arc<Mutex<Option<WorkerFailure>>>,
 }
 
 impl Server {
@@ -284,6 +319,7 @@ impl Server {
         for listen in &config.listen {
             let bound = listener::bind_listeners(listen.addr, worker_count, config.backlog)
                 .map_err(StartError::Bind)?;
+            listener::set_send_timeout(&bound, config.timeouts.send).map_err(StartError::Worker)?;
             let addr = bound[0].local_addr().map_err(StartError::Worker)?;
             local_addrs.push(Listen {
                 addr,
@@ -331,6 +367,7 @@ impl Server {
             shutdown: shutdown.clone(),
             workers: Vec::with_capacity(worker_count),
             access_log: None,
+            failure: Arc::default(),
         };
         for (index, listeners) in listeners.into_iter().enumerate() {
             let worker = Worker {
@@ -345,17 +382,37 @@ impl Server {
                 uring: config.uring,
                 max_connections: config.max_connections.max(1),
                 access_log: access_log.as_ref().map(AccessLog::worker_log),
+                fault_after_accepts: config.fault_after_accepts.filter(|_| index == 0),
             };
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let ready = Ready(ready_tx.clone());
             let engine = config.engine;
+            let failure = Arc::clone(&server.failure);
+            let stop = shutdown.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("ringserve-{index}"))
                 .spawn(move || {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    run_worker(engine, worker, ready);
+                    let outcome =
+                        std::panic::catch_unwind(AssertUnwindSafe(|| run_worker(engine, worker, ready)));
+                    let reason = match outcome {
+                        Ok(Ok(())) => return,
+                        Ok(Err(error)) => error.to_string(),
+                        Err(panic) => panic_message(panic.as_ref()),
+                    };
+                    let failed = WorkerFailure {
+                        worker: index,
+                        reason,
+                    };
+                    eprintln!(
+                        "ringserve: {failed}; stopping the server (exit status 1) so that it can be restarted"
+                    );
+                    if let Ok(mut first) = failure.lock() {
+                        first.get_or_insert(failed);
+                    }
+                    stop.trigger();
                 });
             match spawned {
                 Ok(handle) => server.workers.push(handle),
@@ -407,15 +464,28 @@ impl Server {
         self.shutdown.clone()
     }
 
-    /// Waits for every worker to finish (after a stop signal), then for the
-    /// access log to be written.
-    pub fn join(mut self) {
+    /// Waits for every worker to finish (after a stop signal, or after a
+    /// worker failed and stopped the others), then for the access log to be
+    /// written; says whether a worker failed ([`WorkerFailure`]).
+    pub fn wait(mut self) -> Result<(), WorkerFailure> {
         for worker in self.workers.drain(..) {
             let _ = worker.join();
         }
         if let Some(log) = self.access_log.take() {
             log.finish();
         }
+        match self.failure.lock() {
+            Ok(mut failure) => failure.take().map_or(Ok(()), Err),
+            Err(_) => Err(WorkerFailure {
+                worker: 0,
+                reason: "a worker panicked while reporting its failure".to_owned(),
+            }),
+        }
+    }
+
+    /// [`Server::wait`], for callers that have reported failures already.
+    pub fn join(self) {
+        let _ = self.wait();
     }
 
     /// Signals the workers to stop and waits for them.
@@ -425,11 +495,45 @@ impl Server {
     }
 }
 
-fn run_worker(engine: EngineKind, worker: Worker, ready: Ready) {
+/// Runs one worker's event loop until the stop signal; an error (or a
+/// panic, caught by the caller) is a [`WorkerFailure`].
+fn run_worker(engine: EngineKind, worker: Worker, ready: Ready) -> io::Result<()> {
     match engine {
         EngineKind::TokioUring => tokio_uring::run_worker(worker, ready),
         EngineKind::Epoll => epoll::run_worker(worker, ready),
         EngineKind::Uring => uring::run_worker(worker, ready),
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    format!("panicked: {text}")
+}
+
+/// Counts a worker's accepted connections for the test-only fault
+/// injection ([`ServerConfig::fault_after_accepts`]): `true` once the worker
+/// must fail.
+#[derive(Debug)]
+pub(crate) struct FaultCountdown(Option<u64>);
+
+impl FaultCountdown {
+    pub(crate) fn new(after_accepts: Option<u64>) -> Self {
+        FaultCountdown(after_accepts)
+    }
+
+    /// After an accept: whether the injected fault is due now.
+    pub(crate) fn on_accept(&mut self) -> bool {
+        match &mut self.0 {
+            Some(0) | None => false,
+            Some(left) => {
+                *left -= 1;
+                *left == 0
+            }
+        }
     }
 }
 

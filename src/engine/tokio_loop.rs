@@ -43,8 +43,8 @@ use crate::access_log::{ConnectionLog, FLUSH_INTERVAL, WorkerLog};
 use crate::engine::connections::{Connections, Registration};
 use crate::engine::timer::{self, connection_timer};
 use crate::engine::{
-    AcceptBackoff, FILE_CHUNK_BYTES, LINGER_MAX_BYTES, READ_BUFFER_BYTES, Ready, Worker, set_reset_on_close,
-    shutdown_both,
+    AcceptBackoff, FILE_CHUNK_BYTES, FaultCountdown, LINGER_MAX_BYTES, READ_BUFFER_BYTES, Ready, Worker,
+    set_reset_on_close, shutdown_both,
 };
 use crate::files::SnapshotHandle;
 use crate::http::response::{FileRange, Piece};
@@ -60,6 +60,8 @@ struct WorkerContext {
     connections: Connections,
     access_log: Option<RefCell<WorkerLog>>,
     tls: Option<TlsHandle>,
+    /// Fault injection for tests (see [`FaultCountdown`]).
+    fault: RefCell<FaultCountdown>,
 }
 
 /// A listening socket of one engine.
@@ -169,25 +171,35 @@ pub(crate) async fn run_worker_loop<A: Acceptor + 'static>(
         connections: Connections::new(worker.max_connections),
         access_log: worker.access_log.take().map(RefCell::new),
         tls: worker.tls.take(),
+        fault: RefCell::new(FaultCountdown::new(worker.fault_after_accepts)),
     });
     if context.access_log.is_some() {
         tokio::task::spawn_local(flush_log_every_second(Rc::clone(&context)));
     }
-    let accepting: Vec<_> = acceptors
+    // The accept loops run inside the worker's own future (not as tasks),
+    // so a panic in one breaks the worker as any fault of its loop does.
+    let mut accepting: Vec<Pin<Box<dyn Future<Output = ()>>>> = acceptors
         .into_iter()
         .map(|(acceptor, kind)| {
-            tokio::task::spawn_local(accept_loop(acceptor, kind, worker.index, Rc::clone(&context)))
+            Box::pin(accept_loop(acceptor, kind, worker.index, Rc::clone(&context)))
+                as Pin<Box<dyn Future<Output = ()>>>
         })
         .collect();
-    worker.shutdown.wait().await;
-    // Ending the accept tasks drops (closes) the listeners: new clients are
+    let accept_all = std::future::poll_fn(|cx| {
+        for accept in &mut accepting {
+            if accept.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    });
+    tokio::select! {
+        () = accept_all => {}
+        () = worker.shutdown.wait() => {}
+    }
+    // Dropping the accept loops closes the listeners: new clients are
     // refused while the connections drain.
-    for task in &accepting {
-        task.abort();
-    }
-    for task in accepting {
-        let _ = task.await;
-    }
+    drop(accepting);
     context.connections.drain(worker.shutdown_grace).await;
     if let Some(log) = &context.access_log {
         log.borrow_mut().flush();
@@ -203,6 +215,9 @@ async fn accept_loop<A: Acceptor>(acceptor: A, kind: ListenKind, worker: usize, 
         match acceptor.accept().await {
             Ok((connection, peer)) => {
                 backoff.on_success(worker);
+                if context.fault.borrow_mut().on_accept() {
+                    panic!("injected fault: the worker's event loop broke");
+                }
                 // Registered here, not in the task: the cap must count it
                 // before the next accept.
                 let registration = context.connections.register(connection.raw_fd());
@@ -296,8 +311,9 @@ async fn run_connection<C: ConnectionIo, O: Observer>(
         match progress.next {
             Next::Read => {}
             Next::Write => continue,
-            Next::Close => return Ending::Clean,
-            Next::Linger => return linger(connection, input, timeouts).await,
+            // Never close with input unread (RFC 9112 §9.6): the kernel would
+            // answer with a reset that can destroy the response's end.
+            Next::Close | Next::Linger => return linger(connection, input, timeouts).await,
         }
         let buffered = protocol.buffered(input.len());
         let deadline = clock.for_read(protocol.session(), buffered, Instant::now(), timeouts);

@@ -37,14 +37,18 @@ use crate::http::{DeadlineClock, Output, Timeouts};
 /// the kernel. tokio-uring sizes the completion queue at twice this.
 const RING_ENTRIES: u32 = 4096;
 
-pub fn run_worker(worker: Worker, ready: Ready) {
+pub fn run_worker(worker: Worker, ready: Ready) -> io::Result<()> {
     let runtime = match tokio_uring::Runtime::new(tokio_uring::builder().entries(RING_ENTRIES)) {
         Ok(runtime) => runtime,
-        Err(e) => return ready.report(Err(e)),
+        Err(e) => {
+            ready.report(Err(e));
+            return Ok(());
+        }
     };
     runtime.block_on(tokio_loop::run_worker_loop(worker, ready, |listener| {
         Ok(UringAcceptor(TcpListener::from_std(listener)))
     }));
+    Ok(())
 }
 
 struct UringAcceptor(TcpListener);

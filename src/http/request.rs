@@ -143,21 +143,144 @@ pub fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
-/// Decides what an incomplete head already proves: that it is too large.
+/// Decides what an incomplete head already proves: that it is too large, or
+/// that it can never become a valid request (nginx answers garbage at once
+/// too; waiting for a blank line that may never come would hold a binary
+/// client, or a TLS `ClientHello` sent to the plain port, until the head
+/// deadline).
 ///
-/// Called on every partial read, so it does no scanning until the buffer is
-/// longer than a limit, and then scans at most one request line's worth.
-pub fn check_partial(buf: &[u8], limits: &Limits) -> Result<(), RequestError> {
-    if buf.len() <= limits.max_request_line_bytes && buf.len() <= limits.max_head_bytes {
-        return Ok(());
+/// `checked` is how many bytes of `buf` an earlier call already checked: only
+/// the bytes after it are classified, so a head that trickles in one byte at
+/// a time costs a `memchr` over its current line per call, not a rescan.
+pub fn check_partial(buf: &[u8], checked: usize, limits: &Limits) -> Result<(), RequestError> {
+    if buf.len() > limits.max_request_line_bytes || buf.len() > limits.max_head_bytes {
+        let line_window = &buf[..buf.len().min(limits.max_request_line_bytes + 1)];
+        let line_len = memchr::memchr(b'\n', line_window).unwrap_or(line_window.len());
+        if line_len > limits.max_request_line_bytes {
+            return Err(RequestError::UriTooLong);
+        } else if buf.len() > limits.max_head_bytes {
+            return Err(RequestError::HeadTooLarge);
+        }
     }
-    let line_window = &buf[..buf.len().min(limits.max_request_line_bytes + 1)];
-    let line_len = memchr::memchr(b'\n', line_window).unwrap_or(line_window.len());
-    if line_len > limits.max_request_line_bytes {
-        Err(RequestError::UriTooLong)
-    } else if buf.len() > limits.max_head_bytes {
-        Err(RequestError::HeadTooLarge)
-    } else {
+    check_prefix(buf, checked)
+}
+
+/// Refuses an incomplete head whose lines so far cannot start a valid
+/// request line and field lines (the same grammar `strict_parser` enforces on
+/// the complete head; what only the complete head can tell, such as the
+/// version being one we speak, is left to [`parse_request`]).
+fn check_prefix(buf: &[u8], checked: usize) -> Result<(), RequestError> {
+    let checked = checked.min(buf.len());
+    let mut line_start = memchr::memrchr(b'\n', &buf[..checked]).map_or(0, |i| i + 1);
+    while line_start < buf.len() {
+        let end = memchr::memchr(b'\n', &buf[line_start..]).map(|i| line_start + i);
+        let line = PartialLine::new(&buf[line_start..end.unwrap_or(buf.len())], end.is_some());
+        let old = checked.saturating_sub(line_start);
+        if line_start == 0 {
+            line.check_request_line(old)?;
+        } else {
+            line.check_field_line(old)?;
+        }
+        match end {
+            Some(end) => line_start = end + 1,
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+/// One line of an incomplete head, without its line ending.
+struct PartialLine<'a> {
+    bytes: &'a [u8],
+    /// Its line ending has arrived (or, at least, the CR of one).
+    ended: bool,
+}
+
+impl<'a> PartialLine<'a> {
+    fn new(line: &'a [u8], complete: bool) -> PartialLine<'a> {
+        // A line still arriving may end with the CR of its CRLF.
+        match line.strip_suffix(b"\r") {
+            Some(bytes) => PartialLine { bytes, ended: true },
+            None => PartialLine {
+                bytes: line,
+                ended: complete,
+            },
+        }
+    }
+
+    /// `method SP target SP HTTP/d.d`; only bytes from `old` on are classified.
+    fn check_request_line(&self, old: usize) -> Result<(), RequestError> {
+        let line = self.bytes;
+        let method_end = memchr::memchr(b' ', line).unwrap_or(line.len());
+        if !line[old.min(method_end)..method_end].iter().all(|&b| is_tchar(b)) {
+            return Err(RequestError::BadRequest("invalid method"));
+        }
+        if method_end == line.len() {
+            return match self.ended {
+                true => Err(RequestError::BadRequest("malformed request line")),
+                false => Ok(()),
+            };
+        }
+        if method_end == 0 {
+            return Err(RequestError::BadRequest("malformed request line"));
+        }
+        let target_start = method_end + 1;
+        let target_end = memchr::memchr(b' ', &line[target_start..]).map_or(line.len(), |i| target_start + i);
+        let target_ended = target_end < line.len() || self.ended;
+        if target_end == target_start && target_ended {
+            return Err(RequestError::BadRequest("malformed request line"));
+        }
+        if !line[old.max(target_start).min(target_end)..target_end]
+            .iter()
+            .all(|&b| b > b' ' && b != 0x7f)
+        {
+            return Err(RequestError::BadRequest("invalid request target"));
+        }
+        if target_end == line.len() {
+            return match self.ended {
+                true => Err(RequestError::BadRequest("missing HTTP version")),
+                false => Ok(()),
+            };
+        }
+        // `HTTP/` DIGIT `.` DIGIT, compared as far as it has arrived.
+        let version = &line[target_end + 1..];
+        let fits = version.len() <= 8
+            && version.iter().enumerate().all(|(i, &b)| match i {
+                0..=4 => b == b"HTTP/"[i],
+                6 => b == b'.',
+                _ => b.is_ascii_digit(),
+            });
+        if !fits || (self.ended && version.len() != 8) {
+            return Err(RequestError::BadRequest("invalid HTTP version"));
+        }
+        Ok(())
+    }
+
+    /// `name: value`: a token name (no whitespace before the colon, no
+    /// obs-fold), a value of visible bytes, spaces and tabs.
+    fn check_field_line(&self, old: usize) -> Result<(), RequestError> {
+        let line = self.bytes;
+        if line.is_empty() {
+            // The blank line that ends the head, its LF still to come.
+            return Ok(());
+        }
+        let colon = memchr::memchr(b':', line);
+        let name_end = colon.unwrap_or(line.len());
+        if !line[old.min(name_end)..name_end].iter().all(|&b| is_tchar(b)) || colon == Some(0) {
+            return Err(RequestError::BadRequest("invalid header field name"));
+        }
+        let Some(colon) = colon else {
+            return match self.ended {
+                true => Err(RequestError::BadRequest("header line without a colon")),
+                false => Ok(()),
+            };
+        };
+        if !line[old.max(colon + 1).min(line.len())..]
+            .iter()
+            .all(|&b| b == b'\t' || (b >= b' ' && b != 0x7f))
+        {
+            return Err(RequestError::BadRequest("invalid header field value"));
+        }
         Ok(())
     }
 }
@@ -418,12 +541,85 @@ fn parse_content_length(value: &[u8]) -> Result<u64, RequestError> {
     })
 }
 
-/// A Host value is `uri-host [ ":" port ]`: no spaces, slashes or other bytes
-/// that cannot appear in a host name, an IP literal or a port.
+/// A Host value is `uri-host [ ":" port ]` (RFC 9112 §3.2, RFC 3986 §3.2.2):
+/// an IP literal in brackets (an IPv6 address or `vX.…`), or a registered
+/// name or IPv4 address (unreserved, sub-delims and `%XX` bytes, in
+/// non-empty dot-separated labels, one trailing dot allowed), then
+/// optionally `:` and a port of 1 to 5 digits no larger than 65535. An empty
+/// value is valid (a client with no authority to name must send one).
 fn valid_host(value: &[u8]) -> bool {
-    value
-        .iter()
-        .all(|&b| b.is_ascii_alphanumeric() || b"-._~:[]!$&'()*+,;=%".contains(&b))
+    if value.is_empty() {
+        return true;
+    }
+    let (host, port) = if value.first() == Some(&b'[') {
+        let Some(close) = memchr::memchr(b']', value) else {
+            return false;
+        };
+        if !valid_ip_literal(&value[1..close]) {
+            return false;
+        }
+        match &value[close + 1..] {
+            [] => return true,
+            [b':', port @ ..] => (None, port),
+            _ => return false,
+        }
+    } else {
+        match memchr::memchr(b':', value) {
+            Some(colon) => (Some(&value[..colon]), &value[colon + 1..]),
+            None => (Some(value), &b""[..]),
+        }
+    };
+    let no_port = host.is_some_and(|h| h.len() == value.len());
+    host.is_none_or(valid_reg_name) && (no_port || valid_port(port))
+}
+
+fn valid_port(port: &[u8]) -> bool {
+    (1..=5).contains(&port.len())
+        && port.iter().all(u8::is_ascii_digit)
+        && port.iter().fold(0u32, |acc, &d| acc * 10 + u32::from(d - b'0')) <= 65535
+}
+
+/// `reg-name` (which also covers IPv4 addresses), in labels.
+fn valid_reg_name(name: &[u8]) -> bool {
+    let name = name.strip_suffix(b".").unwrap_or(name);
+    !name.is_empty()
+        && name.split(|&b| b == b'.').all(|label| {
+            !label.is_empty() && {
+                let mut i = 0;
+                while i < label.len() {
+                    match label[i] {
+                        b'%' if label.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                            && label.get(i + 2).is_some_and(u8::is_ascii_hexdigit) =>
+                        {
+                            i += 3;
+                            continue;
+                        }
+                        b if b.is_ascii_alphanumeric() || b"-_~!$&'()*+,;=".contains(&b) => {}
+                        _ => return false,
+                    }
+                    i += 1;
+                }
+                true
+            }
+        })
+}
+
+/// `IPv6address / IPvFuture`, between the brackets.
+fn valid_ip_literal(inside: &[u8]) -> bool {
+    match inside {
+        [b'v' | b'V', rest @ ..] => {
+            let Some(dot) = memchr::memchr(b'.', rest) else {
+                return false;
+            };
+            dot > 0
+                && rest[..dot].iter().all(u8::is_ascii_hexdigit)
+                && dot + 1 < rest.len()
+                && rest[dot + 1..]
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:".contains(&b))
+        }
+        _ => std::str::from_utf8(inside).is_ok_and(|text| text.parse::<std::net::Ipv6Addr>().is_ok()),
+    }
 }
 
 #[cfg(test)]
@@ -516,6 +712,137 @@ mod tests {
             parse(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n"),
             Err(RequestError::BadRequest(_))
         ));
+    }
+
+    #[test]
+    fn host_must_be_uri_host_and_port() {
+        let host = |value: &str| {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {value}\r\n\r\n");
+            parse(raw.as_bytes()).map(|_| ())
+        };
+        for good in [
+            "",
+            "a",
+            "example.com",
+            "example.com.",
+            "example.com:8080",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:443",
+            "[2001:db8::7]:65535",
+            "[v1.fe80::a+en1]",
+            "xn--bcher-kva.example",
+            "a%20b",
+            "a:1",
+        ] {
+            assert!(host(good).is_ok(), "{good:?} is a valid Host");
+        }
+        for bad in [
+            "[abcd::1",
+            "[abcd::1]x",
+            "[abcd::1]:",
+            "[::g]",
+            "[]",
+            "[v1.]",
+            "a:99999",
+            "a:65536",
+            "a:123456",
+            "a:1:2",
+            "a:",
+            ":80",
+            "..x",
+            "a..b",
+            ".",
+            "a/b",
+            "a@b",
+            "a%2",
+            "a%zz",
+            "a b",
+            "::1",
+        ] {
+            assert_eq!(
+                host(bad).unwrap_err(),
+                RequestError::BadRequest("invalid Host"),
+                "{bad:?} is not a valid Host"
+            );
+        }
+    }
+
+    #[test]
+    fn an_incomplete_head_that_cannot_become_a_request_is_refused_at_once() {
+        let limits = Limits::default();
+        let check = |raw: &[u8]| check_partial(raw, 0, &limits);
+        // Could still become valid requests.
+        for fine in [
+            &b""[..],
+            b"G",
+            b"GET",
+            b"GET ",
+            b"GET /a",
+            b"GET /a ",
+            b"GET /a HT",
+            b"GET /a HTTP/1.1",
+            b"GET /a HTTP/1.1\r",
+            b"GET /a HTTP/1.1\r\n",
+            b"GET /a HTTP/1.1\r\nHo",
+            b"GET /a HTTP/1.1\r\nHost: a\r",
+            b"GET /a HTTP/1.1\nHost: a\nX: \t\xff",
+            b"BREW /pot HTTP/2.0\r\n",
+        ] {
+            assert_eq!(check(fine), Ok(()), "{:?}", String::from_utf8_lossy(fine));
+        }
+        let tls_client_hello = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+        let all_bytes: Vec<u8> = (0..=255u8).cycle().take(1024).collect();
+        for bad in [
+            &tls_client_hello[..],
+            &all_bytes[..],
+            b"\x00\x01\x02\r\n",
+            b" GET / HTTP/1.1",
+            b"GET\r\n",
+            b"GET  /",
+            b"GET /a\x01",
+            b"GET /a\r\n",
+            b"GET /a HTTP/1.1x",
+            b"GET /a http/1.1",
+            b"GET /a HTTP/1.1 \r\n",
+            b"GET /a HTTP/1.1\r\n Host: a",
+            b"GET /a HTTP/1.1\r\nHost : a",
+            b"GET /a HTTP/1.1\r\n: a",
+            b"GET /a HTTP/1.1\r\nno colon\r\n",
+            b"GET /a HTTP/1.1\r\nHost: a\x00",
+            b"GET /a HTTP/1.1\r\nHost: a\rb",
+        ] {
+            assert!(
+                matches!(check(bad), Err(RequestError::BadRequest(_))),
+                "{:?} gave {:?}",
+                String::from_utf8_lossy(bad),
+                check(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn partial_checks_resume_where_they_stopped() {
+        // Fed one byte at a time, a check that resumes at `checked` agrees
+        // with one that starts over, for every prefix.
+        let limits = Limits::default();
+        for raw in [
+            &b"GET /a%20b HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n"[..],
+            b"GET /a HTTP/1.1\r\nHost: a\r\nX\x01: y\r\n",
+            b"GET /a\x7f HTTP/1.1\r\n",
+            b"GET /a HTTP/1.1\r\nX: a\x00b\r\n",
+        ] {
+            let mut checked = 0;
+            for end in 1..=raw.len() {
+                let resumed = check_partial(&raw[..end], checked, &limits);
+                assert_eq!(resumed, check_partial(&raw[..end], 0, &limits), "prefix {end}");
+                if resumed.is_err() {
+                    break;
+                }
+                checked = end;
+            }
+        }
     }
 
     #[test]
@@ -792,11 +1119,14 @@ mod tests {
     fn limits_give_414_and_431() {
         let limits = Limits::default();
         let long_line = vec![b'a'; limits.max_request_line_bytes + 1];
-        assert_eq!(check_partial(&long_line, &limits), Err(RequestError::UriTooLong));
+        assert_eq!(
+            check_partial(&long_line, 0, &limits),
+            Err(RequestError::UriTooLong)
+        );
         let mut long_head = b"GET / HTTP/1.1\r\n".to_vec();
         long_head.resize(limits.max_head_bytes + 1, b'a');
         assert_eq!(
-            check_partial(&long_head, &limits),
+            check_partial(&long_head, 0, &limits),
             Err(RequestError::HeadTooLarge)
         );
         let mut many = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
@@ -813,16 +1143,16 @@ mod tests {
         let mut raw = b"GET /".to_vec();
         raw.resize(limits.max_head_bytes + 100, b'a');
         raw.extend_from_slice(b" HTTP/1.1\r\nHost: a\r\n");
-        assert_eq!(check_partial(&raw, &limits), Err(RequestError::UriTooLong));
+        assert_eq!(check_partial(&raw, 0, &limits), Err(RequestError::UriTooLong));
         let mut line_then_fields = b"GET / HTTP/1.1\r\n".to_vec();
         line_then_fields.resize(limits.max_head_bytes + 1, b'a');
         assert_eq!(
-            check_partial(&line_then_fields, &limits),
+            check_partial(&line_then_fields, 0, &limits),
             Err(RequestError::HeadTooLarge)
         );
         let mut exactly = b"GET /".to_vec();
         exactly.resize(limits.max_request_line_bytes, b'a');
-        assert_eq!(check_partial(&exactly, &limits), Ok(()));
+        assert_eq!(check_partial(&exactly, 0, &limits), Ok(()));
     }
 
     #[test]

@@ -12,12 +12,20 @@
 //!   again without reading, once the output is written (back-pressure: a
 //!   client pipelining requests for a large file cannot make us buffer them
 //!   all);
-//! - [`Next::Close`]: closes after writing (the client asked for it);
-//! - [`Next::Linger`]: the request was refused and the connection must end;
-//!   after writing, the engine shuts down its sending side and reads and
-//!   discards what the client still sends for a bounded time before closing,
-//!   because closing with unread input makes the kernel send a reset that can
-//!   destroy the error response before the client reads it.
+//! - [`Next::Close`]: the last response is written (the client asked to
+//!   close, or spoke HTTP/1.0); the connection ends gracefully, as for
+//!   [`Next::Linger`];
+//! - [`Next::Linger`]: the request was refused and the connection must end.
+//!
+//! Every end after a response is graceful (RFC 9112 §9.6): once the output
+//! is written, the engine shuts down its sending side, then reads and
+//! discards what the client still sends (a body, pipelined requests) for a
+//! bounded time ([`crate::http::Timeouts::linger`], at most
+//! [`crate::engine::LINGER_MAX_BYTES`]) or until the client closes, and only
+//! then closes: closing with unread input makes the kernel answer with a
+//! reset that destroys whatever of the response the client has not read yet.
+//! The two variants differ only in what they tell a reader of the code (and
+//! of an access log): the client's choice, or the server's refusal.
 //!
 //! Per request: parse the head ([`request`]), normalise the target
 //! ([`target`]), resolve it in the snapshot, and let [`resource`] choose the
@@ -219,8 +227,9 @@ impl Session {
                 };
             }
             let Some(head_len) = request::find_head_end(rest, self.scanned) else {
+                let checked = self.scanned;
                 self.scanned = rest.len();
-                if let Err(error) = request::check_partial(rest, limits) {
+                if let Err(error) = request::check_partial(rest, checked, limits) {
                     self.scanned = 0;
                     let line = first_line(rest, limits.max_request_line_bytes);
                     reply_error(out, error.status(), &date, line, observer);
@@ -298,7 +307,7 @@ impl Session {
         if let Some(port) = self.https_redirect {
             let location = normalize_target(head.target, &mut self.key)
                 .ok()
-                .and_then(|()| https_location(head.host?, head.target, port));
+                .and_then(|()| https_location(head.host?, &self.key, head.target, port));
             let Some(location) = location else {
                 response::write_error(out, Status::BadRequest, with_body, date, ConnectionHeader::Close);
                 report(Status::BadRequest, error_body(Status::BadRequest));
@@ -328,7 +337,7 @@ impl Session {
                 report(sent.status, sent.body_bytes as usize);
             }
             Resolved::DirectoryRedirect => {
-                let location = directory_location(head.target);
+                let location = directory_location(&self.key, head.target);
                 response::write_redirect(out, &location, date, connection(head.close));
                 report(Status::MovedPermanently, 0);
             }
@@ -343,11 +352,12 @@ impl Session {
 
 /// `https://HOST[:PORT]/path?query` for a request to `target` with `Host:
 /// host`, or `None` if the host is not a plain name or IP literal. The host
-/// loses any port of its own; the path and query are the target's (its path
-/// part, for an absolute-form target), with every byte outside the URI
-/// characters percent-encoded, so nothing raw from the request reaches the
-/// header.
-pub fn https_location(host: &[u8], target: &[u8], port: u16) -> Option<Vec<u8>> {
+/// loses any port of its own and is lowercased; the path is the normalised
+/// one (`key`, as for directory redirects: never the raw target),
+/// percent-encoded; the query is the raw target's, with every byte outside
+/// the URI characters percent-encoded, so nothing raw from the request
+/// reaches the header.
+pub fn https_location(host: &[u8], key: &[u8], target: &[u8], port: u16) -> Option<Vec<u8>> {
     let name = match host.first() {
         Some(b'[') => {
             let end = memchr::memchr(b']', host)?;
@@ -376,28 +386,32 @@ pub fn https_location(host: &[u8], target: &[u8], port: u16) -> Option<Vec<u8>> 
             name
         }
     };
-    let path_start = if target.first() == Some(&b'/') {
-        0
-    } else {
-        let after_scheme = memchr::memmem::find(target, b"://").map_or(0, |i| i + 3);
-        memchr::memchr(b'/', &target[after_scheme..]).map_or(target.len(), |i| after_scheme + i)
-    };
-    let path = &target[path_start..];
-    let path = &path[..memchr::memchr(b'#', path).unwrap_or(path.len())];
-    let mut location = Vec::with_capacity(16 + name.len() + path.len());
+    let query = memchr::memchr(b'?', target).map_or(&b""[..], |at| {
+        let rest = &target[at..];
+        &rest[..memchr::memchr(b'#', rest).unwrap_or(rest.len())]
+    });
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut location = Vec::with_capacity(16 + name.len() + key.len() + query.len());
     location.extend_from_slice(b"https://");
     location.extend_from_slice(&name.to_ascii_lowercase());
     if port != 443 {
         location.extend_from_slice(format!(":{port}").as_bytes());
     }
-    if path.is_empty() {
+    if !key.starts_with(b"/") {
         location.push(b'/');
     }
-    for &byte in path {
-        if byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&byte) {
+    for &byte in key {
+        if is_path_byte(byte) {
             location.push(byte);
         } else {
-            location.extend_from_slice(format!("%{byte:02X}").as_bytes());
+            location.extend_from_slice(&[b'%', HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 15)]]);
+        }
+    }
+    for &byte in query {
+        if is_path_byte(byte) || byte == b'?' || byte == b'%' {
+            location.push(byte);
+        } else {
+            location.extend_from_slice(&[b'%', HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 15)]]);
         }
     }
     Some(location)
@@ -428,23 +442,40 @@ fn first_line(bytes: &[u8], max: usize) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-/// The target with `/` added to its path, query kept: `/docs?x` → `/docs/?x`.
-/// An absolute-form target redirects to its path (the client knows the host).
-fn directory_location(target: &[u8]) -> Vec<u8> {
-    let path_start = if target.first() == Some(&b'/') {
-        0
-    } else {
-        // Absolute form: skip `scheme://authority`.
-        let after_scheme = memchr::memmem::find(target, b"://").map_or(0, |i| i + 3);
-        memchr::memchr(b'/', &target[after_scheme..]).map_or(target.len(), |i| after_scheme + i)
-    };
-    let target = &target[path_start..];
-    let path_end = memchr::memchr2(b'?', b'#', target).unwrap_or(target.len());
-    let mut location = Vec::with_capacity(target.len() + 1);
-    location.extend_from_slice(&target[..path_end]);
+/// Where a directory requested without its trailing slash redirects: the
+/// *normalised* path (`key`, never the raw target: `//evil.example/../dir`
+/// must not become a network-path reference that a browser resolves to
+/// another host) percent-encoded, then `/`, then the query of the raw target:
+/// `/docs?x` → `/docs/?x`. `key` starts with exactly one `/` followed by a
+/// non-empty segment (normalisation collapses empty segments), so the result
+/// can never start with `//` or `/\`; an absolute-form target redirects to
+/// its path (the client knows the host).
+fn directory_location(key: &[u8], target: &[u8]) -> Vec<u8> {
+    debug_assert!(key.starts_with(b"/") && !key.starts_with(b"//"));
+    let query = memchr::memchr2(b'?', b'#', target).map_or(&b""[..], |at| {
+        let rest = &target[at..];
+        // The fragment is the client's; only the query goes back.
+        let end = memchr::memchr(b'#', rest).unwrap_or(rest.len());
+        &rest[..end]
+    });
+    let mut location = Vec::with_capacity(key.len() + 1 + query.len());
+    for &byte in key {
+        if is_path_byte(byte) {
+            location.push(byte);
+        } else {
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            location.extend_from_slice(&[b'%', HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 15)]]);
+        }
+    }
     location.push(b'/');
-    location.extend_from_slice(&target[path_end..]);
+    location.extend_from_slice(query);
     location
+}
+
+/// Bytes a path may carry unescaped (RFC 3986 `pchar` and `/`), minus `%`
+/// (the key is decoded: a literal `%` must be re-encoded) and `\`.
+fn is_path_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&byte)
 }
 
 #[cfg(test)]
@@ -596,6 +627,36 @@ mod tests {
         let (text, _) = drive(&snapshot, b"GET /docs?x=1 HTTP/1.1\r\nHost: a\r\n\r\n", 4096);
         assert!(text.starts_with("HTTP/1.1 301 "));
         assert!(text.contains("Location: /docs/?x=1\r\n"));
+    }
+
+    #[test]
+    fn a_directory_redirect_never_leaves_the_site() {
+        let (snapshot, dir) = site();
+        std::fs::create_dir_all(dir.join("a b%")).unwrap();
+        std::fs::write(dir.join("a b%/index.html"), "x").unwrap();
+        let snapshot_with_odd = Snapshot::load(&LoadOptions::new(&dir)).unwrap();
+        drop(snapshot);
+        for (target, location) in [
+            ("//evil.example/../docs", "/docs/"),
+            ("//evil.example/%2e%2e/docs", "/docs/"),
+            ("/%2fevil.example/../docs", ""),
+            ("///evil.example/../../docs", ""),
+            ("/./docs", "/docs/"),
+            ("//docs", "/docs/"),
+            ("/docs//", ""),
+            ("http://evil.example//docs?q=1#f", "/docs/?q=1"),
+            ("/docs?next=//evil.example", "/docs/?next=//evil.example"),
+            ("/a%20b%25", "/a%20b%25/"),
+        ] {
+            let raw = format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n");
+            let (text, _) = drive(&snapshot_with_odd, raw.as_bytes(), 4096);
+            let found = text
+                .lines()
+                .find_map(|line| line.strip_prefix("Location: "))
+                .unwrap_or("");
+            assert_eq!(found, location, "{target}: {text}");
+            assert!(!found.starts_with("//") && !found.starts_with("/\\"), "{target}");
+        }
     }
 
     #[test]
@@ -805,7 +866,9 @@ GET /%zz HTTP/1.1\r\nHost: a\r\n\r\n";
     #[test]
     fn https_locations_are_built_from_validated_parts_only() {
         let loc = |host: &[u8], target: &[u8], port| {
-            https_location(host, target, port).map(|l| String::from_utf8(l).unwrap())
+            let mut key = Vec::new();
+            normalize_target(target, &mut key).unwrap();
+            https_location(host, &key, target, port).map(|l| String::from_utf8(l).unwrap())
         };
         assert_eq!(
             loc(b"Example.com:80", b"/a?b=1", 443).as_deref(),
@@ -824,8 +887,13 @@ GET /%zz HTTP/1.1\r\nHost: a\r\n\r\n";
             Some("https://a/p?q")
         );
         assert_eq!(
-            loc(b"a", b"/\xe9\"<>", 443).as_deref(),
-            Some("https://a/%E9%22%3C%3E")
+            loc(b"a", b"/%e9%22?q=<\">", 443).as_deref(),
+            Some("https://a/%E9%22?q=%3C%22%3E")
+        );
+        // The normalised path, never the raw one.
+        assert_eq!(
+            loc(b"a", b"//evil.example/../d/./e", 443).as_deref(),
+            Some("https://a/d/e")
         );
         for bad in [&b""[..], b"a b", b"a'b", b"[zz]", b"a:x", b"[::1]x", b"a@b"] {
             assert_eq!(loc(bad, b"/", 443), None, "{:?}", String::from_utf8_lossy(bad));

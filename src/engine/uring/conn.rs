@@ -355,7 +355,13 @@ impl Conn {
             self.carry.release();
         }
         self.after_send = progress.next;
-        if self.carry.len() <= MAX_CARRY_BYTES / 2 {
+        // Reads paused for back-pressure resume once little is carried, or
+        // once the session wants more input than it has: a head larger than
+        // half the carry limit (with `--max-head` above it) can only
+        // complete with more bytes, and would otherwise wait for its 408.
+        if self.carry.len() <= MAX_CARRY_BYTES / 2
+            || (progress.next == Next::Read && outbox.output.is_empty())
+        {
             self.reads_paused = false;
         }
         if !outbox.pull(&mut self.protocol) {
@@ -390,8 +396,10 @@ impl Conn {
             pool.give(outbox);
         }
         match self.after_send {
-            Next::Close => Reaction::Close,
-            Next::Linger => {
+            // Every end after a response is graceful: the client may still be
+            // sending (a body, more requests), and closing with its input
+            // unread would reset the connection under the response's end.
+            Next::Close | Next::Linger => {
                 self.phase = Phase::Lingering {
                     discarded: u32::try_from(self.carry.len()).unwrap_or(u32::MAX),
                 };

@@ -97,9 +97,24 @@ impl Deadlines {
         Due::NotYet
     }
 
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    /// Entries queued, stale ones included.
+    pub fn len(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Drops every entry that `slot_of` does not recognise as its
+    /// connection's current one: entries of closed connections (which would
+    /// otherwise stay until due, so the queue would grow with the connection
+    /// rate times the longest timeout) and superseded duplicates. `slot_of`
+    /// gives the timer of a live connection, `None` for a closed one.
+    pub fn compact<'a>(&mut self, slot_of: impl Fn(SlotKey) -> Option<&'a TimerSlot>) {
+        self.queue.retain(|Reverse((at, index, generation))| {
+            let key = SlotKey {
+                index: *index,
+                generation: *generation,
+            };
+            slot_of(key).is_some_and(|slot| slot.queued_at == *at)
+        });
     }
 
     #[cfg(test)]
@@ -159,6 +174,28 @@ mod tests {
         deadlines.set(&mut slot, A, 2000);
         assert!(!run(&mut deadlines, &mut slot, 1000));
         assert!(run(&mut deadlines, &mut slot, 2000));
+    }
+
+    #[test]
+    fn compaction_drops_closed_connections_and_stale_duplicates() {
+        let mut deadlines = Deadlines::default();
+        let mut live = TimerSlot::default();
+        let mut closed = TimerSlot::default();
+        let b = SlotKey {
+            index: 2,
+            generation: 0,
+        };
+        deadlines.set(&mut live, A, 1000);
+        deadlines.set(&mut live, A, 10); // the 1000 entry is now a stale duplicate
+        deadlines.set(&mut closed, b, 500);
+        assert_eq!(deadlines.len(), 3);
+        deadlines.compact(|key| (key == A).then_some(&live));
+        assert_eq!(
+            deadlines.len(),
+            1,
+            "only the live connection's current entry is left"
+        );
+        assert!(run(&mut deadlines, &mut live, 10));
     }
 
     #[test]

@@ -14,8 +14,13 @@
 //! 2. **Multishot accept** on the worker's `SO_REUSEPORT` listener (armed
 //!    again whenever the kernel ends it; on EMFILE/ENFILE the loop backs off
 //!    for [`ACCEPT_BACKOFF_MS`](crate::engine::ACCEPT_BACKOFF_MS) instead of
-//!    spinning). Within 64 connections of the connection cap it switches to
-//!    single-shot accepts, so the cap stays exact. `TCP_NODELAY` is set on
+//!    spinning). The connection cap bounds the connections *served* exactly:
+//!    one multishot burst takes every connection pending in the backlog, so
+//!    it may accept more than the room left, and those wait, accepted but
+//!    unread, in accept order until room appears (the descriptors held can
+//!    exceed the cap by at most one burst: the backlog, plus arrivals while
+//!    the kernel drained it). Within 64 connections of the cap accepts are
+//!    single-shot. `TCP_NODELAY` is set on
 //!    the listener, and accepted sockets inherit it: no per-connection
 //!    `setsockopt`.
 //! 3. **Multishot receive with a provided-buffer ring** ([`buffers`]): an
@@ -42,14 +47,20 @@
 //!    linger) is the core's rule ([`crate::http::deadline`]); the deadlines
 //!    live in a lazy queue ([`deadlines`]) checked once per iteration, and
 //!    one io_uring timeout, armed for the earliest, wakes the loop.
-//! 6. **Async close**: an armed multishot receive holds a reference to the
-//!    socket, so closing would not send FIN. Closing cancels the receive
-//!    (and any send), waits for their final completions, then submits
-//!    `Close`. A connection's first receive is single-shot, and no receive is
-//!    armed while a `Connection: close` response is sent, so a
-//!    connection-per-request client costs one receive, one send and one
-//!    close, with no cancel. Closes and cancels complete silently
-//!    (`IOSQE_CQE_SKIP_SUCCESS`).
+//! 6. **Graceful, async close**: every end after a response is graceful
+//!    (RFC 9112 §9.6): once the last response is sent, a `Shutdown` through
+//!    the ring sends FIN, and input is received and discarded (lingering)
+//!    until the client closes, [`LINGER_MAX_BYTES`](crate::engine::LINGER_MAX_BYTES)
+//!    or the linger deadline, so unread input never makes the kernel reset
+//!    the connection under the response's end. An armed multishot receive
+//!    holds a reference to the socket, so closing would not send FIN:
+//!    closing cancels the receive (and any send), waits for their final
+//!    completions, then submits `Close`. A connection's first receive is
+//!    single-shot, and no receive is armed while a `Connection: close`
+//!    response is sent, so a connection-per-request client costs one
+//!    receive, one send, one shutdown, the receive that sees its FIN, and one
+//!    close, with no cancel and no syscall of their own. Closes, shutdowns and
+//!    cancels complete silently (`IOSQE_CQE_SKIP_SUCCESS`).
 //!
 //! Every completion names its operation and connection in `user_data`
 //! ([`op`]): slot index and generation ([`slots`]), so a late completion can
@@ -72,8 +83,14 @@
 //! are refused), shuts down the read side of every connection (as
 //! [`crate::engine::connections`] does for the tokio engines: a waiting
 //! connection sees end-of-file and closes, one mid-response finishes it),
-//! resets what is left after the grace period, and returns once nothing is
-//! in flight.
+//! resets what is left after the grace period (once: then it waits in the
+//! kernel for the cancels to complete), and returns once nothing is in
+//! flight.
+//!
+//! **A broken ring** (a failed `io_uring_enter`, a panic) ends the loop with
+//! an error: the worker's connections are reset and its memory is leaked
+//! rather than freed under the kernel, and the server stops and exits 1 (see
+//! [`crate::engine::WorkerFailure`]).
 //!
 //! **Switches for measurement** ([`UringOptions`], hidden command-line flags
 //! `--uring-no-multishot-recv`, `--uring-no-buf-ring`,
@@ -108,7 +125,9 @@ use self::deadlines::{Deadlines, Due, Millis, NEVER};
 use self::op::{Op, OpKind};
 use self::slots::{SlotKey, Slots};
 use crate::access_log::{FLUSH_INTERVAL, WorkerLog};
-use crate::engine::{AcceptBackoff, READ_BUFFER_BYTES, Ready, Shutdown, Worker, set_reset_on_close};
+use crate::engine::{
+    AcceptBackoff, FaultCountdown, READ_BUFFER_BYTES, Ready, Shutdown, Worker, set_reset_on_close,
+};
 use crate::files::{Snapshot, SnapshotCache};
 use crate::http::{Expiry, Limits, Timeouts};
 use crate::protocol::{ListenKind, Protocol};
@@ -201,13 +220,18 @@ enum RecvMode {
     SingleOwned,
 }
 
-pub fn run_worker(worker: Worker, ready: Ready) {
+/// Runs one worker until the stop signal. An error means the ring broke
+/// (see [`crate::engine::WorkerFailure`] for what happens then).
+pub fn run_worker(worker: Worker, ready: Ready) -> io::Result<()> {
     let mut driver = match Driver::new(worker) {
         Ok(driver) => driver,
-        Err(e) => return ready.report(Err(e)),
+        Err(e) => {
+            ready.report(Err(e));
+            return Ok(());
+        }
     };
     ready.report(Ok(()));
-    driver.run();
+    driver.run()
 }
 
 /// The submission side of the ring, and the count of operations whose final
@@ -242,20 +266,52 @@ impl Ring {
         }
     }
 
-    /// Queues `entry` (an operation that references no memory of ours) with
-    /// `IOSQE_CQE_SKIP_SUCCESS`: it completes silently unless it fails, so it
-    /// is not counted in flight. Used for closes and cancels, whose success
-    /// tells nothing; what is queued is submitted before the loop returns.
-    fn push_unacknowledged(&mut self, entry: squeue::Entry) {
-        let entry = entry.flags(squeue::Flags::SKIP_SUCCESS);
-        // SAFETY: the entry references no memory (the caller's contract).
+    /// Queues a cancel of the operation `target` (the cancelled operation
+    /// reports on its own).
+    fn push_cancel(&mut self, target: Op) {
+        let entry = opcode::AsyncCancel::new(target.encode())
+            .build()
+            .user_data(Op::worker(OpKind::Cancel).encode());
+        // SAFETY: a cancel names its target by `user_data`, a number: it
+        // references no memory.
+        unsafe { self.push_unacknowledged(&entry) };
+    }
+
+    /// Queues the close of `fd`, which nothing of ours uses any more.
+    fn push_close(&mut self, fd: RawFd, op: Op) {
+        let entry = opcode::Close::new(types::Fd(fd)).build().user_data(op.encode());
+        // SAFETY: a close takes a descriptor number and references no memory.
+        unsafe { self.push_unacknowledged(&entry) };
+    }
+
+    /// Queues `shutdown(fd, SHUT_WR)`: the peer sees end-of-file once what
+    /// was sent before is delivered.
+    fn push_shutdown_write(&mut self, fd: RawFd, op: Op) {
+        let entry = opcode::Shutdown::new(types::Fd(fd), libc::SHUT_WR)
+            .build()
+            .user_data(op.encode());
+        // SAFETY: a shutdown takes a descriptor and a number: no memory.
+        unsafe { self.push_unacknowledged(&entry) };
+    }
+
+    /// Queues `entry` with `IOSQE_CQE_SKIP_SUCCESS`: it completes silently
+    /// unless it fails, so it is not counted in flight (closes, cancels and
+    /// shutdowns, whose success tells nothing; what is queued is submitted
+    /// before the loop returns).
+    ///
+    /// # Safety
+    ///
+    /// `entry` must reference no memory of ours: nothing would keep it alive.
+    unsafe fn push_unacknowledged(&mut self, entry: &squeue::Entry) {
+        let entry = entry.clone().flags(squeue::Flags::SKIP_SUCCESS);
+        // SAFETY: the entry references no memory (this function's contract).
         unsafe { self.push(&entry) };
         self.in_flight -= 1;
     }
 
     /// Whether a completion of `kind` is counted in `in_flight`.
-    fn counted(kind: Option<OpKind>) -> bool {
-        !matches!(kind, Some(OpKind::Close | OpKind::Cancel))
+    fn counted(kind: OpKind) -> bool {
+        !matches!(kind, OpKind::Close | OpKind::Cancel | OpKind::Shutdown)
     }
 
     /// The loop's one syscall: submits what is queued and, if `wait`, waits
@@ -323,6 +379,11 @@ struct Listening {
     accept: AcceptState,
 }
 
+/// The deadline queue is compacted when it holds more than twice as many
+/// entries as there are connections, plus this many (so that a small worker
+/// does not compact on every close): amortised, a close costs O(log n).
+const MIN_DEADLINES_BEFORE_COMPACTION: usize = 1024;
+
 /// Below this much room under the cap, accepts are single-shot: a multishot
 /// accept could take several connections in one iteration.
 const SINGLE_SHOT_ACCEPT_ROOM: usize = 64;
@@ -373,13 +434,28 @@ struct Driver {
     backoff: AcceptBackoff,
     /// After a failed accept: when to accept again (`NEVER`: not paused).
     accept_resume_at: Millis,
-    /// After the stop signal: when the grace period ends.
-    stop_deadline: Option<Millis>,
+    /// Running, or after the stop signal: until when in-flight responses may
+    /// finish.
+    stopping: Stopping,
     /// When the armed timeout fires (`NEVER`: none armed).
     timer_at: Millis,
     timer_cancelled: bool,
     /// The timeout's duration; read by the kernel when the entry is submitted.
     timer_spec: types::Timespec,
+    /// Test-only fault injection ([`crate::engine::FaultCountdown`]) ...
+    fault: FaultCountdown,
+    /// ... and whether it is due: the next enter fails as a broken ring would.
+    fault_due: bool,
+}
+
+/// After the stop signal: the grace period, then one reset of whatever is
+/// left (once: the resets' cancels complete on their own, and the loop waits
+/// for them in the kernel, not by waking every millisecond).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopping {
+    Running,
+    Grace { until: Millis },
+    Aborted,
 }
 
 impl Driver {
@@ -465,10 +541,12 @@ impl Driver {
             now: 0,
             backoff: AcceptBackoff::default(),
             accept_resume_at: NEVER,
-            stop_deadline: None,
+            stopping: Stopping::Running,
             timer_at: NEVER,
             timer_cancelled: false,
             timer_spec: types::Timespec::new(),
+            fault: FaultCountdown::new(worker.fault_after_accepts),
+            fault_due: false,
         };
         driver.maintain_accept();
         let poll = opcode::PollAdd::new(
@@ -486,19 +564,20 @@ impl Driver {
         Ok(driver)
     }
 
-    fn run(&mut self) {
+    /// The loop, until the stop signal has been served; an error if the
+    /// ring broke (the caller reports it; `Drop` cleans up).
+    fn run(&mut self) -> io::Result<()> {
         loop {
             self.prepare();
             if self.finished() {
                 break;
             }
-            if let Err(e) = self.ring.enter(self.starved.is_empty()) {
-                eprintln!(
-                    "ringserve: worker {}: io_uring_enter failed: {e}; worker stops",
-                    self.worker_index
-                );
-                break;
+            if self.fault_due {
+                return Err(io::Error::other("io_uring_enter failed: injected fault"));
             }
+            self.ring
+                .enter(self.starved.is_empty())
+                .map_err(|e| io::Error::new(e.kind(), format!("io_uring_enter failed: {e}")))?;
             self.now = millis(self.epoch.elapsed());
             self.handle_completions();
             self.expire_deadlines();
@@ -511,6 +590,7 @@ impl Driver {
         if let Some(log) = &self.access_log {
             log.borrow_mut().flush();
         }
+        Ok(())
     }
 
     /// Work done once per iteration, just before entering the kernel.
@@ -524,7 +604,7 @@ impl Driver {
             debug_assert_eq!(buffers.lent_count(), 0);
             buffers.publish();
         }
-        if self.stop_deadline.is_some() && self.conns.is_empty() && self.accepts_idle() {
+        if self.stopping != Stopping::Running && self.conns.is_empty() && self.accepts_idle() {
             self.cancel_timer();
         } else {
             self.arm_timer();
@@ -532,7 +612,7 @@ impl Driver {
     }
 
     fn finished(&self) -> bool {
-        self.stop_deadline.is_some() && self.conns.is_empty() && self.ring.in_flight == 0
+        self.stopping != Stopping::Running && self.conns.is_empty() && self.ring.in_flight == 0
     }
 
     fn handle_completions(&mut self) {
@@ -550,13 +630,15 @@ impl Driver {
                 .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())),
         );
         for &(user_data, result, flags) in &completions {
-            let op = Op::decode(user_data);
-            if !cqueue::more(flags) && Ring::counted(op.map(|op| op.kind)) {
-                self.ring.in_flight -= 1;
-            }
-            let Some(op) = op else {
+            // A value this worker never submitted is no operation of ours:
+            // it must not be counted (the count could underflow).
+            let Some(op) = Op::decode(user_data) else {
+                debug_assert!(false, "completion with unknown user_data {user_data:#x}");
                 continue;
             };
+            if !cqueue::more(flags) && Ring::counted(op.kind) {
+                self.ring.in_flight -= 1;
+            }
             match op.kind {
                 OpKind::Accept => self.on_accept(op.key.index as usize, result, flags),
                 OpKind::StopSignal => self.on_stop_signal(),
@@ -564,7 +646,7 @@ impl Driver {
                 OpKind::Recv => self.on_recv(op.key, result, flags),
                 OpKind::Send => self.on_send(op.key, result),
                 OpKind::Read => self.on_file_read(op.key, result),
-                OpKind::TimerUpdate | OpKind::Cancel | OpKind::Close => {}
+                OpKind::TimerUpdate | OpKind::Cancel | OpKind::Close | OpKind::Shutdown => {}
             }
         }
         completions.clear();
@@ -600,14 +682,15 @@ impl Driver {
                 generation: 0,
             },
         );
-        let stopping = self.stop_deadline.is_some();
+        let stopping = self.stopping != Stopping::Running;
         let paused = stopping || self.accept_resume_at != NEVER;
         let room = self.max_connections.saturating_sub(self.open_connections());
         let multishot = room > SINGLE_SHOT_ACCEPT_ROOM;
         let listening = &mut self.listeners[index];
         if stopping && listening.accept == AcceptState::Idle {
             if let Some(listener) = listening.listener.take() {
-                self.submit_close(listener.into_raw_fd(), Op::worker(OpKind::Close));
+                self.ring
+                    .push_close(listener.into_raw_fd(), Op::worker(OpKind::Close));
             }
         }
         let listening = &mut self.listeners[index];
@@ -635,7 +718,7 @@ impl Driver {
                 multishot: armed_multishot,
             } if paused || (armed_multishot && !multishot) => {
                 listening.accept = AcceptState::Cancelling;
-                self.submit_cancel(op);
+                self.ring.push_cancel(op);
             }
             _ => {}
         }
@@ -651,8 +734,9 @@ impl Driver {
         if result >= 0 {
             let fd = result;
             self.backoff.on_success(self.worker_index);
-            if self.stop_deadline.is_some() {
-                self.submit_close(fd, Op::worker(OpKind::Close));
+            self.fault_due |= self.fault.on_accept();
+            if self.stopping != Stopping::Running {
+                self.ring.push_close(fd, Op::worker(OpKind::Close));
             } else if self.conns.len() >= self.max_connections {
                 self.waiting.push_back((fd, kind));
             } else {
@@ -669,7 +753,7 @@ impl Driver {
 
     fn start_connection(&mut self, fd: RawFd, kind: ListenKind) {
         let Some(protocol) = Protocol::new(kind, self.tls.as_ref()) else {
-            self.submit_close(fd, Op::worker(OpKind::Close));
+            self.ring.push_close(fd, Op::worker(OpKind::Close));
             return;
         };
         // The peer's address is only needed for the access log (a multishot
@@ -695,14 +779,21 @@ impl Driver {
     fn on_recv(&mut self, key: SlotKey, result: i32, flags: u32) {
         let bid = cqueue::buffer_select(flags);
         let cx = serve_context!(self);
-        let Some(conn) = self.conns.get_mut(key) else {
-            // Cannot happen (a slot is freed only after its receive's final
-            // completion), but a buffer must never leak out of the ring.
-            if let (Some(bid), Some(buffers)) = (bid, &mut self.buffers) {
-                buffers.lend(bid);
-                buffers.recycle(bid);
+        let conn = match self.conns.get_mut(key) {
+            // A buffer named by a completion that carries no data (the kernel
+            // should not do that, but a buffer must never leak out of the
+            // ring) goes back at once.
+            Some(conn) if result > 0 => conn,
+            found => {
+                if let (Some(bid), Some(buffers)) = (bid, &mut self.buffers) {
+                    buffers.lend(bid);
+                    buffers.recycle(bid);
+                }
+                // Cannot happen: a slot is freed only after its receive's
+                // final completion.
+                let Some(conn) = found else { return };
+                conn
             }
-            return;
         };
         if !cqueue::more(flags) {
             conn.recv = RecvState::Idle;
@@ -907,16 +998,16 @@ impl Driver {
                 conn.reads_paused = true;
                 if conn.recv == RecvState::Armed {
                     conn.recv = RecvState::Cancelling;
-                    self.submit_cancel(Op::conn(OpKind::Recv, key));
+                    self.ring.push_cancel(Op::conn(OpKind::Recv, key));
                 }
             }
             Reaction::Resend => self.submit_output(key),
             Reaction::StartLinger => {
-                // SAFETY: shutdown(2) reads no memory of ours; the descriptor
-                // is open (closed only by this connection's Close).
-                if unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) } != 0 {
-                    conn.close_requested = true;
-                }
+                // Through the ring: no syscall of its own. Queued after the
+                // send that completed, so the FIN follows the response; if it
+                // fails (the peer is gone), the lingering receive fails too.
+                let fd = conn.fd;
+                self.ring.push_shutdown_write(fd, Op::conn(OpKind::Shutdown, key));
             }
             Reaction::Close => conn.close_requested = true,
         }
@@ -940,10 +1031,10 @@ impl Driver {
                 conn.recv = RecvState::Idle;
             }
             if cancel_recv {
-                self.submit_cancel(Op::conn(OpKind::Recv, key));
+                self.ring.push_cancel(Op::conn(OpKind::Recv, key));
             }
             if let Some(kind) = cancel_output {
-                self.submit_cancel(Op::conn(kind, key));
+                self.ring.push_cancel(Op::conn(kind, key));
             }
         }
         let cx = serve_context!(self);
@@ -959,7 +1050,12 @@ impl Driver {
                 if let Some(conn) = self.conns.remove(key) {
                     conn.release(&mut self.pool);
                 }
-                self.submit_close(fd, Op::conn(OpKind::Close, key));
+                self.ring.push_close(fd, Op::conn(OpKind::Close, key));
+                if self.deadlines.len() > 2 * self.conns.len() + MIN_DEADLINES_BEFORE_COMPACTION {
+                    let conns = &self.conns;
+                    self.deadlines
+                        .compact(|key| conns.get(key).map(|conn| &conn.timer));
+                }
             }
             return;
         }
@@ -973,23 +1069,6 @@ impl Driver {
         if conn.wants_recv(self.mode == RecvMode::Multishot) {
             self.arm_recv(key);
         }
-    }
-
-    /// Cancels `target`; the cancelled operation reports on its own.
-    fn submit_cancel(&mut self, target: Op) {
-        let cancel = opcode::AsyncCancel::new(target.encode())
-            .build()
-            .user_data(Op::worker(OpKind::Cancel).encode());
-        // A cancel references no memory of ours.
-        self.ring.push_unacknowledged(cancel);
-    }
-
-    /// Closes `fd`, which nothing uses any more (its connection's slot is
-    /// already freed, or it never had one).
-    fn submit_close(&mut self, fd: RawFd, op: Op) {
-        let close = opcode::Close::new(types::Fd(fd)).build().user_data(op.encode());
-        // A close references no memory of ours.
-        self.ring.push_unacknowledged(close);
     }
 
     /// Ends a connection now: with a reset if `reset` (a peer that stopped
@@ -1029,8 +1108,9 @@ impl Driver {
         if self.accept_resume_at <= self.now {
             self.accept_resume_at = NEVER;
         }
-        if self.stop_deadline.is_some_and(|at| at <= self.now) {
-            // Grace is over: reset whatever is left.
+        if matches!(self.stopping, Stopping::Grace { until } if until <= self.now) {
+            // Grace is over: reset whatever is left, once.
+            self.stopping = Stopping::Aborted;
             for key in self.conns.keys() {
                 self.abort(key, true);
             }
@@ -1051,8 +1131,8 @@ impl Driver {
             .next_due()
             .unwrap_or(NEVER)
             .min(self.accept_resume_at);
-        if let Some(at) = self.stop_deadline {
-            next = next.min(at);
+        if let Stopping::Grace { until } = self.stopping {
+            next = next.min(until);
         }
         if self.access_log.is_some() {
             next = next.min(self.next_log_flush);
@@ -1085,17 +1165,22 @@ impl Driver {
     fn cancel_timer(&mut self) {
         if self.timer_at != NEVER && !self.timer_cancelled {
             self.timer_cancelled = true;
-            self.submit_cancel(Op::worker(OpKind::Timer));
+            self.ring.push_cancel(Op::worker(OpKind::Timer));
         }
     }
 
     // ---- stop ----
 
     fn on_stop_signal(&mut self) {
-        self.stop_deadline = Some(self.now.saturating_add(millis(self.grace)));
+        if self.stopping != Stopping::Running {
+            return;
+        }
+        self.stopping = Stopping::Grace {
+            until: self.now.saturating_add(millis(self.grace)),
+        };
         self.maintain_accept();
         while let Some((fd, _)) = self.waiting.pop_front() {
-            self.submit_close(fd, Op::worker(OpKind::Close));
+            self.ring.push_close(fd, Op::worker(OpKind::Close));
         }
         for key in self.conns.keys() {
             let Some(conn) = self.conns.get(key) else {
@@ -1130,9 +1215,25 @@ impl Drop for Driver {
         if self.ring.in_flight > 0 {
             // Left with operations in flight (a panic, a failed enter): the
             // kernel may still write into provided buffers or read outboxes
-            // after the ring closes, so leak them rather than free them.
+            // after the ring closes, so leak them rather than free them. The
+            // descriptors, though, are closed with a reset: their clients
+            // must see the end now, not hang until the process exits (what
+            // an operation still holds of a socket is released when the
+            // ring, dropped next, cancels it).
             std::mem::forget(self.buffers.take());
-            std::mem::forget(self.conns.drain_values());
+            let conns = self.conns.drain_values();
+            for fd in conns
+                .iter()
+                .map(|conn| conn.fd)
+                .chain(self.waiting.drain(..).map(|(fd, _)| fd))
+            {
+                set_reset_on_close(fd);
+                crate::engine::shutdown_both(fd);
+                // SAFETY: the descriptor belongs to this worker alone, and no
+                // submission naming it will be made again.
+                unsafe { libc::close(fd) };
+            }
+            std::mem::forget(conns);
             return;
         }
         if self.buffers.is_some() {
