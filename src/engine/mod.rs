@@ -1,8 +1,13 @@
 //! Engines: the only code that does I/O.
 //!
 //! Thread-per-core: [`Server::start`] binds one `SO_REUSEPORT` listener per
-//! worker ([`listener`]), then starts one thread per worker, pinned to its own
-//! CPU, each running the chosen engine's event loop over its own listener.
+//! worker and configured address ([`listener`]; an address serves plain
+//! HTTP, HTTPS or a redirect to HTTPS, [`ListenKind`]), then starts one
+//! thread per worker, pinned to its own CPU, each running the chosen engine's
+//! event loop over its own listeners. What a connection speaks is a
+//! [`crate::protocol::Protocol`] chosen by its listener: engines move bytes
+//! (ciphertext, for HTTPS) and call it at a few fixed points; none has TLS
+//! logic of its own.
 //! Nothing on the hot path is shared between threads except the immutable
 //! [`Snapshot`], reached through a [`SnapshotHandle`] that a reload swaps
 //! atomically: a connection loads the current snapshot once per batch of

@@ -5,16 +5,20 @@
 //! half-closed. Keeping the loops here, once, is what makes comparing the two
 //! engines compare I/O models and nothing else.
 //!
-//! The worker loop: wait for room under the connection cap
-//! ([`Connections::wait_for_room`]), accept (pausing on EMFILE and the like,
-//! [`AcceptBackoff`]), spawn one local task per connection, and flush the
+//! The worker loop: for each of the worker's listeners, wait for room under
+//! the connection cap ([`Connections::wait_for_room`]), accept (pausing on
+//! EMFILE and the like, [`AcceptBackoff`]), spawn one local task per
+//! connection with the [`Protocol`] its listener serves; flush the
 //! access log once a second; on the stop signal, drain
 //! ([`Connections::drain`]).
 //!
 //! The connection loop: load the current snapshot, hand received bytes to
-//! [`Session::on_input_observed`], drop what it consumed, write its output
+//! the connection's [`Protocol`] (plain HTTP, or TLS around it), drop what it
+//! consumed, write its output
 //! ([`write_output`]: in-memory pieces by the engine, file ranges streamed
-//! from disk here in chunks of [`FILE_CHUNK_BYTES`]), and read, write again,
+//! from disk here in chunks of [`FILE_CHUNK_BYTES`]; then, for TLS, the
+//! sealed records [`write_sealed`] pulls from the protocol, file chunks read
+//! here and sealed there), and read, write again,
 //! close or linger as its [`Next`] says. Every read and every write operation is raced
 //! against the deadline the core decides ([`DeadlineClock`]) on one timer per
 //! connection ([`timer::before`]).

@@ -11,7 +11,9 @@
 //!    interrupts. Each loop iteration makes one `io_uring_enter`
 //!    ([`Ring::enter`]: submit everything queued and wait for at least one
 //!    completion), then handles every completion that is ready.
-//! 2. **Multishot accept** on the worker's `SO_REUSEPORT` listener (armed
+//! 2. **Multishot accept** on each of the worker's `SO_REUSEPORT` listeners
+//!    (one per configured address; each completion names its listener, and
+//!    so whether the connection speaks HTTP or HTTPS) (armed
 //!    again whenever the kernel ends it; on EMFILE/ENFILE the loop backs off
 //!    for [`ACCEPT_BACKOFF_MS`](crate::engine::ACCEPT_BACKOFF_MS) instead of
 //!    spinning). The connection cap bounds the connections *served* exactly:
