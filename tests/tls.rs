@@ -890,3 +890,35 @@ fn a_bad_certificate_at_start_is_one_line_and_exit_1_an_expired_one_a_warning() 
     assert!(line.contains("https://127.0.0.1:"), "{line}");
     assert!(warning.contains("expired"), "{warning}");
 }
+
+#[test]
+fn every_uring_switch_serves_https() {
+    let pki = make_pki("ringserve test CA", false);
+    let config = client_config(&[&pki.ca_der]);
+    let site = TempSite::new();
+    let content = support::pattern_bytes(700 * 1024);
+    site.write("disk.bin", &content).write("a.txt", b"abc");
+    let mut options = LoadOptions::new(site.path());
+    options.max_cached_file_bytes = 64 * 1024;
+    let switches: [(&str, fn(&mut ringserve::engine::UringOptions)); 4] = [
+        ("no multishot recv", |o| o.multishot_recv = false),
+        ("no buffer ring", |o| o.buffer_ring = false),
+        ("no batching", |o| o.batch_sends = false),
+        ("no DEFER_TASKRUN", |o| o.defer_taskrun = false),
+    ];
+    for (name, switch) in switches {
+        let mut server_config = ServerConfig::loopback_tls(EngineKind::Uring, tls_handle(&pki));
+        switch(&mut server_config.uring);
+        let server = TestServer::with_options(server_config, &options);
+        let mut client = TlsClient::connect(server.addr(), &config);
+        client.send(
+            b"GET /a.txt HTTP/1.1\r\nHost: a\r\n\r\nGET /disk.bin HTTP/1.1\r\nHost: a\r\n\r\nGET /a.txt HTTP/1.1\r\nHost: a\r\n\r\n",
+        );
+        assert_eq!(client.read_reply(false).body, b"abc", "{name}");
+        assert!(
+            client.read_reply(false).body == content,
+            "{name}: the file differs"
+        );
+        assert_eq!(client.read_reply(false).body, b"abc", "{name}");
+    }
+}
