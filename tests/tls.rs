@@ -900,7 +900,8 @@ fn every_uring_switch_serves_https() {
     site.write("disk.bin", &content).write("a.txt", b"abc");
     let mut options = LoadOptions::new(site.path());
     options.max_cached_file_bytes = 64 * 1024;
-    let switches: [(&str, fn(&mut ringserve::engine::UringOptions)); 4] = [
+    type Switch = fn(&mut ringserve::engine::UringOptions);
+    let switches: [(&str, Switch); 4] = [
         ("no multishot recv", |o| o.multishot_recv = false),
         ("no buffer ring", |o| o.buffer_ring = false),
         ("no batching", |o| o.batch_sends = false),
