@@ -280,6 +280,10 @@ impl TlsSession {
             self.plain_in = Vec::new();
         }
         self.pending.extend(self.plain_out.take_pieces());
+        // The pieces share the staging buffer's allocation; a fresh (empty,
+        // unallocated) one lets it be freed once they are sealed, so an idle
+        // connection holds no staging memory.
+        self.plain_out = Output::new();
         if matches!(progress.next, Next::Close | Next::Linger) {
             self.ending = Ending::CloseNotifyDue;
         }
