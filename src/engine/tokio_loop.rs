@@ -405,16 +405,28 @@ async fn write_sealed<C: ConnectionIo>(
     timeouts: &Timeouts,
 ) -> Result<(), WriteFailed> {
     let mut buffer = BytesMut::new();
+    // The file being streamed, opened once for all its chunks (holding the
+    // `Arc` keeps the comparison by address meaningful).
+    let mut open: Option<(Arc<File>, C::FileReader)> = None;
     loop {
         match protocol.pull_output(output) {
             Pull::Done => return Ok(()),
             Pull::Send => {}
             Pull::ReadFile(chunk) => {
-                let reader = connection.open_file(&chunk.file).map_err(|_| WriteFailed::File)?;
+                if !open
+                    .as_ref()
+                    .is_some_and(|(file, _)| Arc::ptr_eq(file, &chunk.file))
+                {
+                    let reader = connection.open_file(&chunk.file).map_err(|_| WriteFailed::File)?;
+                    open = Some((Arc::clone(&chunk.file), reader));
+                }
+                let Some((_, reader)) = &open else {
+                    return Err(WriteFailed::File);
+                };
                 buffer.clear();
                 buffer.reserve(chunk.len);
                 let (read, filled) = connection
-                    .read_file_at(&reader, chunk.offset, chunk.len, buffer)
+                    .read_file_at(reader, chunk.offset, chunk.len, buffer)
                     .await;
                 let read = read.unwrap_or(0);
                 if !protocol.seal_file_chunk(&filled[..read.min(filled.len())], output) {
