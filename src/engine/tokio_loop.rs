@@ -56,6 +56,10 @@ use crate::http::{DeadlineClock, Expiry, Limits, Next, Observer, Output, Timeout
 use crate::protocol::{ListenKind, Protocol};
 use crate::tls::{Pull, TlsHandle};
 
+/// Output buffer capacity a connection keeps between responses (more, after
+/// sealing large TLS records, is given back).
+const MAX_IDLE_OUTPUT_BYTES: usize = 32 * 1024;
+
 /// What the connection tasks of one worker share (by `Rc`: never across threads).
 struct WorkerContext {
     snapshot: SnapshotHandle,
@@ -410,7 +414,14 @@ async fn write_sealed<C: ConnectionIo>(
     let mut open: Option<(Arc<File>, C::FileReader)> = None;
     loop {
         match protocol.pull_output(output) {
-            Pull::Done => return Ok(()),
+            Pull::Done => {
+                // Sealed file chunks grow the buffer to a chunk's size; an
+                // idle connection must not keep that.
+                if output.staged_capacity() > MAX_IDLE_OUTPUT_BYTES {
+                    *output = Output::with_capacity(READ_BUFFER_BYTES);
+                }
+                return Ok(());
+            }
             Pull::Send => {}
             Pull::ReadFile(chunk) => {
                 if !open
