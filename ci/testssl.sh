@@ -14,8 +14,9 @@
 #   default (CI): protocols, cipher categories, forward secrecy, server
 #   preferences and defaults, and every vulnerability check (-p -s -f -P -S -U),
 #   about a minute;
-#   --full: testssl's whole default run, plus each cipher tried one by one
-#   (-e), several minutes:  bash ci/testssl.sh --full uring
+#   --full: testssl's whole default run (adds the HTTP header checks, ciphers
+#   per protocol and client simulations), several minutes:
+#   bash ci/testssl.sh --full uring
 # The JSON report and the log go to $TESTSSL_OUT (default: target/testssl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,15 +75,15 @@ if [ -z "$addr" ]; then
 fi
 
 if [ "$full" -eq 1 ]; then
-    checks=(-e)
+    checks=()
 else
     checks=(-p -s -f -P -S -U)
 fi
-echo "== testssl ${checks[*]} $addr (engine $engine)"
+echo "== testssl ${checks[*]:-(full default run)} $addr (engine $engine)"
 started=$(date +%s)
 # testssl's exit status counts findings of every kind; the JSON is judged below.
 timeout 1200 testssl --quiet --color 0 --warnings off --add-ca "$PKI/ca.pem" \
-    --jsonfile "$OUT/report.json" "${checks[@]}" "$addr" >"$OUT/testssl.log" 2>&1 || true
+    --jsonfile "$OUT/report.json" ${checks[@]+"${checks[@]}"} "$addr" >"$OUT/testssl.log" 2>&1 || true
 echo "   took $(($(date +%s) - started)) s; log: $OUT/testssl.log"
 
 python3 - "$OUT/report.json" <<'EOF'
