@@ -22,8 +22,12 @@ certificate (made here with openssl) and cipher: TLS 1.3
 TLS_AES_128_GCM_SHA256 with X25519 (ringserve prefers it; nginx is
 restricted to it), nginx with `ssl_session_tickets on` and its default
 `ssl_buffer_size`; wrk over https:// (keep-alive 1 KiB c64, 16 KiB c64,
-1 MiB c16, and `Connection: close`, a full handshake per request: wrk does
-not resume sessions); the idle connections complete a TLS handshake each.
+1 MiB c16, and `Connection: close`, a new TLS connection per request). wrk
+resumes TLS sessions (checked: nginx's $ssl_session_reused was "r" for 193
+of 195 connections), so `Connection: close` measures a resumed handshake;
+add --tls-no-resumption (resumption off in every server: nginx tickets and
+cache off, ringserve --tls-no-resumption) for a full handshake per request.
+The idle connections complete a TLS handshake each.
 
 Every process it starts is recorded and killed by PID at the end, also on
 Ctrl-C, SIGTERM, an error or the overall deadline (--max-minutes).
@@ -366,7 +370,8 @@ def start_ringserve(procs: Processes, binary: Path, engine: str, docroot: Path, 
     err_path = workdir / f"ringserve-{engine}{instance}.err"
     cmd = pinned(server_cpus, [str(binary), "--engine", engine, "--workers", "1",
                                "--listen", "127.0.0.1:0", "--root", str(docroot), *extra_args]
-                 + (["--tls-cert", str(TLS["cert"]), "--tls-key", str(TLS["key"])] if TLS else []))
+                 + (["--tls-cert", str(TLS["cert"]), "--tls-key", str(TLS["key"])] if TLS else [])
+                 + (["--tls-no-resumption"] if TLS and not TLS["resumption"] else []))
     with open(out_path, "w") as out, open(err_path, "w") as err:
         proc = procs.start(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 15
@@ -428,8 +433,8 @@ NGINX_TLS = """\
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256;
         ssl_ecdh_curve X25519:prime256v1;
-        ssl_session_tickets on;
-        ssl_session_cache shared:SSL:10m;
+        ssl_session_tickets {tickets};
+        ssl_session_cache {cache};
 """
 
 
@@ -439,7 +444,9 @@ def start_nginx(procs: Processes, nginx: str, docroot: Path, workdir: Path, serv
     workdir.mkdir(mode=0o755, exist_ok=True)
     (workdir / "nginx-tmp").mkdir(exist_ok=True)
     conf = workdir / "nginx.conf"
-    tls = NGINX_TLS.format(cert=TLS["cert"], key=TLS["key"]) if TLS else ""
+    tls = NGINX_TLS.format(cert=TLS["cert"], key=TLS["key"],
+                           tickets="on" if TLS["resumption"] else "off",
+                           cache="shared:SSL:10m" if TLS["resumption"] else "off") if TLS else ""
     conf.write_text(NGINX_CONF.format(work=workdir, port=port, root=docroot, ssl=" ssl" if TLS else "", tls=tls))
     err_log = workdir / "nginx-error.log"
     cmd = pinned(server_cpus, [nginx, "-p", str(workdir), "-c", str(conf), "-e", str(err_log)])
@@ -978,6 +985,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="output directory (default bench-results/<date>[-quick])")
     parser.add_argument("--max-minutes", type=float, default=45, help="abort the whole run after this long")
     parser.add_argument("--skip-build", action="store_true", help="use the existing release binary")
+    parser.add_argument("--tls-no-resumption", action="store_true",
+                        help="with --tls: session resumption off in every server (no tickets, no cache), so "
+                             "close-c64 is a full handshake per request (wrk resumes sessions otherwise)")
     parser.add_argument("--tls", action="store_true",
                         help="every server over HTTPS (same ECDSA P-256 certificate, TLS 1.3 "
                              "TLS_AES_128_GCM_SHA256); the scenarios: " + ",".join(sorted(TLS_SCENARIOS)))
@@ -1043,6 +1053,7 @@ def main(argv: list[str]) -> int:
         docroot = make_docroot(workdir)
         if args.tls:
             TLS = make_tls_material(workdir, procs)
+            TLS["resumption"] = not args.tls_no_resumption
         perf_ok, perf_note = perf_available(procs, tools["perf"]) if args.syscalls != "off" else (False, "off")
         setup = Setup(tools["wrk"], tools["perf"], perf_ok, load_cpus, wrk_threads, workdir, args.syscalls)
 
@@ -1129,6 +1140,7 @@ def main(argv: list[str]) -> int:
 
         date = dt.date.today().isoformat()
         out_dir = args.out or REPO / "bench-results" / (date + ("-tls" if args.tls else "")
+                                                        + ("-full-handshake" if args.tls_no_resumption else "")
                                                         + ("-quick" if args.quick else ""))
         out_dir.mkdir(parents=True, exist_ok=True)
         nginx_version = tool_version(procs, [tools["nginx"], "-v"]) if not args.no_nginx else "not run"
@@ -1156,9 +1168,14 @@ def main(argv: list[str]) -> int:
                             f"{load_cpus}" if server_cpus else "none (one CPU)"),
                 "load generator": f"{tool_version(procs, [tools['wrk'], '--version']).split(' Copyright')[0]} (every scenario; "
                                   "pipelining by a Lua script; latency percentiles from wrk)",
-                "protocol": ("HTTPS: TLS 1.3 TLS_AES_128_GCM_SHA256, X25519, ECDSA P-256 certificate; "
-                             "nginx with ssl_session_tickets on, ssl_buffer_size default; wrk does not "
-                             "resume sessions, so `Connection: close` is a full handshake per request"
+                "protocol": (("HTTPS: TLS 1.3 TLS_AES_128_GCM_SHA256, X25519, ECDSA P-256 certificate; "
+                              "ssl_buffer_size default; " + (
+                                  "session resumption on (nginx ssl_session_tickets on); wrk resumes sessions, "
+                                  "so `Connection: close` is a resumed (PSK-ECDHE) handshake per request"
+                                  if not args.tls_no_resumption else
+                                  "session resumption off in every server (nginx ssl_session_tickets off, "
+                                  "ssl_session_cache off; ringserve --tls-no-resumption), so `Connection: close` "
+                                  "is a full handshake per request"))
                              if args.tls else "plain HTTP/1.1"),
                 "files": ", ".join(f"{name} ({size:,} B)" for name, size in FILES.items())
                          + " of random bytes, in memory (ringserve) and page cache (nginx)",

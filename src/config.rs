@@ -58,6 +58,11 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// HTTPS without session resumption (no tickets, no session cache): every
+    /// handshake is a full one. For measuring handshakes; hidden.
+    #[arg(long, hide = true, requires = "tls_cert")]
+    pub tls_no_resumption: bool,
+
     /// Answer every request on the plain HTTP listeners with a 308 redirect to
     /// the same URL on https:// (the first --tls-listen port).
     #[arg(long, requires = "tls_listen")]

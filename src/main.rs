@@ -17,6 +17,7 @@ use ringserve::engine::{ListenKind, Server};
 use ringserve::files::reload::{self, Reloader};
 use ringserve::files::{Snapshot, SnapshotHandle};
 use ringserve::tls::TlsHandle;
+use ringserve::tls::certs::TlsState;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -39,7 +40,12 @@ fn run(cli: &Cli) -> Result<(), String> {
     reload::release_freed_memory();
     let mut config = cli.server_config();
     if let Some(paths) = cli.cert_paths() {
-        let (tls, cert) = TlsHandle::load(&paths).map_err(|e| e.to_string())?;
+        let state = if cli.tls_no_resumption {
+            TlsState::without_resumption()
+        } else {
+            TlsState::new().map_err(|e| e.to_string())?
+        };
+        let (tls, cert) = TlsHandle::load_with(&paths, state).map_err(|e| e.to_string())?;
         if cert.is_expired(SystemTime::now()) {
             eprintln!(
                 "ringserve: warning: the TLS certificate in {} has expired; serving it anyway",

@@ -923,3 +923,32 @@ fn every_uring_switch_serves_https() {
         assert_eq!(client.read_reply(false).body, b"abc", "{name}");
     }
 }
+
+#[test]
+fn sessions_resume_unless_resumption_is_off() {
+    use ringserve::tls::certs::TlsState;
+    let pki = make_pki("ringserve test CA", false);
+    let cert = load_cert(&pki.paths).unwrap();
+    for (state, expected) in [
+        (TlsState::new().unwrap(), rustls::HandshakeKind::Resumed),
+        (TlsState::without_resumption(), rustls::HandshakeKind::Full),
+    ] {
+        let config = state.server_config(&cert).unwrap();
+        let handle = TlsHandle::from_config(config);
+        let server = TestServer::with_options(
+            ServerConfig::loopback_tls(EngineKind::Uring, handle),
+            &LoadOptions::new(static_root()),
+        );
+        // One client configuration: it keeps the tickets it was given.
+        let client_config = client_config(&[&pki.ca_der]);
+        let mut first = TlsClient::connect(server.addr(), &client_config);
+        assert_eq!(first.get("/book").status, 200);
+        assert_eq!(
+            first.stream.conn.handshake_kind(),
+            Some(rustls::HandshakeKind::Full)
+        );
+        let mut second = TlsClient::connect(server.addr(), &client_config);
+        assert_eq!(second.get("/book").status, 200);
+        assert_eq!(second.stream.conn.handshake_kind(), Some(expected));
+    }
+}

@@ -179,8 +179,8 @@ pub fn load_cert(paths: &CertPaths) -> Result<LoadedCert, CertError> {
 /// rustls' rotator, the previous key still accepted) and the session cache.
 #[derive(Clone)]
 pub struct TlsState {
-    ticketer: Arc<dyn ProducesTickets>,
-    cache: Arc<dyn StoresServerSessions>,
+    /// `None`: no resumption at all (for measuring full handshakes).
+    resumption: Option<(Arc<dyn ProducesTickets>, Arc<dyn StoresServerSessions>)>,
 }
 
 impl fmt::Debug for TlsState {
@@ -191,10 +191,17 @@ impl fmt::Debug for TlsState {
 
 impl TlsState {
     pub fn new() -> Result<TlsState, CertError> {
+        let ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| CertError::Config(e.to_string()))?;
+        let cache: Arc<dyn StoresServerSessions> = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
         Ok(TlsState {
-            ticketer: rustls::crypto::ring::Ticketer::new().map_err(|e| CertError::Config(e.to_string()))?,
-            cache: ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES),
+            resumption: Some((ticketer, cache)),
         })
+    }
+
+    /// No tickets and no session cache: every handshake is a full one (a
+    /// switch for measuring them; clients such as wrk resume otherwise).
+    pub fn without_resumption() -> TlsState {
+        TlsState { resumption: None }
     }
 
     /// The server configuration for `cert`.
@@ -207,9 +214,18 @@ impl TlsState {
                 &cert.key,
             ))));
         config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
-        config.ticketer = Arc::clone(&self.ticketer);
-        config.session_storage = Arc::clone(&self.cache);
-        config.send_tls13_tickets = TLS13_TICKETS_PER_HANDSHAKE;
+        match &self.resumption {
+            Some((ticketer, cache)) => {
+                config.ticketer = Arc::clone(ticketer);
+                config.session_storage = Arc::clone(cache);
+                config.send_tls13_tickets = TLS13_TICKETS_PER_HANDSHAKE;
+            }
+            None => {
+                // The builder's default ticketer issues none.
+                config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+                config.send_tls13_tickets = 0;
+            }
+        }
         config.ignore_client_order = true;
         Ok(Arc::new(config))
     }
@@ -234,8 +250,12 @@ impl TlsHandle {
     /// Loads `paths` (a start: the caller reports the error and exits).
     /// Returns the handle and whether the certificate has expired.
     pub fn load(paths: &CertPaths) -> Result<(TlsHandle, LoadedCert), CertError> {
+        TlsHandle::load_with(paths, TlsState::new()?)
+    }
+
+    /// [`TlsHandle::load`] with `state` (resumption on or off).
+    pub fn load_with(paths: &CertPaths, state: TlsState) -> Result<(TlsHandle, LoadedCert), CertError> {
         let cert = load_cert(paths)?;
-        let state = TlsState::new()?;
         let config = state.server_config(&cert)?;
         let handle = TlsHandle {
             current: Arc::new(ArcSwap::new(config)),
@@ -254,6 +274,15 @@ impl TlsHandle {
             state,
             paths: None,
         })
+    }
+
+    /// A handle serving `config` as it is (tests, embedders).
+    pub fn from_config(config: Arc<ServerConfig>) -> TlsHandle {
+        TlsHandle {
+            current: Arc::new(ArcSwap::new(config)),
+            state: TlsState::without_resumption(),
+            paths: None,
+        }
     }
 
     /// The configuration for a connection accepted now.
