@@ -952,3 +952,35 @@ fn sessions_resume_unless_resumption_is_off() {
         assert_eq!(second.stream.conn.handshake_kind(), Some(expected));
     }
 }
+
+#[test]
+fn tls_handshakes_are_counted_in_the_metrics_on_every_engine() {
+    let pki = make_pki("ringserve test CA", false);
+    let config = client_config(&[&pki.ca_der]);
+    for_each_engine(|engine| {
+        let mut server_config = ServerConfig::loopback_tls(engine, tls_handle(&pki));
+        server_config.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let server = TestServer::with_options(server_config, &LoadOptions::new(static_root()));
+        for _ in 0..2 {
+            assert_eq!(
+                TlsClient::connect(server.addr(), &config).get("/book").status,
+                200
+            );
+        }
+        let mut garbage = TcpStream::connect(server.addr()).unwrap();
+        garbage.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        garbage.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        let _ = garbage.read_to_end(&mut Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let metrics = server.server().metrics().unwrap();
+        while metrics.totals().tls_handshakes != [2, 1] && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(metrics.totals().tls_handshakes, [2, 1], "[completed, failed]");
+        assert!(
+            metrics
+                .render()
+                .contains("ringserve_tls_handshakes_total{result=\"failed\"} 1\n")
+        );
+    });
+}

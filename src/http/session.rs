@@ -95,6 +95,11 @@ pub trait Observer {
     /// reported as a response, so it never reaches the access log.
     #[inline(always)]
     fn on_health_check(&mut self) {}
+
+    /// A TLS handshake ended: `completed`, or failed (an alert, or the
+    /// head deadline passed before it completed) ([`crate::tls`]).
+    #[inline(always)]
+    fn on_tls_handshake(&mut self, _completed: bool) {}
 }
 
 /// No observer: logging off, nothing to do.

@@ -150,6 +150,8 @@ pub struct TlsSession {
     /// Scratch the HTTP session answers into, reused.
     plain_out: Output,
     ending: Ending,
+    /// The handshake's end has been reported to the observer.
+    handshake_reported: bool,
 }
 
 impl std::fmt::Debug for TlsSession {
@@ -199,6 +201,7 @@ impl TlsSession {
             pending: VecDeque::new(),
             plain_out: Output::new(),
             ending: Ending::Open,
+            handshake_reported: false,
         })
     }
 
@@ -247,7 +250,7 @@ impl TlsSession {
         let mut rest = input;
         while !rest.is_empty() {
             if self.tls.read_tls(&mut rest).is_err() {
-                return self.fail(consumed);
+                return self.fail(consumed, observer);
             }
             match self.tls.process_new_packets() {
                 Ok(state) => {
@@ -256,11 +259,11 @@ impl TlsSession {
                         let start = self.plain_in.len();
                         self.plain_in.resize(start + available, 0);
                         if self.tls.reader().read_exact(&mut self.plain_in[start..]).is_err() {
-                            return self.fail(consumed);
+                            return self.fail(consumed, observer);
                         }
                     }
                 }
-                Err(_) => return self.fail(consumed),
+                Err(_) => return self.fail(consumed, observer),
             }
         }
         if self.tls.is_handshaking() {
@@ -270,6 +273,10 @@ impl TlsSession {
             };
         }
         // The handshake is done: the kTLS seam (see the module doc).
+        if !self.handshake_reported {
+            self.handshake_reported = true;
+            observer.on_tls_handshake(true);
+        }
         let AppProtocol::Http1 = self.app_protocol();
         let progress =
             self.http
@@ -294,7 +301,11 @@ impl TlsSession {
     }
 
     /// A TLS error: rustls has queued a fatal alert; send it and close.
-    fn fail(&mut self, consumed: usize) -> Progress {
+    fn fail<O: Observer>(&mut self, consumed: usize, observer: &mut O) -> Progress {
+        if !self.handshake_reported {
+            self.handshake_reported = true;
+            observer.on_tls_handshake(false);
+        }
         self.pending.clear();
         self.plain_in = Vec::new();
         self.ending = Ending::Closed;
@@ -308,6 +319,10 @@ impl TlsSession {
     /// word; after it, the HTTP session's `408`, sealed, then linger.
     pub fn on_head_timeout<O: Observer>(&mut self, observer: &mut O) -> Next {
         if self.tls.is_handshaking() || self.ending != Ending::Open {
+            if !self.handshake_reported {
+                self.handshake_reported = true;
+                observer.on_tls_handshake(false);
+            }
             self.ending = Ending::Closed;
             return Next::Close;
         }
