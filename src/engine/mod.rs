@@ -120,6 +120,66 @@ impl EngineKind {
     }
 }
 
+/// What `--engine` asks for: one engine, or `auto` (the default): the
+/// `uring` engine where io_uring works, else `epoll`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineChoice {
+    Auto,
+    Only(EngineKind),
+}
+
+/// The engine a [`EngineChoice`] settled on, and for `auto` why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChosenEngine {
+    pub kind: EngineKind,
+    /// For `auto`: what the io_uring probe found, for the start line.
+    pub reason: Option<String>,
+}
+
+impl EngineChoice {
+    /// Settles `auto` by probing io_uring once ([`uring::probe`]) with the
+    /// options the `uring` engine would use; an explicit engine is taken as
+    /// it is (and fails at start if the kernel refuses it).
+    pub fn resolve(self, uring_options: &UringOptions) -> ChosenEngine {
+        match self {
+            EngineChoice::Only(kind) => ChosenEngine { kind, reason: None },
+            EngineChoice::Auto => match uring::probe(uring_options) {
+                Ok(()) => ChosenEngine {
+                    kind: EngineKind::Uring,
+                    reason: Some("auto: io_uring available".to_owned()),
+                },
+                Err(why) => ChosenEngine {
+                    kind: EngineKind::Epoll,
+                    reason: Some(format!("auto: io_uring refused, {why}")),
+                },
+            },
+        }
+    }
+}
+
+impl fmt::Display for EngineChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineChoice::Auto => f.write_str("auto"),
+            EngineChoice::Only(kind) => kind.fmt(f),
+        }
+    }
+}
+
+impl FromStr for EngineChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "auto" {
+            return Ok(EngineChoice::Auto);
+        }
+        s.parse().map(EngineChoice::Only).map_err(|_| {
+            let names: Vec<_> = EngineKind::ALL.iter().map(|k| k.name()).collect();
+            format!("unknown engine {s:?} (choose one of: auto, {})", names.join(", "))
+        })
+    }
+}
+
 impl fmt::Display for EngineKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -164,6 +224,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// `None`: no access log (the default, and what benchmarks use).
     pub access_log: Option<AccessLogConfig>,
+    /// A listening socket inherited from systemd (socket activation): every
+    /// worker accepts on a duplicate of it, and `listen` is not bound.
+    pub inherited_listener: Option<Arc<TcpListener>>,
     /// Serve Prometheus metrics on this address (`None`: nothing is counted;
     /// the default, and what benchmarks use).
     pub metrics_listen: Option<SocketAddr>,
@@ -192,6 +255,7 @@ impl ServerConfig {
             uring: UringOptions::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             access_log: None,
+            inherited_listener: None,
             metrics_listen: None,
             fault_after_accepts: None,
         }
@@ -310,6 +374,8 @@ pub struct Server {
     shutdown: Shutdown,
     workers: Vec<JoinHandle<()>>,
     access_log: Option<AccessLog>,
+    /// Keeps other ringserve processes off this address while we serve it.
+    _port_claims: Vec<listener::PortClaim>,
     metrics: Option<Arc<Metrics>>,
     metrics_addr: Option<SocketAddr>,
     metrics_thread: Option<JoinHandle<()>>,
@@ -346,9 +412,20 @@ impl Server {
         // `per_address[a][w]`: worker w's listener on address a.
         let mut per_address = Vec::with_capacity(config.listen.len());
         let mut local_addrs = Vec::with_capacity(config.listen.len());
-        for listen in &config.listen {
-            let bound = listener::bind_listeners(listen.addr, worker_count, config.backlog)
-                .map_err(StartError::Bind)?;
+        let mut port_claims = Vec::new();
+        for (index, listen) in config.listen.iter().enumerate() {
+            // A socket handed over by systemd stands for the first address.
+            let bound = match (&config.inherited_listener, index) {
+                (Some(inherited), 0) => {
+                    listener::share_inherited(inherited, worker_count).map_err(StartError::Worker)?
+                }
+                _ => {
+                    let bound = listener::bind_listeners(listen.addr, worker_count, config.backlog)
+                        .map_err(StartError::Bind)?;
+                    port_claims.extend(bound.claim);
+                    bound.sockets
+                }
+            };
             listener::set_send_timeout(&bound, config.timeouts.send).map_err(StartError::Worker)?;
             let addr = bound[0].local_addr().map_err(StartError::Worker)?;
             local_addrs.push(Listen {
@@ -397,6 +474,7 @@ impl Server {
             shutdown: shutdown.clone(),
             workers: Vec::with_capacity(worker_count),
             access_log: None,
+            _port_claims: port_claims,
             metrics: metrics.clone(),
             metrics_addr: None,
             metrics_thread: None,

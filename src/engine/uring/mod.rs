@@ -108,6 +108,7 @@ mod buffers;
 mod conn;
 mod deadlines;
 mod op;
+mod probe;
 mod slots;
 
 use std::cell::RefCell;
@@ -135,6 +136,8 @@ use crate::http::{Expiry, Limits, Timeouts};
 use crate::metrics::{WorkerMetrics, count_timeout};
 use crate::protocol::{ListenKind, Protocol};
 use crate::tls::TlsHandle;
+
+pub use self::probe::probe;
 
 /// Submission queue entries per worker. When the queue fills mid-iteration
 /// the loop submits early (rare: one iteration queues about one entry per
