@@ -38,6 +38,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 
 use super::{LoadError, LoadOptions, Snapshot, SnapshotStats};
+use crate::tls::TlsHandle;
 
 /// After a file-system event, wait for this long without another one before
 /// reloading: a deploy writes many files in a burst.
@@ -160,25 +161,56 @@ pub enum ReloadPhase {
     Finished,
 }
 
-/// Builds new snapshots with fixed options and swaps them in.
+/// Builds new snapshots with fixed options and swaps them in; with HTTPS,
+/// reads the certificate and key again in the same reload.
 #[derive(Debug, Clone)]
 pub struct Reloader {
     options: LoadOptions,
     handle: SnapshotHandle,
+    tls: Option<TlsHandle>,
 }
 
 impl Reloader {
     pub fn new(options: LoadOptions, handle: SnapshotHandle) -> Self {
-        Reloader { options, handle }
+        Reloader {
+            options,
+            handle,
+            tls: None,
+        }
     }
 
-    /// Loads a new snapshot and, if that succeeds, makes it current; counts
-    /// the outcome in the handle's [`ReloadStats`].
+    /// Reloads the certificate and key of `tls` with every snapshot.
+    pub fn with_tls(mut self, tls: TlsHandle) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Loads a new snapshot and (with HTTPS) the certificate and key; makes
+    /// each that loaded current, back to back once both are built. A
+    /// certificate that fails to load keeps the old one and is logged here;
+    /// a snapshot that fails keeps the old one and is the error returned.
+    /// The snapshot's outcome is counted in the handle's [`ReloadStats`].
     pub fn reload(&self) -> Result<ReloadReport, LoadError> {
         let started = Instant::now();
-        let loaded = self.handle.current().reload(&self.options);
-        self.handle.reloads.record(loaded.is_ok());
-        let snapshot = loaded?;
+        let snapshot = self.handle.current().reload(&self.options);
+        let certificate = self.tls.as_ref().map(|tls| (tls, tls.prepare_reload()));
+        match certificate {
+            Some((tls, Ok(Some((config, cert))))) => {
+                if cert.is_expired(std::time::SystemTime::now()) {
+                    eprintln!(
+                        "ringserve: warning: the reloaded TLS certificate has expired; serving it anyway"
+                    );
+                }
+                tls.replace(config);
+                eprintln!("ringserve: reloaded the TLS certificate and key");
+            }
+            Some((_, Err(e))) => {
+                eprintln!("ringserve: TLS certificate reload failed, still serving the previous one: {e}");
+            }
+            Some((_, Ok(None))) | None => {}
+        }
+        self.handle.reloads.record(snapshot.is_ok());
+        let snapshot = snapshot?;
         let stats = snapshot.stats();
         self.handle.replace(Arc::new(snapshot));
         release_freed_memory();

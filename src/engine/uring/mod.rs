@@ -11,7 +11,9 @@
 //!    interrupts. Each loop iteration makes one `io_uring_enter`
 //!    ([`Ring::enter`]: submit everything queued and wait for at least one
 //!    completion), then handles every completion that is ready.
-//! 2. **Multishot accept** on the worker's `SO_REUSEPORT` listener (armed
+//! 2. **Multishot accept** on each of the worker's `SO_REUSEPORT` listeners
+//!    (one per configured address; each completion names its listener, and
+//!    so whether the connection speaks HTTP or HTTPS) (armed
 //!    again whenever the kernel ends it; on EMFILE/ENFILE the loop backs off
 //!    for [`ACCEPT_BACKOFF_MS`](crate::engine::ACCEPT_BACKOFF_MS) instead of
 //!    spinning). The connection cap bounds the connections *served* exactly:
@@ -136,6 +138,8 @@ use crate::engine::{
 use crate::files::{Snapshot, SnapshotCache};
 use crate::http::{Expiry, Limits, Timeouts};
 use crate::metrics::{WorkerMetrics, count_timeout};
+use crate::protocol::{ListenKind, Protocol};
+use crate::tls::TlsHandle;
 
 pub use self::probe::probe;
 
@@ -368,6 +372,14 @@ enum AcceptState {
     Cancelling,
 }
 
+/// A listening socket of the worker and its accept.
+struct Listening {
+    /// Closed once the stop signal came and the accept has ended.
+    listener: Option<TcpListener>,
+    kind: ListenKind,
+    accept: AcceptState,
+}
+
 /// The deadline queue is compacted when it holds more than twice as many
 /// entries as there are connections, plus this many (so that a small worker
 /// does not compact on every close): amortised, a close costs O(log n).
@@ -394,7 +406,7 @@ struct Driver {
     starved: VecDeque<SlotKey>,
     /// Accepted over the cap (a multishot accept raced the cap): served, in
     /// order, as soon as there is room.
-    waiting: VecDeque<RawFd>,
+    waiting: VecDeque<(RawFd, ListenKind)>,
     completions: Vec<(u64, i32, u32)>,
     mode: RecvMode,
     batch: bool,
@@ -410,15 +422,16 @@ struct Driver {
     /// This worker's counters, if metrics are on.
     metrics: Option<Arc<WorkerMetrics>>,
     worker_index: usize,
-    /// Closed once the stop signal came and the accept has ended.
-    listener: Option<TcpListener>,
+    /// One per listening address, each with its own accept.
+    listeners: Vec<Listening>,
+    /// The current certificate, for HTTPS listeners.
+    tls: Option<TlsHandle>,
     /// Holds the eventfd the stop poll watches.
     shutdown: Shutdown,
     /// The worker's clock: `now` is milliseconds since `epoch`, read once per
     /// iteration.
     epoch: Instant,
     now: Millis,
-    accept: AcceptState,
     backoff: AcceptBackoff,
     /// After a failed accept: when to accept again (`NEVER`: not paused).
     accept_resume_at: Millis,
@@ -515,11 +528,18 @@ impl Driver {
             access_log: worker.access_log.take().map(RefCell::new),
             metrics: worker.metrics.clone(),
             worker_index: worker.index,
-            listener: Some(worker.listener),
+            listeners: std::mem::take(&mut worker.listeners)
+                .into_iter()
+                .map(|(listener, kind)| Listening {
+                    listener: Some(listener),
+                    kind,
+                    accept: AcceptState::Idle,
+                })
+                .collect(),
+            tls: worker.tls.take(),
             shutdown: worker.shutdown,
             epoch: Instant::now(),
             now: 0,
-            accept: AcceptState::Idle,
             backoff: AcceptBackoff::counted(worker.metrics.take()),
             accept_resume_at: NEVER,
             stopping: Stopping::Running,
@@ -585,7 +605,7 @@ impl Driver {
             debug_assert_eq!(buffers.lent_count(), 0);
             buffers.publish();
         }
-        if self.stopping != Stopping::Running && self.conns.is_empty() && self.accept == AcceptState::Idle {
+        if self.stopping != Stopping::Running && self.conns.is_empty() && self.accepts_idle() {
             self.cancel_timer();
         } else {
             self.arm_timer();
@@ -621,7 +641,7 @@ impl Driver {
                 self.ring.in_flight -= 1;
             }
             match op.kind {
-                OpKind::Accept => self.on_accept(result, flags),
+                OpKind::Accept => self.on_accept(op.key.index as usize, result, flags),
                 OpKind::StopSignal => self.on_stop_signal(),
                 OpKind::Timer => self.timer_at = NEVER,
                 OpKind::Recv => self.on_recv(op.key, result, flags),
@@ -641,23 +661,44 @@ impl Driver {
         self.conns.len() + self.waiting.len()
     }
 
-    /// Arms, switches or cancels the accept for the room under the cap;
-    /// after the stop signal, closes the listener once the accept has ended
-    /// (new clients are refused while responses in flight finish).
+    /// Whether no listener has an accept in flight.
+    fn accepts_idle(&self) -> bool {
+        self.listeners.iter().all(|l| l.accept == AcceptState::Idle)
+    }
+
+    /// Arms, switches or cancels each listener's accept for the room under
+    /// the cap; after the stop signal, closes a listener once its accept has
+    /// ended (new clients are refused while responses in flight finish).
     fn maintain_accept(&mut self) {
-        if self.stopping != Stopping::Running && self.accept == AcceptState::Idle {
-            if let Some(listener) = self.listener.take() {
+        for index in 0..self.listeners.len() {
+            self.maintain_accept_of(index);
+        }
+    }
+
+    fn maintain_accept_of(&mut self, index: usize) {
+        let op = Op::conn(
+            OpKind::Accept,
+            SlotKey {
+                index: index as u32,
+                generation: 0,
+            },
+        );
+        let stopping = self.stopping != Stopping::Running;
+        let paused = stopping || self.accept_resume_at != NEVER;
+        let room = self.max_connections.saturating_sub(self.open_connections());
+        let multishot = room > SINGLE_SHOT_ACCEPT_ROOM;
+        let listening = &mut self.listeners[index];
+        if stopping && listening.accept == AcceptState::Idle {
+            if let Some(listener) = listening.listener.take() {
                 self.ring
                     .push_close(listener.into_raw_fd(), Op::worker(OpKind::Close));
             }
         }
-        let Some(listener_fd) = self.listener.as_ref().map(AsRawFd::as_raw_fd) else {
+        let listening = &mut self.listeners[index];
+        let Some(listener_fd) = listening.listener.as_ref().map(AsRawFd::as_raw_fd) else {
             return;
         };
-        let paused = self.stopping != Stopping::Running || self.accept_resume_at != NEVER;
-        let room = self.max_connections.saturating_sub(self.open_connections());
-        let multishot = room > SINGLE_SHOT_ACCEPT_ROOM;
-        match self.accept {
+        match listening.accept {
             AcceptState::Idle if !paused && room > 0 => {
                 let accept = if multishot {
                     opcode::AcceptMulti::new(types::Fd(listener_fd))
@@ -668,28 +709,28 @@ impl Driver {
                         .flags(libc::SOCK_CLOEXEC)
                         .build()
                 };
+                listening.accept = AcceptState::Armed { multishot };
                 // SAFETY: an accept without an address references no memory
                 // of ours; the listener is closed only after the accept's
                 // final completion.
-                unsafe {
-                    self.ring
-                        .push(&accept.user_data(Op::worker(OpKind::Accept).encode()))
-                };
-                self.accept = AcceptState::Armed { multishot };
+                unsafe { self.ring.push(&accept.user_data(op.encode())) };
             }
             AcceptState::Armed {
                 multishot: armed_multishot,
             } if paused || (armed_multishot && !multishot) => {
-                self.ring.push_cancel(Op::worker(OpKind::Accept));
-                self.accept = AcceptState::Cancelling;
+                listening.accept = AcceptState::Cancelling;
+                self.ring.push_cancel(op);
             }
             _ => {}
         }
     }
 
-    fn on_accept(&mut self, result: i32, flags: u32) {
+    fn on_accept(&mut self, index: usize, result: i32, flags: u32) {
+        let Some(kind) = self.listeners.get(index).map(|l| l.kind) else {
+            return;
+        };
         if !cqueue::more(flags) {
-            self.accept = AcceptState::Idle;
+            self.listeners[index].accept = AcceptState::Idle;
         }
         if result >= 0 {
             let fd = result;
@@ -698,9 +739,9 @@ impl Driver {
             if self.stopping != Stopping::Running {
                 self.ring.push_close(fd, Op::worker(OpKind::Close));
             } else if self.conns.len() >= self.max_connections {
-                self.waiting.push_back(fd);
+                self.waiting.push_back((fd, kind));
             } else {
-                self.start_connection(fd);
+                self.start_connection(fd, kind);
             }
         } else if result != -libc::ECANCELED {
             let error = io::Error::from_raw_os_error(-result);
@@ -711,11 +752,15 @@ impl Driver {
         self.maintain_accept();
     }
 
-    fn start_connection(&mut self, fd: RawFd) {
+    fn start_connection(&mut self, fd: RawFd, kind: ListenKind) {
+        let Some(protocol) = Protocol::new(kind, self.tls.as_ref()) else {
+            self.ring.push_close(fd, Op::worker(OpKind::Close));
+            return;
+        };
         // The peer's address is only needed for the access log (a multishot
         // accept does not report it: one getpeername per connection then).
         let peer = self.access_log.as_ref().and_then(|_| peer_ip(fd)).map(Box::new);
-        let conn = Conn::new(fd, peer, &serve_context!(self));
+        let conn = Conn::new(fd, peer, protocol, &serve_context!(self));
         let key = self.conns.insert(conn);
         if let Some(metrics) = &self.metrics {
             metrics.on_accepted();
@@ -726,10 +771,10 @@ impl Driver {
     /// Serves connections accepted over the cap, as room appears.
     fn serve_waiting(&mut self) {
         while self.conns.len() < self.max_connections {
-            let Some(fd) = self.waiting.pop_front() else {
+            let Some((fd, kind)) = self.waiting.pop_front() else {
                 return;
             };
-            self.start_connection(fd);
+            self.start_connection(fd, kind);
         }
     }
 
@@ -1156,7 +1201,7 @@ impl Driver {
             until: self.now.saturating_add(millis(self.grace)),
         };
         self.maintain_accept();
-        while let Some(fd) = self.waiting.pop_front() {
+        while let Some((fd, _)) = self.waiting.pop_front() {
             self.ring.push_close(fd, Op::worker(OpKind::Close));
         }
         for key in self.conns.keys() {
@@ -1199,7 +1244,11 @@ impl Drop for Driver {
             // ring, dropped next, cancels it).
             std::mem::forget(self.buffers.take());
             let conns = self.conns.drain_values();
-            for fd in conns.iter().map(|conn| conn.fd).chain(self.waiting.drain(..)) {
+            for fd in conns
+                .iter()
+                .map(|conn| conn.fd)
+                .chain(self.waiting.drain(..).map(|(fd, _)| fd))
+            {
                 set_reset_on_close(fd);
                 crate::engine::shutdown_both(fd);
                 // SAFETY: the descriptor belongs to this worker alone, and no
@@ -1217,7 +1266,7 @@ impl Drop for Driver {
             // SAFETY: the descriptor belongs to this connection alone.
             unsafe { libc::close(conn.fd) };
         }
-        for fd in self.waiting.drain(..) {
+        for (fd, _) in self.waiting.drain(..) {
             // SAFETY: as above: accepted, never handed to anything else.
             unsafe { libc::close(fd) };
         }
