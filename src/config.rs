@@ -190,6 +190,11 @@ pub struct Cli {
     /// accepted N connections (the server must then stop and exit 1).
     #[arg(long, hide = true, value_name = "N")]
     pub fault_after_accepts: Option<u64>,
+
+    /// Tests only: the background stage (variants) starts this many
+    /// milliseconds after the port opens, or at the first reload request.
+    #[arg(long, hide = true, value_name = "MS", default_value_t = 0)]
+    pub test_variants_delay_ms: u64,
 }
 
 fn parse_buffer_count(value: &str) -> Result<u16, String> {
@@ -245,6 +250,8 @@ impl Cli {
             precompress: !self.no_precompress,
             cache_control: self.cache_control.clone(),
             config_file: self.config.clone(),
+            progress: true,
+            variants_delay_ms: self.test_variants_delay_ms,
             ..LoadOptions::new(&self.root)
         }
     }

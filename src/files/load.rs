@@ -39,6 +39,7 @@ use rustc_hash::FxHashMap;
 use super::cache_rules::{ConfigError, HeaderPolicy};
 use super::head::{self, HeadFields};
 use super::listing::{self, ListingItem};
+use super::progress::Progress;
 use super::variants;
 use super::{
     Body, DiskFile, Encoding, FileEntry, FileIdentity, Representation, Route, Snapshot, SnapshotStats,
@@ -81,6 +82,12 @@ pub struct LoadOptions {
     pub config_file: Option<PathBuf>,
     /// Threads that read and compress (0: one per CPU the process may use).
     pub threads: usize,
+    /// Report each stage on stderr (and a progress line on a terminal).
+    pub progress: bool,
+    /// Tests only: the background stage waits this long before it starts
+    /// (a reload request ends the wait), so a test can act while it runs.
+    #[doc(hidden)]
+    pub variants_delay_ms: u64,
 }
 
 impl LoadOptions {
@@ -98,6 +105,8 @@ impl LoadOptions {
             cache_control: None,
             config_file: None,
             threads: 0,
+            progress: false,
+            variants_delay_ms: 0,
         }
     }
 }
@@ -117,6 +126,8 @@ pub enum LoadError {
     FallbackMissing(String),
     /// Loading panicked (a bug); the message is the panic's.
     Panicked(String),
+    /// The background stage stopped because a reload was requested.
+    Superseded,
 }
 
 impl fmt::Display for LoadError {
@@ -143,6 +154,7 @@ impl fmt::Display for LoadError {
                 write!(f, "--fallback {name}: no such file in the static root")
             }
             LoadError::Panicked(message) => write!(f, "loading panicked: {message}"),
+            LoadError::Superseded => f.write_str("stopped for a newer reload"),
         }
     }
 }
@@ -171,6 +183,20 @@ struct RawFile {
     etag: String,
 }
 
+impl RawFile {
+    /// What stage two starts from: a stage-one entry's identity.
+    fn of_entry(entry: &FileEntry) -> RawFile {
+        let identity = entry.identity();
+        RawFile {
+            url_path: entry.url_path.clone(),
+            content_type: entry.content_type.to_string(),
+            modified_secs: entry.modified_secs,
+            body: identity.body.clone(),
+            etag: String::from_utf8_lossy(&identity.etag).into_owned(),
+        }
+    }
+}
+
 /// Bytes held in memory so far, against the budget. Shared by the threads
 /// of one load.
 struct MemoryMeter {
@@ -191,14 +217,24 @@ impl MemoryMeter {
     }
 }
 
-/// Builds a snapshot. With `previous` (a reload), the encoded variants of a
-/// file whose content hash is unchanged are taken from it instead of being
-/// compressed again: a reload then costs a read and a hash per file, and the
-/// two snapshots share those bytes.
+/// Builds a whole snapshot, both stages, on the calling thread (and its
+/// helpers). With `previous` (a reload), the bodies and encoded variants of
+/// a file whose content hash is unchanged are taken from it instead of being
+/// kept twice or compressed again: a reload then costs a read and a hash per
+/// file, and the two snapshots share those bytes.
 pub(super) fn load_snapshot(
     options: &LoadOptions,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, LoadError> {
+    let identity = load_identity(options, previous)?;
+    Ok(build_variants(&identity, options, &|| false)?.unwrap_or(identity))
+}
+
+/// Stage one (steps 1–4 and 6, and step 5 without compressing): a snapshot
+/// that answers every request correctly, in identity for the files whose
+/// variants are still to be built ([`FileEntry::variants_pending`]).
+pub(super) fn load_identity(options: &LoadOptions, previous: Option<&Snapshot>) -> Result<Snapshot, LoadError> {
+    let progress = Progress::start("walking", options.progress);
     let policy = HeaderPolicy::load(options.cache_control.as_deref(), options.config_file.as_deref())?;
     let root = options
         .root
@@ -208,33 +244,41 @@ pub(super) fn load_snapshot(
         return Err(LoadError::RootNotDirectory(options.root.clone()));
     }
     let (found, directories) = walk(&root, options.serve_dotfiles);
-    let threads = match options.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
+    progress.stage_done(format_args!("{} files, {} directories", found.len(), directories.len()));
+    let threads = load_threads(options);
     let meter = MemoryMeter {
         used: AtomicU64::new(0),
         budget: options.memory_budget_bytes,
     };
 
-    let mut raw = parallel_map(&found, threads, |file| read_file(file, options, &meter, previous))?;
+    let progress = Progress::start("reading", options.progress);
+    let mut raw = parallel_map(&found, threads, &|| false, |file| {
+        let raw = read_file(file, options, &meter, previous);
+        progress.count(raw.as_ref().map_or(0, |r| r.body.len()));
+        raw
+    })?;
     let file_count = raw.len();
     if options.directory_listing {
         raw.extend(listings(&raw, &directories, &options.index_names, &meter)?);
     }
+    progress.stage_done(format_args!(
+        "{} files, {} bytes in memory",
+        file_count,
+        meter.used.load(Ordering::Relaxed)
+    ));
 
     let by_path: FxHashMap<&[u8], usize> = raw
         .iter()
         .enumerate()
         .map(|(i, file)| (&file.url_path[..], i))
         .collect();
-    let built = parallel_map(&raw, threads, |file| {
+    let files = parallel_map(&raw, threads, &|| false, |file| {
         let unchanged = previous
             .and_then(|p| p.entry_at(&file.url_path))
-            .filter(|old| *old.identity().etag == *file.etag.as_bytes());
-        build_entry(file, &raw, &by_path, &policy, options, &meter, unchanged)
+            .filter(|old| *old.identity().etag == *file.etag.as_bytes() && !old.variants_pending);
+        let step = Step::Identity { unchanged };
+        build_entry(file, &raw, &by_path, &policy, options, &meter, step)
     })?;
-    let (files, variant_owned): (Vec<FileEntry>, Vec<u64>) = built.into_iter().unzip();
 
     let routes = build_routes(&files, file_count, &directories, options);
     let fallback = match &options.fallback {
@@ -251,33 +295,115 @@ pub(super) fn load_snapshot(
     let not_found_page = files[..file_count]
         .iter()
         .position(|f| *f.url_path == *NOT_FOUND_PAGE)
-        .map(|i| not_found_entry(&raw[i], &files[i], &policy));
+        .map(|i| not_found_entry(&files[i], &policy));
+    let stats = snapshot_stats(&files, file_count);
+    Ok(Snapshot {
+        files,
+        routes: Arc::new(routes),
+        policy: Arc::new(policy),
+        fallback,
+        not_found_page,
+        stats,
+    })
+}
 
+/// Stage two (step 5's compression): a copy of `base` in which every file
+/// whose variants were pending has them (siblings checked, or compressed
+/// here). Routes are shared with `base`; so are bodies. `None` if nothing was
+/// pending or `superseded()` turned true meanwhile (a reload is waiting: its
+/// own snapshot will need its own variants, this one's are wasted work).
+pub(super) fn build_variants(
+    base: &Snapshot,
+    options: &LoadOptions,
+    superseded: &(dyn Fn() -> bool + Sync),
+) -> Result<Option<Snapshot>, LoadError> {
+    if base.stats.pending_variants == 0 {
+        return Ok(None);
+    }
+    let progress = Progress::start("variants", options.progress);
+    let raw: Vec<RawFile> = base.files.iter().map(RawFile::of_entry).collect();
+    let by_path: FxHashMap<&[u8], usize> = raw
+        .iter()
+        .enumerate()
+        .map(|(i, file)| (&file.url_path[..], i))
+        .collect();
+    let meter = MemoryMeter {
+        used: AtomicU64::new(base.stats.memory_bytes),
+        budget: options.memory_budget_bytes,
+    };
+    let policy = &base.policy;
+    let indexes: Vec<usize> = (0..raw.len()).collect();
+    let files = parallel_map(&indexes, load_threads(options), superseded, |&i| {
+        let entry = &base.files[i];
+        if !entry.variants_pending {
+            return Ok(entry.clone());
+        }
+        progress.count(entry.identity().body.len());
+        build_entry(&raw[i], &raw, &by_path, policy, options, &meter, Step::Variants)
+    });
+    let files = match files {
+        Ok(files) => files,
+        Err(LoadError::Superseded) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let not_found_page = base
+        .not_found_page
+        .as_ref()
+        .and_then(|_| files[..base.stats.files].iter().find(|f| *f.url_path == *NOT_FOUND_PAGE))
+        .map(|entry| not_found_entry(entry, policy));
+    let stats = snapshot_stats(&files, base.stats.files);
+    progress.stage_done(format_args!(
+        "{} variants, {} bytes",
+        stats.variants, stats.variant_bytes
+    ));
+    Ok(Some(Snapshot {
+        files,
+        routes: Arc::clone(&base.routes),
+        policy: Arc::clone(&base.policy),
+        fallback: base.fallback,
+        not_found_page,
+        stats,
+    }))
+}
+
+fn load_threads(options: &LoadOptions) -> usize {
+    match options.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+/// What a snapshot holds, counted from its entries: `files[..file_count]`
+/// are the root's files, the rest listings.
+fn snapshot_stats(files: &[FileEntry], file_count: usize) -> SnapshotStats {
     let mut stats = SnapshotStats {
         files: file_count,
-        memory_bytes: meter.used.load(Ordering::Relaxed),
         ..SnapshotStats::default()
     };
-    for (file, owned) in files[..file_count].iter().zip(&variant_owned) {
+    for (index, file) in files.iter().enumerate() {
         let identity = file.identity();
+        let heads: u64 = file.representations.iter().map(head_bytes).sum();
+        stats.head_bytes += heads;
+        stats.memory_bytes += identity.body.memory_bytes() + file.own_variant_bytes + heads;
+        stats.pending_variants += usize::from(file.variants_pending);
+        if index >= file_count {
+            continue;
+        }
         match identity.body {
             Body::Memory(_) => stats.identity_bytes += identity.body.len(),
-            Body::Disk(_) => stats.disk_files += 1,
+            Body::Disk(_) => {
+                stats.disk_files += 1;
+                stats.disk_bytes += identity.body.len();
+            }
         }
         stats.variants += file.representations.len() - 1;
-        stats.variant_bytes += owned;
+        stats.variant_bytes += file.own_variant_bytes;
         if let Some(best) = file.representations.get(1) {
             stats.compressed_identity_bytes += identity.body.len();
             stats.compressed_best_bytes += best.body.len();
         }
     }
-    Ok(Snapshot {
-        files,
-        routes,
-        fallback,
-        not_found_page,
-        stats,
-    })
+    stats
 }
 
 /// Steps 1–2: the files and directories the snapshot may serve, sorted by path.
@@ -320,6 +446,7 @@ fn walk(root: &Path, serve_dotfiles: bool) -> (Vec<FoundFile>, Vec<Vec<u8>>) {
 fn parallel_map<T: Sync, R: Send>(
     items: &[T],
     threads: usize,
+    superseded: &(dyn Fn() -> bool + Sync),
     f: impl Fn(&T) -> Result<R, LoadError> + Sync,
 ) -> Result<Vec<R>, LoadError> {
     let next = AtomicUsize::new(0);
@@ -335,7 +462,12 @@ fn parallel_map<T: Sync, R: Send>(
                     while !failed.load(Ordering::Relaxed) {
                         let index = next.fetch_add(1, Ordering::Relaxed);
                         let Some(item) = items.get(index) else { break };
-                        match f(item) {
+                        let result = if superseded() {
+                            Err(LoadError::Superseded)
+                        } else {
+                            f(item)
+                        };
+                        match result {
                             Ok(result) => done.push((index, result)),
                             Err(e) => {
                                 failed.store(true, Ordering::Relaxed);
@@ -367,7 +499,6 @@ fn parallel_map<T: Sync, R: Send>(
         .collect())
 }
 
-/// Step 3 for one file.
 /// Step 3 for one file. A file that stays on disk and is, by its metadata,
 /// the very file `previous` already holds (same device, inode, length and
 /// modification time) keeps its descriptor and hash: a reload does not read
@@ -405,12 +536,22 @@ fn read_file(
         }
     } else {
         meter.add(metadata.len())?;
-        let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
-        file.read_to_end(&mut bytes).map_err(read_error)?;
+        let old = previous
+            .and_then(|p| p.entry_at(&found.url_path))
+            .map(FileEntry::identity)
+            .filter(|r| matches!(&r.body, Body::Memory(b) if b.len() as u64 == metadata.len()));
+        let (body, etag) = match old {
+            Some(old) => read_against(&mut file, metadata.len(), old).map_err(read_error)?,
+            None => {
+                let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
+                file.read_to_end(&mut bytes).map_err(read_error)?;
+                let etag = head::etag_for(&bytes);
+                (Bytes::from(bytes), etag)
+            }
+        };
         // The file may have grown between fstat and read.
-        meter.add((bytes.len() as u64).saturating_sub(metadata.len()))?;
-        let etag = head::etag_for(&bytes);
-        (Body::Memory(Bytes::from(bytes)), etag)
+        meter.add((body.len() as u64).saturating_sub(metadata.len()))?;
+        (Body::Memory(body), etag)
     };
     Ok(RawFile {
         url_path: found.url_path.clone().into_boxed_slice(),
@@ -418,6 +559,28 @@ fn read_file(
         modified_secs,
         body,
         etag,
+    })
+}
+
+/// Reads a file that `old` (the previous snapshot's identity of the same
+/// path, of the same length) may already hold, into this thread's reusable
+/// buffer: if the content hash is the same, the old body is kept and nothing
+/// is allocated, so a reload of an unchanged tree costs no memory for its
+/// bodies (and cannot fragment the heap with a second copy of each); a
+/// changed file gets an allocation of exactly its size.
+fn read_against(file: &mut File, len: u64, old: &Representation) -> io::Result<(Bytes, String)> {
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUFFER.with_borrow_mut(|buffer| {
+        buffer.clear();
+        buffer.reserve(usize::try_from(len).unwrap_or(0));
+        file.read_to_end(buffer)?;
+        let etag = head::etag_for(buffer);
+        match &old.body {
+            Body::Memory(bytes) if *old.etag == *etag.as_bytes() => Ok((bytes.clone(), etag)),
+            _ => Ok((Bytes::copy_from_slice(buffer), etag)),
+        }
     })
 }
 
@@ -499,10 +662,19 @@ fn listings(
     Ok(pages)
 }
 
-/// Step 5 for one file: its representations and their heads. Also returns
-/// the bytes of the variants it compressed itself (siblings are shared).
-/// `unchanged` is the same file, same content, in the previous snapshot: its
-/// compressed variants are reused.
+/// Which part of step 5 [`build_entry`] does.
+#[derive(Clone, Copy)]
+enum Step<'a> {
+    /// Stage one: no compressing and no sibling decoding; only the variants
+    /// of `unchanged` (the same file, same content, in the previous
+    /// snapshot, variants complete) are reused. Anything more is left
+    /// pending.
+    Identity { unchanged: Option<&'a FileEntry> },
+    /// Stage two: siblings checked, the rest compressed.
+    Variants,
+}
+
+/// Step 5 for one file: its representations and their heads.
 fn build_entry(
     file: &RawFile,
     raw: &[RawFile],
@@ -510,32 +682,51 @@ fn build_entry(
     policy: &HeaderPolicy,
     options: &LoadOptions,
     meter: &MemoryMeter,
-    unchanged: Option<&FileEntry>,
-) -> Result<(FileEntry, u64), LoadError> {
+    step: Step<'_>,
+) -> Result<FileEntry, LoadError> {
     let mut variants: Vec<(Encoding, Body, String)> = Vec::new();
     let mut owned = 0u64;
+    let mut pending = false;
+    let compressible = matches!(&file.body, Body::Memory(bytes)
+        if options.precompress
+            && bytes.len() >= variants::MIN_COMPRESS_BYTES
+            && variants::is_compressible(&file.content_type));
     for encoding in variants::BUILT_ENCODINGS {
-        if let Some(variant) = sibling_variant(file, encoding, raw, by_path) {
-            variants.push(variant);
-            continue;
-        }
+        let unchanged = match step {
+            Step::Identity { unchanged } => unchanged,
+            Step::Variants => None,
+        };
         let reusable = unchanged
-            .filter(|_| options.precompress)
+            .filter(|_| options.precompress || has_sibling(file, encoding, by_path))
             .and_then(|old| old.representations.iter().find(|r| r.encoding == encoding));
         if let Some(old) = reusable {
-            meter.add(old.body.memory_bytes())?;
-            owned += old.body.memory_bytes();
+            let shared = is_sibling_body(file, encoding, raw, by_path, &old.body);
+            if !shared {
+                meter.add(old.body.memory_bytes())?;
+                owned += old.body.memory_bytes();
+            }
             let etag = String::from_utf8_lossy(&old.etag).into_owned();
             variants.push((encoding, old.body.clone(), etag));
+            continue;
+        }
+        if unchanged.is_some() {
+            // The same content had no such variant: none is worth building,
+            // unless a sibling appeared (stage two decides).
+            pending |= has_sibling(file, encoding, by_path);
+            continue;
+        }
+        if let Step::Identity { .. } = step {
+            pending |= compressible || has_sibling(file, encoding, by_path);
+            continue;
+        }
+        if let Some(variant) = sibling_variant(file, encoding, raw, by_path) {
+            variants.push(variant);
             continue;
         }
         let Body::Memory(bytes) = &file.body else {
             continue;
         };
-        if !options.precompress
-            || bytes.len() < variants::MIN_COMPRESS_BYTES
-            || !variants::is_compressible(&file.content_type)
-        {
+        if !compressible {
             continue;
         }
         let compressed = variants::compress(encoding, bytes).map_err(|e| {
@@ -556,7 +747,7 @@ fn build_entry(
     let relative =
         String::from_utf8_lossy(file.url_path.strip_prefix(b"/").unwrap_or(&file.url_path)).into_owned();
     let policy_lines = policy.lines_for(&relative, &file.content_type);
-    let negotiable = !variants.is_empty();
+    let negotiable = !variants.is_empty() || pending;
     let identity = (Encoding::Identity, file.body.clone(), file.etag.clone());
     let mut representations = Vec::with_capacity(variants.len() + 1);
     for (encoding, body, etag) in std::iter::once(identity).chain(variants) {
@@ -573,13 +764,45 @@ fn build_entry(
         meter.add(head_bytes(&representation))?;
         representations.push(representation);
     }
-    let entry = FileEntry {
+    Ok(FileEntry {
         url_path: file.url_path.clone(),
         content_type: file.content_type.clone().into_boxed_str(),
         modified_secs: file.modified_secs,
         representations: representations.into_boxed_slice(),
+        variants_pending: pending,
+        own_variant_bytes: owned,
+    })
+}
+
+fn sibling_path(file: &RawFile, encoding: Encoding) -> Option<Vec<u8>> {
+    let suffix = encoding.sibling_suffix()?;
+    let mut path = file.url_path.to_vec();
+    path.extend_from_slice(suffix.as_bytes());
+    Some(path)
+}
+
+fn has_sibling(file: &RawFile, encoding: Encoding, by_path: &FxHashMap<&[u8], usize>) -> bool {
+    sibling_path(file, encoding).is_some_and(|path| by_path.contains_key(&path[..]))
+}
+
+/// Whether `body` is the very bytes of `file`'s sibling in this load (then
+/// it is counted as that file's, not as a variant's).
+fn is_sibling_body(
+    file: &RawFile,
+    encoding: Encoding,
+    raw: &[RawFile],
+    by_path: &FxHashMap<&[u8], usize>,
+    body: &Body,
+) -> bool {
+    let Some(&index) = sibling_path(file, encoding).and_then(|path| by_path.get(&path[..]).copied()).as_ref()
+    else {
+        return false;
     };
-    Ok((entry, owned))
+    match (&raw[index].body, body) {
+        (Body::Memory(a), Body::Memory(b)) => a.as_ptr() == b.as_ptr() && a.len() == b.len(),
+        (Body::Disk(a), Body::Disk(b)) => Arc::ptr_eq(&a.file, &b.file),
+        _ => false,
+    }
 }
 
 /// The variant a precompressed sibling (`app.js.gz`) provides, if it exists
@@ -592,10 +815,7 @@ fn sibling_variant(
     raw: &[RawFile],
     by_path: &FxHashMap<&[u8], usize>,
 ) -> Option<(Encoding, Body, String)> {
-    let suffix = encoding.sibling_suffix()?;
-    let mut sibling_path = file.url_path.to_vec();
-    sibling_path.extend_from_slice(suffix.as_bytes());
-    let sibling = &raw[*by_path.get(&sibling_path[..])?];
+    let sibling = &raw[*by_path.get(&sibling_path(file, encoding)?[..])?];
     let fresh = match (&file.body, &sibling.body) {
         (Body::Memory(original), Body::Memory(encoded)) => variants::decodes_to(encoding, encoded, original),
         _ => sibling.modified_secs >= file.modified_secs,
@@ -650,8 +870,8 @@ fn head_bytes(representation: &Representation) -> u64 {
 
 /// `404.html` as the not-found page: the same representations, heads
 /// rendered with status 404.
-fn not_found_entry(file: &RawFile, entry: &FileEntry, policy: &HeaderPolicy) -> FileEntry {
-    let policy_lines = policy.lines_for("404.html", &file.content_type);
+fn not_found_entry(entry: &FileEntry, policy: &HeaderPolicy) -> FileEntry {
+    let policy_lines = policy.lines_for("404.html", &entry.content_type);
     let negotiable = entry.is_negotiable();
     let representations = entry
         .representations
@@ -674,6 +894,8 @@ fn not_found_entry(file: &RawFile, entry: &FileEntry, policy: &HeaderPolicy) -> 
         content_type: entry.content_type.clone(),
         modified_secs: entry.modified_secs,
         representations,
+        variants_pending: entry.variants_pending,
+        own_variant_bytes: entry.own_variant_bytes,
     }
 }
 
@@ -750,7 +972,7 @@ pub(super) fn snapshot_from_memory(files: &[(&str, &[u8])], modified_secs: u64) 
     let files: Vec<FileEntry> = raw
         .iter()
         .map(|file| {
-            build_entry(file, &raw, &by_path, &policy, &options, &meter, None).map(|(entry, _)| entry)
+            build_entry(file, &raw, &by_path, &policy, &options, &meter, Step::Variants)
         })
         .collect::<Result<_, _>>()
         .expect("building from memory cannot fail without a budget");
@@ -758,15 +980,12 @@ pub(super) fn snapshot_from_memory(files: &[(&str, &[u8])], modified_secs: u64) 
     let not_found_page = files
         .iter()
         .position(|f| *f.url_path == *NOT_FOUND_PAGE)
-        .map(|i| not_found_entry(&raw[i], &files[i], &policy));
+        .map(|i| not_found_entry(&files[i], &policy));
     Snapshot {
-        stats: SnapshotStats {
-            files: files.len(),
-            memory_bytes: meter.used.load(Ordering::Relaxed),
-            ..SnapshotStats::default()
-        },
+        stats: snapshot_stats(&files, files.len()),
         files,
-        routes,
+        routes: Arc::new(routes),
+        policy: Arc::new(policy),
         fallback: None,
         not_found_page,
     }

@@ -41,7 +41,9 @@
 //!    of at most [`FILE_CHUNK_BYTES`](crate::engine::FILE_CHUNK_BYTES), sent
 //!    (with what follows it) before the next chunk is read ([`conn::Outbox`]).
 //!    Every iteration answers from one snapshot, refreshed from the worker's
-//!    [`SnapshotCache`] so a reload takes effect at the next iteration.
+//!    [`SnapshotCache`] so a reload takes effect at the next iteration; an
+//!    idle worker wakes once a second ([`SNAPSHOT_REFRESH_MS`]) so that it
+//!    does not keep a replaced snapshot alive while nothing happens.
 //! 5. **Timeouts without syscalls of their own**: which deadline applies
 //!    (request head → 408, keep-alive idle, send without progress → reset,
 //!    linger) is the core's rule ([`crate::http::deadline`]); the deadlines
@@ -377,6 +379,9 @@ const MIN_DEADLINES_BEFORE_COMPACTION: usize = 1024;
 /// Below this much room under the cap, accepts are single-shot: a multishot
 /// accept could take several connections in one iteration.
 const SINGLE_SHOT_ACCEPT_ROOM: usize = 64;
+/// An idle worker wakes at least this often to drop the snapshot it holds if
+/// a reload replaced it (one timeout per second: no cost on the hot path).
+const SNAPSHOT_REFRESH_MS: Millis = 1000;
 
 /// One worker's loop and everything it owns.
 ///
@@ -410,6 +415,10 @@ struct Driver {
     access_log: Option<RefCell<WorkerLog>>,
     /// When to hand the access log's buffer over next.
     next_log_flush: Millis,
+    /// When to wake, at the latest, to pick up a reload: a worker that
+    /// sleeps in the kernel would otherwise keep the snapshot it last
+    /// served (and all its memory) alive after any number of reloads.
+    next_snapshot_refresh: Millis,
     worker_index: usize,
     /// Closed once the stop signal came and the accept has ended.
     listener: Option<TcpListener>,
@@ -515,6 +524,7 @@ impl Driver {
             max_connections: worker.max_connections.max(1),
             access_log: worker.access_log.take().map(RefCell::new),
             next_log_flush: millis(FLUSH_INTERVAL),
+            next_snapshot_refresh: SNAPSHOT_REFRESH_MS,
             worker_index: worker.index,
             listener: Some(worker.listener),
             shutdown: worker.shutdown,
@@ -1072,6 +1082,10 @@ impl Driver {
                 self.abort(key, true);
             }
         }
+        if self.now >= self.next_snapshot_refresh {
+            // Waking was the point: `handle_completions` took the current one.
+            self.next_snapshot_refresh = self.now + SNAPSHOT_REFRESH_MS;
+        }
         if self.now >= self.next_log_flush {
             self.next_log_flush = self.now + millis(FLUSH_INTERVAL);
             if let Some(log) = &self.access_log {
@@ -1093,6 +1107,9 @@ impl Driver {
         }
         if self.access_log.is_some() {
             next = next.min(self.next_log_flush);
+        }
+        if self.stopping == Stopping::Running {
+            next = next.min(self.next_snapshot_refresh);
         }
         if next == NEVER || next >= self.timer_at {
             return;
