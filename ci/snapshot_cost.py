@@ -108,6 +108,9 @@ def main():
             proc.send_signal(signal.SIGHUP)
             if not wait_for(log.name, r"reloaded \d+ files", i, proc, 600):
                 sys.exit("reload %d never finished:\n%s" % (i, open(log.name).read()))
+            if i == 1 or os.environ.get("RINGSERVE_COST_EVERY_RELOAD"):
+                time.sleep(0.5)
+                result["rss_reload%d_mib" % i] = rss_kib(proc.pid) / 1024
         time.sleep(0.5)
         result["rss_reloads_mib"] = rss_kib(proc.pid) / 1024
     finally:

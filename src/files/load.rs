@@ -176,11 +176,28 @@ struct FoundFile {
 /// A file read (step 3) or a generated listing (step 4), before its
 /// representations are built.
 struct RawFile {
-    url_path: Box<[u8]>,
-    content_type: String,
+    url_path: Arc<[u8]>,
+    content_type: Arc<str>,
     modified_secs: u64,
     body: Body,
     etag: String,
+}
+
+/// One shared copy of each distinct string of a load (content types): a
+/// site has a few dozen types for thousands of files.
+#[derive(Default)]
+struct Interner(Mutex<rustc_hash::FxHashSet<Arc<str>>>);
+
+impl Interner {
+    fn intern(&self, text: String) -> Arc<str> {
+        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(shared) = set.get(text.as_str()) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = text.into();
+        set.insert(Arc::clone(&shared));
+        shared
+    }
 }
 
 impl RawFile {
@@ -188,8 +205,8 @@ impl RawFile {
     fn of_entry(entry: &FileEntry) -> RawFile {
         let identity = entry.identity();
         RawFile {
-            url_path: entry.url_path.clone(),
-            content_type: entry.content_type.to_string(),
+            url_path: Arc::clone(&entry.url_path),
+            content_type: Arc::clone(&entry.content_type),
             modified_secs: entry.modified_secs,
             body: identity.body.clone(),
             etag: String::from_utf8_lossy(&identity.etag).into_owned(),
@@ -233,7 +250,10 @@ pub(super) fn load_snapshot(
 /// Stage one (steps 1–4 and 6, and step 5 without compressing): a snapshot
 /// that answers every request correctly, in identity for the files whose
 /// variants are still to be built ([`FileEntry::variants_pending`]).
-pub(super) fn load_identity(options: &LoadOptions, previous: Option<&Snapshot>) -> Result<Snapshot, LoadError> {
+pub(super) fn load_identity(
+    options: &LoadOptions,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, LoadError> {
     let progress = Progress::start("walking", options.progress);
     let policy = HeaderPolicy::load(options.cache_control.as_deref(), options.config_file.as_deref())?;
     let root = options
@@ -244,7 +264,11 @@ pub(super) fn load_identity(options: &LoadOptions, previous: Option<&Snapshot>) 
         return Err(LoadError::RootNotDirectory(options.root.clone()));
     }
     let (found, directories) = walk(&root, options.serve_dotfiles);
-    progress.stage_done(format_args!("{} files, {} directories", found.len(), directories.len()));
+    progress.stage_done(format_args!(
+        "{} files, {} directories",
+        found.len(),
+        directories.len()
+    ));
     let threads = load_threads(options);
     let meter = MemoryMeter {
         used: AtomicU64::new(0),
@@ -252,14 +276,21 @@ pub(super) fn load_identity(options: &LoadOptions, previous: Option<&Snapshot>) 
     };
 
     let progress = Progress::start("reading", options.progress);
+    let types = Interner::default();
     let mut raw = parallel_map(&found, threads, &|| false, |file| {
-        let raw = read_file(file, options, &meter, previous);
+        let raw = read_file(file, options, &meter, &types, previous);
         progress.count(raw.as_ref().map_or(0, |r| r.body.len()));
         raw
     })?;
     let file_count = raw.len();
     if options.directory_listing {
-        raw.extend(listings(&raw, &directories, &options.index_names, &meter)?);
+        raw.extend(listings(
+            &raw,
+            &directories,
+            &options.index_names,
+            &meter,
+            &types,
+        )?);
     }
     progress.stage_done(format_args!(
         "{} files, {} bytes in memory",
@@ -297,9 +328,14 @@ pub(super) fn load_identity(options: &LoadOptions, previous: Option<&Snapshot>) 
         .position(|f| *f.url_path == *NOT_FOUND_PAGE)
         .map(|i| not_found_entry(&files[i], &policy));
     let stats = snapshot_stats(&files, file_count);
+    // The same paths as before (a reload of an unchanged tree): share them.
+    let routes = match previous {
+        Some(previous) if *previous.routes == routes => Arc::clone(&previous.routes),
+        _ => Arc::new(routes),
+    };
     Ok(Snapshot {
         files,
-        routes: Arc::new(routes),
+        routes,
         policy: Arc::new(policy),
         fallback,
         not_found_page,
@@ -349,7 +385,11 @@ pub(super) fn build_variants(
     let not_found_page = base
         .not_found_page
         .as_ref()
-        .and_then(|_| files[..base.stats.files].iter().find(|f| *f.url_path == *NOT_FOUND_PAGE))
+        .and_then(|_| {
+            files[..base.stats.files]
+                .iter()
+                .find(|f| *f.url_path == *NOT_FOUND_PAGE)
+        })
         .map(|entry| not_found_entry(entry, policy));
     let stats = snapshot_stats(&files, base.stats.files);
     progress.stage_done(format_args!(
@@ -507,6 +547,7 @@ fn read_file(
     found: &FoundFile,
     options: &LoadOptions,
     meter: &MemoryMeter,
+    types: &Interner,
     previous: Option<&Snapshot>,
 ) -> Result<RawFile, LoadError> {
     let path = &found.path;
@@ -515,7 +556,7 @@ fn read_file(
     let metadata = file.metadata().map_err(read_error)?;
     let modified_secs = metadata.modified().map(head::unix_secs).unwrap_or(0);
     let file_name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-    let content_type = head::content_type_for(&file_name);
+    let content_type = types.intern(head::content_type_for(&file_name));
     let (body, etag) = if metadata.len() > options.max_cached_file_bytes {
         let identity = FileIdentity::of(&metadata);
         let same = previous
@@ -554,7 +595,7 @@ fn read_file(
         (Body::Memory(body), etag)
     };
     Ok(RawFile {
-        url_path: found.url_path.clone().into_boxed_slice(),
+        url_path: found.url_path.as_slice().into(),
         content_type,
         modified_secs,
         body,
@@ -612,6 +653,7 @@ fn listings(
     directories: &[Vec<u8>],
     index_names: &[String],
     meter: &MemoryMeter,
+    types: &Interner,
 ) -> Result<Vec<RawFile>, LoadError> {
     // Directory (`/a/`) → (its entries, the newest mtime among its files).
     let mut children: BTreeMap<Vec<u8>, (Vec<ListingItem>, u64)> = BTreeMap::new();
@@ -653,8 +695,8 @@ fn listings(
         meter.add(page.len() as u64)?;
         pages.push(RawFile {
             etag: head::etag_for(&page),
-            url_path: url_dir.into_boxed_slice(),
-            content_type: "text/html; charset=utf-8".to_owned(),
+            url_path: url_dir.into(),
+            content_type: types.intern("text/html; charset=utf-8".to_owned()),
             modified_secs,
             body: Body::Memory(Bytes::from(page)),
         });
@@ -684,6 +726,11 @@ fn build_entry(
     meter: &MemoryMeter,
     step: Step<'_>,
 ) -> Result<FileEntry, LoadError> {
+    if let Step::Identity { unchanged: Some(old) } = step {
+        if let Some(entry) = reuse_entry(file, old, by_path, policy, meter)? {
+            return Ok(entry);
+        }
+    }
     let mut variants: Vec<(Encoding, Body, String)> = Vec::new();
     let mut owned = 0u64;
     let mut pending = false;
@@ -765,13 +812,63 @@ fn build_entry(
         representations.push(representation);
     }
     Ok(FileEntry {
-        url_path: file.url_path.clone(),
-        content_type: file.content_type.clone().into_boxed_str(),
+        url_path: Arc::clone(&file.url_path),
+        content_type: Arc::clone(&file.content_type),
         modified_secs: file.modified_secs,
-        representations: representations.into_boxed_slice(),
+        representations: representations.into(),
         variants_pending: pending,
         own_variant_bytes: owned,
     })
+}
+
+/// The previous snapshot's entry for an unchanged file (same bytes, same
+/// modification time, same type, no sibling, and an identity head that would
+/// render the same), shared whole: a reload of an unchanged file allocates
+/// nothing for it.
+fn reuse_entry(
+    file: &RawFile,
+    old: &FileEntry,
+    by_path: &FxHashMap<&[u8], usize>,
+    policy: &HeaderPolicy,
+    meter: &MemoryMeter,
+) -> Result<Option<FileEntry>, LoadError> {
+    let identity = old.identity();
+    let same = old.modified_secs == file.modified_secs
+        && *old.content_type == *file.content_type
+        && same_body(&identity.body, &file.body)
+        && !variants::BUILT_ENCODINGS
+            .iter()
+            .any(|&encoding| has_sibling(file, encoding, by_path));
+    if !same {
+        return Ok(None);
+    }
+    let relative =
+        String::from_utf8_lossy(file.url_path.strip_prefix(b"/").unwrap_or(&file.url_path)).into_owned();
+    let policy_lines = policy.lines_for(&relative, &file.content_type);
+    let fields = HeadFields {
+        content_type: &file.content_type,
+        content_length: identity.body.len(),
+        etag: &file.etag,
+        modified_secs: file.modified_secs,
+        content_encoding: None,
+        vary_accept_encoding: old.is_negotiable(),
+        policy_lines: &policy_lines,
+    };
+    if *head::render_ok_head("HTTP/1.1 200 OK", &fields) != *identity.ok_head {
+        return Ok(None);
+    }
+    meter.add(old.own_variant_bytes + old.representations.iter().map(head_bytes).sum::<u64>())?;
+    Ok(Some(old.clone()))
+}
+
+/// Whether two bodies are the very same bytes (one allocation, or one
+/// descriptor).
+fn same_body(a: &Body, b: &Body) -> bool {
+    match (a, b) {
+        (Body::Memory(a), Body::Memory(b)) => a.as_ptr() == b.as_ptr() && a.len() == b.len(),
+        (Body::Disk(a), Body::Disk(b)) => Arc::ptr_eq(&a.file, &b.file),
+        _ => false,
+    }
 }
 
 fn sibling_path(file: &RawFile, encoding: Encoding) -> Option<Vec<u8>> {
@@ -794,15 +891,13 @@ fn is_sibling_body(
     by_path: &FxHashMap<&[u8], usize>,
     body: &Body,
 ) -> bool {
-    let Some(&index) = sibling_path(file, encoding).and_then(|path| by_path.get(&path[..]).copied()).as_ref()
+    let Some(&index) = sibling_path(file, encoding)
+        .and_then(|path| by_path.get(&path[..]).copied())
+        .as_ref()
     else {
         return false;
     };
-    match (&raw[index].body, body) {
-        (Body::Memory(a), Body::Memory(b)) => a.as_ptr() == b.as_ptr() && a.len() == b.len(),
-        (Body::Disk(a), Body::Disk(b)) => Arc::ptr_eq(&a.file, &b.file),
-        _ => false,
-    }
+    same_body(&raw[index].body, body)
 }
 
 /// The variant a precompressed sibling (`app.js.gz`) provides, if it exists
@@ -890,8 +985,8 @@ fn not_found_entry(entry: &FileEntry, policy: &HeaderPolicy) -> FileEntry {
         })
         .collect();
     FileEntry {
-        url_path: entry.url_path.clone(),
-        content_type: entry.content_type.clone(),
+        url_path: Arc::clone(&entry.url_path),
+        content_type: Arc::clone(&entry.content_type),
         modified_secs: entry.modified_secs,
         representations,
         variants_pending: entry.variants_pending,
@@ -949,6 +1044,7 @@ pub(super) fn snapshot_from_memory(files: &[(&str, &[u8])], modified_secs: u64) 
     };
     let mut directories: Vec<Vec<u8>> = Vec::new();
     let mut raw = Vec::with_capacity(files.len());
+    let types = Interner::default();
     for (url_path, body) in files {
         let (parent, file_name) = split_last_segment(url_path.as_bytes());
         let mut ancestor = parent;
@@ -958,7 +1054,7 @@ pub(super) fn snapshot_from_memory(files: &[(&str, &[u8])], modified_secs: u64) 
         }
         raw.push(RawFile {
             url_path: url_path.as_bytes().into(),
-            content_type: head::content_type_for(&String::from_utf8_lossy(file_name)),
+            content_type: types.intern(head::content_type_for(&String::from_utf8_lossy(file_name))),
             modified_secs,
             etag: head::etag_for(body),
             body: Body::Memory(Bytes::copy_from_slice(body)),
@@ -971,9 +1067,7 @@ pub(super) fn snapshot_from_memory(files: &[(&str, &[u8])], modified_secs: u64) 
         .collect();
     let files: Vec<FileEntry> = raw
         .iter()
-        .map(|file| {
-            build_entry(file, &raw, &by_path, &policy, &options, &meter, Step::Variants)
-        })
+        .map(|file| build_entry(file, &raw, &by_path, &policy, &options, &meter, Step::Variants))
         .collect::<Result<_, _>>()
         .expect("building from memory cannot fail without a budget");
     let routes = build_routes(&files, files.len(), &directories, &options);
@@ -1001,7 +1095,7 @@ fn build_routes(
     let (real, generated) = files.split_at(file_count);
     let mut routes: FxHashMap<Box<[u8]>, Route> = FxHashMap::default();
     for (index, file) in real.iter().enumerate() {
-        routes.insert(file.url_path.clone(), Route::File(index));
+        routes.insert(Box::from(&file.url_path[..]), Route::File(index));
     }
     // Directory indexes: `/dir/` serves the first index name present.
     for name in options.index_names.iter().rev() {
@@ -1037,7 +1131,7 @@ fn build_routes(
     }
     for (offset, listing) in generated.iter().enumerate() {
         routes
-            .entry(listing.url_path.clone())
+            .entry(Box::from(&listing.url_path[..]))
             .or_insert(Route::File(file_count + offset));
     }
     if options.redirect_directories {

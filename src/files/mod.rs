@@ -147,13 +147,16 @@ pub struct Representation {
 #[derive(Debug, Clone)]
 pub struct FileEntry {
     /// The file's URL path, e.g. `/css/site.css` (a listing's is `/dir/`).
-    pub url_path: Box<[u8]>,
-    pub content_type: Box<str>,
+    pub url_path: Arc<[u8]>,
+    /// Interned: one allocation per distinct type in a load.
+    pub content_type: Arc<str>,
     /// Modification time in whole seconds since the epoch (what
     /// `Last-Modified` says, for every representation).
     pub modified_secs: u64,
-    /// Identity first, then encoded variants, smallest first.
-    pub representations: Box<[Representation]>,
+    /// Identity first, then encoded variants, smallest first. Shared (not
+    /// copied) by the next stage and the next reload while the file and its
+    /// heads are unchanged, so an unchanged file costs no new memory.
+    pub representations: Arc<[Representation]>,
     /// The background stage ([`load`], step 5) has yet to build this file's
     /// variants: until it does, only identity is served, with the `Vary`
     /// the file will have, so caches key on `Accept-Encoding` from the first

@@ -513,6 +513,113 @@ mod tests {
         std::fs::remove_dir_all(&root).unwrap();
     }
 
+    fn script(tag: &str) -> String {
+        (0..300)
+            .map(|i| format!("export const {tag}{i} = {i};\n"))
+            .collect()
+    }
+
+    #[test]
+    fn the_background_stage_completes_the_current_snapshot() {
+        let root = temp_root("stages");
+        std::fs::write(root.join("app.js"), script("a")).unwrap();
+        std::fs::write(root.join("logo.png"), vec![7u8; 3000]).unwrap();
+        let options = LoadOptions::new(&root);
+        let first = Snapshot::load_identity(&options, None).unwrap();
+        assert_eq!(first.pending_variants(), 1, "app.js only: png does not compress");
+        let Resolved::File(app) = first.resolve(b"/app.js") else {
+            panic!()
+        };
+        assert_eq!(app.representations.len(), 1);
+        let identity_etag = app.identity().etag.clone();
+        let head = String::from_utf8_lossy(&app.identity().ok_head).into_owned();
+        assert!(
+            head.contains("Vary: Accept-Encoding\r\n"),
+            "the final Vary from the start: {head}"
+        );
+        let handle = SnapshotHandle::new(Arc::new(first));
+        let reloader = Reloader::new(options, handle.clone());
+        let report = reloader
+            .complete_variants(&|| false)
+            .unwrap()
+            .expect("swapped in");
+        assert_eq!((report.stats.pending_variants, report.stats.variants), (0, 2));
+        let current = handle.current();
+        let Resolved::File(app) = current.resolve(b"/app.js") else {
+            panic!()
+        };
+        assert_eq!(app.representations.len(), 3);
+        assert_eq!(app.identity().etag, identity_etag, "identity keeps its validator");
+        assert!(
+            reloader.complete_variants(&|| false).unwrap().is_none(),
+            "nothing left"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_background_stage_never_replaces_a_newer_reload() {
+        let root = temp_root("stage-race");
+        std::fs::write(root.join("app.js"), script("old")).unwrap();
+        let options = LoadOptions::new(&root);
+        let handle = SnapshotHandle::new(Arc::new(Snapshot::load_identity(&options, None).unwrap()));
+        let reloader = Reloader::new(options, handle.clone());
+        // A reload lands while the background stage of the old tree runs.
+        let reloaded = std::sync::Once::new();
+        let during = || {
+            reloaded.call_once(|| {
+                std::fs::write(root.join("app.js"), script("new")).unwrap();
+                reloader.reload_identity().unwrap();
+            });
+            false
+        };
+        assert!(
+            reloader.complete_variants(&during).unwrap().is_none(),
+            "lost to the reload"
+        );
+        let body = body_of(&handle, "/app.js").unwrap();
+        assert_eq!(body, script("new").as_bytes(), "the newer tree stays");
+        assert_eq!(handle.current().pending_variants(), 1);
+        // A stage that is told it is superseded stops without swapping.
+        assert!(reloader.complete_variants(&|| true).unwrap().is_none());
+        assert_eq!(handle.current().pending_variants(), 1);
+        reloader
+            .complete_variants(&|| false)
+            .unwrap()
+            .expect("now it completes");
+        assert_eq!(body_of(&handle, "/app.js").unwrap(), script("new").as_bytes());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_reload_of_unchanged_content_keeps_the_same_bodies() {
+        let root = temp_root("same-bodies");
+        std::fs::write(root.join("a.txt"), "same").unwrap();
+        std::fs::write(root.join("b.txt"), "before").unwrap();
+        let options = LoadOptions::new(&root);
+        let first = Snapshot::load(&options).unwrap();
+        std::fs::write(root.join("b.txt"), "after!").unwrap();
+        let second = first.reload(&options).unwrap();
+        let ptr = |s: &Snapshot, key: &str| match s.resolve(key.as_bytes()) {
+            Resolved::File(f) => match &f.identity().body {
+                crate::files::Body::Memory(b) => b.as_ptr(),
+                crate::files::Body::Disk(_) => panic!(),
+            },
+            _ => panic!(),
+        };
+        assert_eq!(
+            ptr(&first, "/a.txt"),
+            ptr(&second, "/a.txt"),
+            "shared, not read into a copy"
+        );
+        assert_ne!(ptr(&first, "/b.txt"), ptr(&second, "/b.txt"));
+        assert_eq!(
+            body_of(&SnapshotHandle::new(Arc::new(second)), "/b.txt").unwrap(),
+            b"after!"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
     #[test]
     fn watching_reloads_after_changes_settle() {
         let root = temp_root("watch");
