@@ -139,10 +139,16 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_cached_file: Option<u64>,
 
-    /// The most memory the snapshot may hold (same units); a start or reload
-    /// that needs more fails with a clear error [default: no limit].
+    /// The most memory the snapshot may hold (same units): a tree that needs
+    /// more starts anyway, its largest files served from disk and the
+    /// variants that do not fit left out [default: no limit].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub memory_budget: Option<u64>,
+
+    /// With --memory-budget: refuse to start (or to reload) instead, with a
+    /// clear error, when the snapshot needs more.
+    #[arg(long, requires = "memory_budget")]
+    pub memory_budget_strict: bool,
 
     /// Do not build gzip and brotli variants at load (`file.gz`/`file.br`
     /// siblings in the root are still used).
@@ -247,6 +253,7 @@ impl Cli {
             directory_listing: self.directory_listing,
             max_cached_file_bytes: self.max_cached_file.unwrap_or(DEFAULT_MAX_CACHED_FILE_BYTES),
             memory_budget_bytes: self.memory_budget,
+            memory_budget_strict: self.memory_budget_strict,
             precompress: !self.no_precompress,
             cache_control: self.cache_control.clone(),
             config_file: self.config.clone(),

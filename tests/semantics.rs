@@ -418,15 +418,36 @@ fn reload_under_load_serves_whole_old_or_whole_new_content_on_every_engine() {
 fn memory_budget_and_failed_reloads_are_reported_and_the_old_snapshot_kept() {
     let site = TempSite::new();
     site.write("a.bin", &[b'1'; 10_000]);
-    // Over the budget at start: a clear message and a failing exit status.
+    // Over a strict budget at start: a clear message and a failing exit status.
     let output = Command::new(env!("CARGO_BIN_EXE_ringserve"))
         .args(["--root", site.path().to_str().unwrap(), "--listen", "127.0.0.1:0"])
-        .args(["--memory-budget", "4K"])
+        .args(["--memory-budget", "4K", "--memory-budget-strict"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("memory budget of 4096 bytes"), "{stderr}");
+
+    // Over a budget that is not strict: it starts, serves the file from
+    // disk, and says so.
+    let budget_log = site
+        .path()
+        .join("..")
+        .join(format!("ringserve-budget-{}.log", std::process::id()));
+    for_each_engine(|engine| {
+        let log = std::fs::File::create(&budget_log).unwrap();
+        let extra = ["--memory-budget", "4K"];
+        let server = ServerProcess::start_with_stderr(engine, site.path(), &extra, Stdio::from(log));
+        let mut client = RawClient::connect(server.addr);
+        let response = get(&mut client, "/a.bin", "");
+        assert_eq!((response.status, response.body.len()), (200, 10_000));
+        let stderr = std::fs::read_to_string(&budget_log).unwrap();
+        assert!(
+            stderr.contains("does not fit the memory budget of 4096 bytes") && stderr.contains("from disk"),
+            "{stderr}"
+        );
+    });
+    let _ = std::fs::remove_file(&budget_log);
 
     let config = site
         .path()

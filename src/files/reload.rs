@@ -414,6 +414,7 @@ mod tests {
         let tight = Reloader::new(
             LoadOptions {
                 memory_budget_bytes: Some(5_000),
+                memory_budget_strict: true,
                 ..options
             },
             handle.clone(),
