@@ -59,6 +59,12 @@ fn run(cli: &Cli) -> Result<(), String> {
          built in the background",
         stats.memory_bytes, stats.head_bytes, stats.pending_variants
     );
+    if let Some(addr) = server.metrics_addr() {
+        eprintln!("ringserve: metrics on http://{addr}/metrics");
+    }
+    if let Some(path) = cli.health_path() {
+        eprintln!("ringserve: health checks on {path}");
+    }
 
     let (reload_requests, _reload_thread) = Reloader::new(options.clone(), handle)
         .spawn()

@@ -96,6 +96,9 @@ pub struct LoadOptions {
     /// (a reload request ends the wait), so a test can act while it runs.
     #[doc(hidden)]
     pub variants_delay_ms: u64,
+    /// Answer health checks on this path (`--health`, `--health-path`):
+    /// see [`crate::http::health`].
+    pub health_path: Option<String>,
 }
 
 impl LoadOptions {
@@ -116,6 +119,7 @@ impl LoadOptions {
             threads: 0,
             progress: false,
             variants_delay_ms: 0,
+            health_path: None,
         }
     }
 }
@@ -380,6 +384,7 @@ pub(super) fn load_identity(
         policy: Arc::new(policy),
         fallback,
         not_found_page,
+        health_path: options.health_path.as_deref().map(|path| path.as_bytes().into()),
         stats,
     })
 }
@@ -444,6 +449,7 @@ pub(super) fn build_variants(
         policy: Arc::clone(&base.policy),
         fallback: base.fallback,
         not_found_page,
+        health_path: base.health_path.clone(),
         stats,
     }))
 }
@@ -1159,6 +1165,7 @@ pub(super) fn snapshot_from_memory(files: &[(&str, &[u8])], modified_secs: u64) 
         policy: Arc::new(policy),
         fallback: None,
         not_found_page,
+        health_path: None,
     }
 }
 

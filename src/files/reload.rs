@@ -24,13 +24,16 @@
 //!
 //! While a reload runs, the old and the new snapshot both exist: peak memory
 //! is up to twice the budget.
+//!
+//! Every outcome is counted next to the handle ([`ReloadStats`]: succeeded,
+//! failed, time of the last success), for the metrics.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
@@ -40,36 +43,90 @@ use super::{LoadError, LoadOptions, Snapshot, SnapshotStats};
 /// reloading: a deploy writes many files in a burst.
 pub const WATCH_DEBOUNCE_MS: u64 = 300;
 
-/// The current snapshot, shared by every worker, replaceable atomically.
+/// The current snapshot, shared by every worker, replaceable atomically,
+/// and the count of reloads that replaced it (or failed to).
 #[derive(Debug, Clone)]
-pub struct SnapshotHandle(Arc<ArcSwap<Snapshot>>);
+pub struct SnapshotHandle {
+    current: Arc<ArcSwap<Snapshot>>,
+    reloads: Arc<ReloadStats>,
+}
 
 impl SnapshotHandle {
+    /// A handle to `snapshot`, just loaded: the last successful load is now.
     pub fn new(snapshot: Arc<Snapshot>) -> Self {
-        SnapshotHandle(Arc::new(ArcSwap::new(snapshot)))
+        let reloads = ReloadStats::default();
+        reloads.last_success.store(unix_secs_now(), Ordering::Relaxed);
+        SnapshotHandle {
+            current: Arc::new(ArcSwap::new(snapshot)),
+            reloads: Arc::new(reloads),
+        }
     }
 
     /// The current snapshot, for a short synchronous use (one batch of
     /// input). Do not hold it across an `.await`: take [`Self::current`].
     pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
-        self.0.load()
+        self.current.load()
     }
 
     /// The current snapshot, as an owned reference.
     pub fn current(&self) -> Arc<Snapshot> {
-        self.0.load_full()
+        self.current.load_full()
     }
 
     /// Makes `snapshot` current; requests already answered keep the old one
     /// alive until their responses are written.
     pub fn replace(&self, snapshot: Arc<Snapshot>) {
-        self.0.store(snapshot);
+        self.current.store(snapshot);
     }
 
     /// Like [`SnapshotHandle::replace`], returning the snapshot replaced.
     pub fn swap(&self, snapshot: Arc<Snapshot>) -> Arc<Snapshot> {
-        self.0.swap(snapshot)
+        self.current.swap(snapshot)
     }
+
+    /// How reloads went so far.
+    pub fn reloads(&self) -> &ReloadStats {
+        &self.reloads
+    }
+}
+
+/// Reload outcomes, counted by whoever reloads (the reload thread), read by
+/// the metrics thread. Reloads are rare: plain shared atomics.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    /// Unix seconds of the last successful load (the first load included).
+    last_success: AtomicU64,
+}
+
+impl ReloadStats {
+    pub fn succeeded(&self) -> u64 {
+        self.succeeded.load(Ordering::Relaxed)
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    pub fn last_success_unix_secs(&self) -> u64 {
+        self.last_success.load(Ordering::Relaxed)
+    }
+
+    fn record(&self, ok: bool) {
+        if ok {
+            self.succeeded.fetch_add(1, Ordering::Relaxed);
+            self.last_success.store(unix_secs_now(), Ordering::Relaxed);
+        } else {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn unix_secs_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// One thread's view of the current snapshot, for an event loop that owns
@@ -89,7 +146,7 @@ impl SnapshotCache {
 impl SnapshotHandle {
     /// A per-thread cache of the current snapshot.
     pub fn cache(&self) -> SnapshotCache {
-        SnapshotCache(arc_swap::cache::Cache::new(Arc::clone(&self.0)))
+        SnapshotCache(arc_swap::cache::Cache::new(Arc::clone(&self.current)))
     }
 }
 
@@ -131,10 +188,13 @@ impl Reloader {
     }
 
     /// Loads a new snapshot, variants included, and, if that succeeds, makes
-    /// it current (one swap).
+    /// it current (one swap); counts the outcome in the handle's
+    /// [`ReloadStats`].
     pub fn reload(&self) -> Result<ReloadReport, LoadError> {
         let started = Instant::now();
-        let snapshot = self.handle.current().reload(&self.options)?;
+        let loaded = self.handle.current().reload(&self.options);
+        self.handle.reloads.record(loaded.is_ok());
+        let snapshot = loaded?;
         let stats = snapshot.stats();
         retire(self.handle.swap(Arc::new(snapshot)));
         Ok(ReloadReport {
@@ -148,7 +208,9 @@ impl Reloader {
     /// made current at once.
     pub fn reload_identity(&self) -> Result<ReloadReport, LoadError> {
         let started = Instant::now();
-        let snapshot = Snapshot::load_identity(&self.options, Some(&self.handle.current()))?;
+        let loaded = Snapshot::load_identity(&self.options, Some(&self.handle.current()));
+        self.handle.reloads.record(loaded.is_ok());
+        let snapshot = loaded?;
         let stats = snapshot.stats();
         retire(self.handle.swap(Arc::new(snapshot)));
         Ok(ReloadReport {
@@ -172,7 +234,7 @@ impl Reloader {
             return Ok(None);
         };
         let stats = complete.stats();
-        let before = self.handle.0.compare_and_swap(&base, Arc::new(complete));
+        let before = self.handle.current.compare_and_swap(&base, Arc::new(complete));
         let swapped = Arc::ptr_eq(&before, &base);
         drop(before);
         retire(base);
@@ -215,7 +277,11 @@ impl Reloader {
                     }
                     while received.try_recv().is_ok() {}
                     waiting.store(false, Ordering::Relaxed);
-                    log_outcome("reload", catch_panic(|| self.reload_identity().map(Some)));
+                    let outcome = catch_panic(|| self.reload_identity().map(Some));
+                    if let Err(LoadError::Panicked(_)) = outcome {
+                        self.handle.reloads.record(false);
+                    }
+                    log_outcome("reload", outcome);
                 }
             })?;
         Ok((requests, thread))
@@ -423,6 +489,9 @@ mod tests {
         assert!(err.to_string().contains("memory budget"), "{err}");
         assert_eq!(body_of(&handle, "/a.txt").unwrap(), b"new");
         assert!(body_of(&handle, "/big.txt").is_none());
+        let reloads = handle.reloads();
+        assert_eq!((reloads.succeeded(), reloads.failed()), (1, 1));
+        assert!(reloads.last_success_unix_secs() > 1_700_000_000);
         std::fs::remove_dir_all(&root).unwrap();
     }
 
