@@ -31,9 +31,9 @@ for files in 5 10000 50000; do
 done
 [ -f "$trees/large-2g/large.bin" ] || python3 ci/gen-tree.py "$trees/large-2g" --large 2
 for tree in files-5 files-10000 files-50000 large-2g; do
-    size=$(du -sb "$trees/$tree" | cut -f1)
+    size=$(du -sbL "$trees/$tree" | cut -f1)
     for binary in ${old:+"$old"} target/release/ringserve; do
         printf '%s (%s bytes), %s: ' "$tree" "$size" "$binary"
-        python3 ci/snapshot_cost.py "$binary" "$trees/$tree" | head -1
+        RINGSERVE_COST_QUIET=1 python3 ci/snapshot_cost.py "$binary" "$trees/$tree"
     done
 done

@@ -121,10 +121,11 @@ def main():
             proc.kill()
             proc.wait()
     print(" ".join("%s=%.0f" % (k, v) if k.endswith("_ms") else "%s=%.1f" % (k, v) for k, v in result.items()))
-    with open(log.name, errors="replace") as f:
-        for line in f:
-            if "reloaded" not in line:
-                print("  " + line.rstrip())
+    if not os.environ.get("RINGSERVE_COST_QUIET"):
+        with open(log.name, errors="replace") as f:
+            for line in f:
+                if "reloaded" not in line:
+                    print("  " + line.rstrip())
     os.unlink(log.name)
 
 

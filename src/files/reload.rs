@@ -10,20 +10,30 @@
 //! Every response is therefore entirely from the old snapshot or entirely
 //! from the new one.
 //!
-//! A reload ([`Reloader::reload`]) builds a complete new snapshot on its own
-//! thread (off the hot path), then swaps it in with one atomic store. Files
-//! whose content hash did not change keep their precompressed variants
-//! (shared with the old snapshot, not compressed again), so a reload costs
-//! about a read and a hash per file. A load
-//! that fails (unreadable file, bad config, over the memory budget) leaves
-//! the current snapshot in place; the caller logs why. Requests come from
-//! `SIGHUP` and, with `--watch`, from inotify events ([`watch`]), debounced
-//! so that a deploy copying thousands of files causes one reload, not
-//! thousands. Reload requests arriving during a reload are coalesced into
-//! one more reload.
+//! The reload thread ([`Reloader::spawn`]) does all loading after the
+//! first stage of the start, one job at a time, off the hot path:
+//! 1. the background stage of the start: the variants of the snapshot the
+//!    port opened with ([`Reloader::complete_variants`]), swapped in with a
+//!    compare-and-swap, only over the snapshot they were built from;
+//! 2. on each request (`SIGHUP`, and with `--watch` inotify events,
+//!    [`watch`], debounced so that a deploy copying thousands of files
+//!    causes one reload), stage one of a new snapshot
+//!    ([`Reloader::reload_identity`]), swapped in at once, then its
+//!    background stage as in 1. A request that arrives during a background
+//!    stage stops it at the next file: the reload makes it obsolete.
 //!
-//! While a reload runs, the old and the new snapshot both exist: peak memory
-//! is up to twice the budget.
+//! Files whose content hash did not change keep their body, variants and
+//! heads (shared with the old snapshot, not copied or compressed again), so
+//! a reload costs about a read and a hash per file and no memory for
+//! unchanged files. A load that fails (unreadable file, bad config, over a
+//! strict memory budget) leaves the current snapshot in place and is
+//! logged. Reload requests arriving during a reload are coalesced into one
+//! more reload. The replaced snapshot is freed on the reload thread once
+//! the workers have let go of it, then the allocator is trimmed
+//! ([`retire`]).
+//!
+//! While a reload runs, the old and the new snapshot both exist; they share
+//! what did not change.
 //!
 //! Every outcome is counted next to the handle ([`ReloadStats`]: succeeded,
 //! failed, time of the last success), for the metrics.
@@ -349,13 +359,33 @@ pub const RETIRE_WAIT_MS: u64 = 3000;
 /// allocator's free lists (measured on a 10,000-file tree: 168 MiB after
 /// the variants, 217 MiB after ten reloads). A response still being
 /// written holds its bodies, not the snapshot, so the wait is short.
+/// The waiting is done on a short-lived thread of its own, so that a
+/// reload is reported (and the next one can start) at once.
 pub fn retire(old: Arc<Snapshot>) {
-    let deadline = Instant::now() + Duration::from_millis(RETIRE_WAIT_MS);
-    while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+    let free = |old: Arc<Snapshot>| {
+        let deadline = Instant::now() + Duration::from_millis(RETIRE_WAIT_MS);
+        while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(old);
+        release_freed_memory();
+    };
+    let shared = Arc::new(std::sync::Mutex::new(Some(old)));
+    let handed = Arc::clone(&shared);
+    let spawned = std::thread::Builder::new()
+        .name("ringserve-retire".to_owned())
+        .spawn(move || {
+            let old = handed.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(old) = old {
+                free(old);
+            }
+        });
+    if spawned.is_err() {
+        let old = shared.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(old) = old {
+            free(old);
+        }
     }
-    drop(old);
-    release_freed_memory();
 }
 
 /// Gives memory freed by a load (compression buffers, the replaced snapshot)
