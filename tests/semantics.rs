@@ -2,7 +2,10 @@
 //! every engine in `EngineKind::ALL`: ranges, preconditions and encodings
 //! over real sockets, `curl -C -` resuming downloads, a large file streamed
 //! from disk with the server's memory staying flat, and hot reload under
-//! load with every response entirely old or entirely new.
+//! load with every response entirely old or entirely new, the two stages of
+//! a load (identity while the variants are built in the background, the
+//! variant after; a reload during the background stage never brings back an
+//! older tree or a half-built one), and a memory budget that is not strict.
 //!
 //! The large-file test uses 256 MiB by default; set
 //! `RINGSERVE_TEST_LARGE_MIB=1024` for the 1 GiB run.

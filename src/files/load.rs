@@ -1,27 +1,36 @@
-//! Building a [`Snapshot`] from a directory.
+//! Building a [`Snapshot`] from a directory, in two stages.
 //!
-//! Steps, in order:
+//! Stage one ([`Snapshot::load_identity`]) is what the port waits for: everything
+//! needed to answer every request correctly.
 //! 1. read the cache policy (`--cache-control`, `--config`), canonicalise the
 //!    root (a missing or non-directory root is a clear error);
 //! 2. walk it, following symlinks, skipping dotfiles and dot-directories unless
 //!    enabled, and skipping anything whose real path lies outside the root
-//!    (a symlink to `/etc` is never loaded, so it can never be served);
+//!    (a symlink to `/etc` is never loaded, so it can never be served); with
+//!    a memory budget that is not strict, mark the largest files to be
+//!    served from disk until the rest fits (`fit_budget`);
 //! 3. read every regular file, in parallel: files up to
 //!    `max_cached_file_bytes` into memory, larger ones only hashed (in
-//!    bounded chunks) and kept open; each gets its content hash (`ETag`);
-//!    the memory budget is checked as bytes come in;
+//!    bounded chunks, one read) and kept open; each gets its content hash
+//!    (`ETag`). On a reload, a file whose hash did not change keeps the
+//!    previous snapshot's body (read into a reusable buffer, not a copy);
 //! 4. generate directory listings, if enabled;
-//! 5. build each file's representations, in parallel: precompressed
-//!    variants ([`super::variants`]) and the heads of each
-//!    ([`super::head`]), with its cache policy and extra headers
-//!    ([`super::cache_rules`]);
+//! 5. build each file's identity representation and heads ([`super::head`],
+//!    with its cache policy and extra headers, [`super::cache_rules`]); a
+//!    file that will have variants is marked pending and its heads already
+//!    carry `Vary: Accept-Encoding`. An unchanged file keeps its previous
+//!    entry whole (variants and heads);
 //! 6. build the routes: exact paths, then directory indexes, then clean URLs,
 //!    then listings, then directory redirects, each only where an earlier one
 //!    did not claim the path; then the SPA fallback and the custom 404 page.
 //!
+//! Stage two ([`Snapshot::with_variants`], in the background) completes step 5 for
+//! the pending files: precompressed variants ([`super::variants`]), from
+//! siblings or compressed here, and the heads of each; routes are shared.
+//!
 //! Steps 3 and 5 run on every CPU the process may use (`std::thread::scope`),
 //! since reading, hashing and compressing a large build folder is what makes
-//! a start or a reload slow.
+//! a start or a reload slow. Each stage reports itself ([`super::progress`]).
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
