@@ -13,7 +13,7 @@ measures, from the moment it is spawned:
 - RSS (VmRSS of /proc/PID/status) at the first 200, after the variants, and
   after 10 reloads (SIGHUP, each waited for in the log) of the unchanged
   tree, with no request in between (an idle server: the worst case for
-  memory that a worker keeps alive).
+  memory that a worker keeps alive); each read SETTLE_S after the event.
 Prints one line of `key=value` pairs, then the server's own stage lines.
 """
 import os
@@ -26,6 +26,9 @@ import tempfile
 import time
 
 RELOADS = 10
+# RSS is read this long after a stage's log line: a replaced snapshot is
+# freed once idle workers let go of it (they wake once a second).
+SETTLE_S = 1.5
 
 
 def free_port():
@@ -102,16 +105,16 @@ def main():
         if not wait_for(log.name, done, 1, proc, 3600):
             sys.exit("the variants never finished:\n" + open(log.name).read())
         result["all_variants_ms"] = (time.monotonic() - started) * 1000
-        time.sleep(0.5)
+        time.sleep(SETTLE_S)
         result["rss_variants_mib"] = rss_kib(proc.pid) / 1024
         for i in range(1, RELOADS + 1):
             proc.send_signal(signal.SIGHUP)
             if not wait_for(log.name, r"reloaded \d+ files", i, proc, 600):
                 sys.exit("reload %d never finished:\n%s" % (i, open(log.name).read()))
             if i == 1 or os.environ.get("RINGSERVE_COST_EVERY_RELOAD"):
-                time.sleep(0.5)
+                time.sleep(SETTLE_S)
                 result["rss_reload%d_mib" % i] = rss_kib(proc.pid) / 1024
-        time.sleep(0.5)
+        time.sleep(SETTLE_S)
         result["rss_reloads_mib"] = rss_kib(proc.pid) / 1024
     finally:
         proc.send_signal(signal.SIGTERM)
