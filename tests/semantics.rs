@@ -656,3 +656,41 @@ fn a_reload_during_the_background_stage_exposes_no_half_built_snapshot_on_every_
     });
     let _ = std::fs::remove_file(&log_path);
 }
+
+#[test]
+fn reloads_of_an_unchanged_tree_do_not_grow_memory_on_every_engine() {
+    const RELOADS: usize = 10;
+    const FILES: usize = 3000;
+    let site = TempSite::new();
+    for i in 0..FILES {
+        // 16 KiB of noise each: about 47 MiB that no variant shrinks.
+        let mut body = pattern_bytes(16 * 1024);
+        body[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        site.write(&format!("d{}/f{i}.bin", i % 30), &body);
+    }
+    let log_path = site.path().with_extension("rss.log");
+    for_each_engine(|engine| {
+        let log = std::fs::File::create(&log_path).unwrap();
+        let server = ServerProcess::start_with_stderr(engine, site.path(), &[], Stdio::from(log));
+        // Serve once, so that every worker holds the snapshot, then stay idle.
+        let mut client = RawClient::connect(server.addr);
+        assert_eq!(get(&mut client, "/d0/f0.bin", "").status, 200);
+        drop(client);
+        std::thread::sleep(Duration::from_millis(1500));
+        let first = server.status_kib("VmRSS");
+        for reload in 1..=RELOADS {
+            server.signal(libc::SIGHUP);
+            wait_for_log(&log_path, "reloaded", reload);
+        }
+        // Idle workers let go of replaced snapshots within a second.
+        std::thread::sleep(Duration::from_millis(1500));
+        let after = server.status_kib("VmRSS");
+        eprintln!("{engine}: RSS {first} KiB after the load, {after} KiB after {RELOADS} reloads");
+        // Generous: one more copy of the content would be about 48,000 KiB.
+        assert!(
+            after <= first + first / 4 + 8 * 1024,
+            "RSS grew from {first} KiB to {after} KiB over {RELOADS} reloads"
+        );
+    });
+    let _ = std::fs::remove_file(&log_path);
+}
