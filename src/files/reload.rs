@@ -185,6 +185,14 @@ impl ReloadRequests {
     }
 }
 
+/// Where a reload is, for [`Reloader::spawn_reporting`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadPhase {
+    Started,
+    /// Succeeded or failed: either way a snapshot is being served.
+    Finished,
+}
+
 /// Builds new snapshots with fixed options and swaps them in.
 #[derive(Debug, Clone)]
 pub struct Reloader {
@@ -263,6 +271,17 @@ impl Reloader {
     /// Each outcome is logged to stderr. The thread ends when every
     /// [`ReloadRequests`] is dropped.
     pub fn spawn(self) -> std::io::Result<(ReloadRequests, JoinHandle<()>)> {
+        self.spawn_reporting(|_| {})
+    }
+
+    /// Like [`Reloader::spawn`], calling `report` when each reload starts and
+    /// when its first stage ends, the new tree being served (for the service
+    /// manager: `RELOADING=1`, then `READY=1`). The background stages are
+    /// not reported: a snapshot is served throughout.
+    pub fn spawn_reporting(
+        self,
+        report: impl Fn(ReloadPhase) + Send + 'static,
+    ) -> std::io::Result<(ReloadRequests, JoinHandle<()>)> {
         let (sender, received) = mpsc::channel::<()>();
         let waiting = Arc::new(AtomicBool::new(false));
         let requests = ReloadRequests {
@@ -287,11 +306,13 @@ impl Reloader {
                     }
                     while received.try_recv().is_ok() {}
                     waiting.store(false, Ordering::Relaxed);
+                    report(ReloadPhase::Started);
                     let outcome = catch_panic(|| self.reload_identity().map(Some));
                     if let Err(LoadError::Panicked(_)) = outcome {
                         self.handle.reloads.record(false);
                     }
                     log_outcome("reload", outcome);
+                    report(ReloadPhase::Finished);
                 }
             })?;
         Ok((requests, thread))
