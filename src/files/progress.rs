@@ -1,8 +1,10 @@
 //! Reporting a load while it runs, so that a long start is never silent.
 //!
 //! Each stage of a load (walking the root, reading and hashing, building the
-//! variants in the background) ends with one line on stderr saying what it
-//! did and how long it took: what a log collector keeps. When stderr is a
+//! variants in the background) that took at least [`STAGE_LINE_MIN_MS`]
+//! ends with one line on stderr saying what it did and how long it took:
+//! what a log collector keeps. Quicker stages say nothing (the start line
+//! covers them, and an error at start stays one clear line). When stderr is a
 //! terminal, a progress line (files, bytes, elapsed time) is also redrawn in
 //! place, at most [`REDRAW_INTERVAL_MS`] apart, while a stage runs. Counting
 //! is a relaxed atomic add per file; off (in tests, and for reloads' own
@@ -15,6 +17,8 @@ use std::time::Instant;
 
 /// The progress line is redrawn at most this often.
 pub const REDRAW_INTERVAL_MS: u64 = 250;
+/// A stage that took less than this is not reported.
+pub const STAGE_LINE_MIN_MS: u64 = 250;
 
 /// One stage of a load, being reported.
 #[derive(Debug)]
@@ -74,9 +78,14 @@ impl Progress {
         let _ = stderr.flush();
     }
 
-    /// The stage is over: one line with `detail` and the time it took.
+    /// The stage is over: one line with `detail` and the time it took (if it
+    /// was not quick).
     pub fn stage_done(&self, detail: fmt::Arguments<'_>) {
-        if !self.enabled {
+        let elapsed_ms = self.started.elapsed().as_millis() as u64;
+        if !self.enabled || elapsed_ms < STAGE_LINE_MIN_MS {
+            if self.terminal && self.drawn_at_ms.load(Ordering::Relaxed) > 0 {
+                eprint!("\r\x1b[K");
+            }
             return;
         }
         let clear = if self.terminal { "\r\x1b[K" } else { "" };
