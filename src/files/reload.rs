@@ -352,11 +352,14 @@ fn log_outcome(what: &str, outcome: Result<Option<ReloadReport>, LoadError>) {
             report.elapsed.as_secs_f64() * 1000.0
         ),
         Ok(Some(report)) => eprintln!(
-            "ringserve: variants ready: {} variants ({} bytes), {} bytes in memory, in {:.1} ms",
+            "ringserve: variants ready: {} variants ({} bytes), {} bytes in memory, in {:.1} ms; \
+             compressed files: {} bytes, {} bytes in their smallest variant",
             report.stats.variants,
             report.stats.variant_bytes,
             report.stats.memory_bytes,
-            report.elapsed.as_secs_f64() * 1000.0
+            report.elapsed.as_secs_f64() * 1000.0,
+            report.stats.compressed_identity_bytes,
+            report.stats.compressed_best_bytes
         ),
         Ok(None) if what == "variants" => {
             eprintln!("ringserve: variants: stopped for a reload, which builds its own")
