@@ -198,10 +198,16 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_cached_file: Option<u64>,
 
-    /// The most memory the snapshot may hold (same units); a start or reload
-    /// that needs more fails with a clear error [default: no limit].
+    /// The most memory the snapshot may hold (same units): a tree that needs
+    /// more starts anyway, its largest files served from disk and the
+    /// variants that do not fit left out [default: no limit].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub memory_budget: Option<u64>,
+
+    /// With --memory-budget: refuse to start (or to reload) instead, with a
+    /// clear error, when the snapshot needs more (without a budget: nothing).
+    #[arg(long)]
+    pub memory_budget_strict: bool,
 
     /// Do not build gzip and brotli variants at load (`file.gz`/`file.br`
     /// siblings in the root are still used).
@@ -270,6 +276,11 @@ pub struct Cli {
     /// accepted N connections (the server must then stop and exit 1).
     #[arg(long, hide = true, value_name = "N")]
     pub fault_after_accepts: Option<u64>,
+
+    /// Tests only: the background stage (variants) starts this many
+    /// milliseconds after the port opens, or at the first reload request.
+    #[arg(long, hide = true, value_name = "MS", default_value_t = 0)]
+    pub test_variants_delay_ms: u64,
 
     /// Where each setting came from (option id, description), for
     /// `--print-config`; filled by [`Cli::from_all_sources`].
@@ -397,9 +408,12 @@ impl Cli {
             directory_listing: self.directory_listing,
             max_cached_file_bytes: self.max_cached_file.unwrap_or(DEFAULT_MAX_CACHED_FILE_BYTES),
             memory_budget_bytes: self.memory_budget,
+            memory_budget_strict: self.memory_budget_strict,
             precompress: !self.no_precompress,
             cache_control: self.cache_control.clone(),
             config_file: self.config.clone(),
+            progress: true,
+            variants_delay_ms: self.test_variants_delay_ms,
             health_path: self.health_path().map(str::to_owned),
             ..LoadOptions::new(self.root())
         }

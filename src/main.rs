@@ -51,7 +51,9 @@ fn run(cli: &Cli) -> Result<(), String> {
         Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|e| format!("cannot handle signals: {e}"))?;
     let options = cli.load_options();
     let started = Instant::now();
-    let snapshot = Snapshot::load(&options).map_err(|e| e.to_string())?;
+    // Stage one only: the port opens as soon as every file can be answered;
+    // the reload thread builds the variants in the background.
+    let snapshot = Snapshot::load_identity(&options, None).map_err(|e| e.to_string())?;
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
     reload::release_freed_memory();
     let mut config = cli.server_config();
@@ -90,15 +92,18 @@ fn run(cli: &Cli) -> Result<(), String> {
         })
         .collect();
     println!(
-        "ringserve listening on {} ({}engine {}{}, {} workers, {} files, {} bytes, {} bytes in memory, \
-         loaded in {:.1} ms) serving {}",
+        "ringserve listening on {} ({}engine {}{}, {} workers, {} files: {} in memory, {} bytes, \
+         and {} on disk, {} bytes; {} bytes in memory, loaded in {:.1} ms) serving {}",
         urls.join(", "),
         if from_systemd { "socket from systemd, " } else { "" },
         server.engine(),
         engine_reason,
         server.worker_count(),
         stats.files,
+        stats.files - stats.disk_files,
         stats.identity_bytes,
+        stats.disk_files,
+        stats.disk_bytes,
         stats.memory_bytes,
         load_ms,
         std::fs::canonicalize(&options.root)
@@ -106,14 +111,9 @@ fn run(cli: &Cli) -> Result<(), String> {
             .display()
     );
     eprintln!(
-        "ringserve: snapshot holds {} bytes in memory ({} variants, {} bytes; {} files streamed from disk); \
-         compressed files: {} bytes, {} bytes in their smallest variant",
-        stats.memory_bytes,
-        stats.variants,
-        stats.variant_bytes,
-        stats.disk_files,
-        stats.compressed_identity_bytes,
-        stats.compressed_best_bytes
+        "ringserve: snapshot holds {} bytes in memory ({} of heads); {} files wait for variants, \
+         built in the background",
+        stats.memory_bytes, stats.head_bytes, stats.pending_variants
     );
     if let Some(addr) = server.metrics_addr() {
         eprintln!("ringserve: metrics on http://{addr}/metrics");
@@ -155,7 +155,7 @@ fn run(cli: &Cli) -> Result<(), String> {
             for signal in signals.forever() {
                 match signal {
                     SIGHUP => {
-                        let _ = reload_requests.send(());
+                        let _ = reload_requests.request();
                     }
                     _ if stopping => std::process::exit(130),
                     _ => {

@@ -43,7 +43,9 @@
 //!    of at most [`FILE_CHUNK_BYTES`](crate::engine::FILE_CHUNK_BYTES), sent
 //!    (with what follows it) before the next chunk is read ([`conn::Outbox`]).
 //!    Every iteration answers from one snapshot, refreshed from the worker's
-//!    [`SnapshotCache`] so a reload takes effect at the next iteration.
+//!    [`SnapshotCache`] so a reload takes effect at the next iteration; an
+//!    idle worker wakes once a second ([`SNAPSHOT_REFRESH_MS`]) so that it
+//!    does not keep a replaced snapshot alive while nothing happens.
 //! 5. **Timeouts without syscalls of their own**: which deadline applies
 //!    (request head → 408, keep-alive idle, send without progress → reset,
 //!    linger) is the core's rule ([`crate::http::deadline`]); the deadlines
@@ -388,6 +390,9 @@ const MIN_DEADLINES_BEFORE_COMPACTION: usize = 1024;
 /// Below this much room under the cap, accepts are single-shot: a multishot
 /// accept could take several connections in one iteration.
 const SINGLE_SHOT_ACCEPT_ROOM: usize = 64;
+/// An idle worker wakes at least this often to drop the snapshot it holds if
+/// a reload replaced it (one timeout per second: no cost on the hot path).
+const SNAPSHOT_REFRESH_MS: Millis = 1000;
 
 /// One worker's loop and everything it owns.
 ///
@@ -419,6 +424,10 @@ struct Driver {
     grace: Duration,
     max_connections: usize,
     access_log: Option<RefCell<WorkerLog>>,
+    /// When to wake, at the latest, to pick up a reload: a worker that
+    /// sleeps in the kernel would otherwise keep the snapshot it last
+    /// served (and all its memory) alive after any number of reloads.
+    next_snapshot_refresh: Millis,
     /// This worker's counters, if metrics are on.
     metrics: Option<Arc<WorkerMetrics>>,
     worker_index: usize,
@@ -526,6 +535,7 @@ impl Driver {
             grace: worker.shutdown_grace,
             max_connections: worker.max_connections.max(1),
             access_log: worker.access_log.take().map(RefCell::new),
+            next_snapshot_refresh: SNAPSHOT_REFRESH_MS,
             metrics: worker.metrics.clone(),
             worker_index: worker.index,
             listeners: std::mem::take(&mut worker.listeners)
@@ -1130,6 +1140,10 @@ impl Driver {
                 self.abort(key, true);
             }
         }
+        if self.now >= self.next_snapshot_refresh {
+            // Waking was the point: `handle_completions` took the current one.
+            self.next_snapshot_refresh = self.now + SNAPSHOT_REFRESH_MS;
+        }
         if self.log_flush_due().is_some_and(|at| at <= self.now) {
             if let Some(log) = &self.access_log {
                 log.borrow_mut().flush();
@@ -1158,6 +1172,9 @@ impl Driver {
         if let Some(at) = self.log_flush_due() {
             // An idle worker still hands waiting lines over in time.
             next = next.min(at);
+        }
+        if self.stopping == Stopping::Running {
+            next = next.min(self.next_snapshot_refresh);
         }
         if next == NEVER || next >= self.timer_at {
             return;
