@@ -49,6 +49,24 @@ fn run(cli: &Cli) -> Result<(), String> {
     let notifier = Arc::new(Notifier::from_env());
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|e| format!("cannot handle signals: {e}"))?;
+    // The certificate first: a bad one is one line and exit 1 at once, not
+    // after loading a large tree.
+    let mut tls = None;
+    if let Some(paths) = cli.cert_paths() {
+        let state = if cli.tls_no_resumption {
+            TlsState::without_resumption()
+        } else {
+            TlsState::new().map_err(|e| e.to_string())?
+        };
+        let (handle, cert) = TlsHandle::load_with(&paths, state).map_err(|e| e.to_string())?;
+        if cert.is_expired(SystemTime::now()) {
+            eprintln!(
+                "ringserve: warning: the TLS certificate in {} has expired; serving it anyway",
+                paths.cert.display()
+            );
+        }
+        tls = Some(handle);
+    }
     let options = cli.load_options();
     let started = Instant::now();
     // Stage one only: the port opens as soon as every file can be answered;
@@ -57,21 +75,7 @@ fn run(cli: &Cli) -> Result<(), String> {
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
     reload::release_freed_memory();
     let mut config = cli.server_config();
-    if let Some(paths) = cli.cert_paths() {
-        let state = if cli.tls_no_resumption {
-            TlsState::without_resumption()
-        } else {
-            TlsState::new().map_err(|e| e.to_string())?
-        };
-        let (tls, cert) = TlsHandle::load_with(&paths, state).map_err(|e| e.to_string())?;
-        if cert.is_expired(SystemTime::now()) {
-            eprintln!(
-                "ringserve: warning: the TLS certificate in {} has expired; serving it anyway",
-                paths.cert.display()
-            );
-        }
-        config.tls = Some(tls);
-    }
+    config.tls = tls;
     let engine = cli.engine.resolve(&config.uring);
     config.engine = engine.kind;
     let from_systemd = inherited.is_some();
