@@ -228,9 +228,8 @@ impl SyscallCounter {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: the kernel just returned this descriptor to us, and nothing else owns it.
-        Ok(SyscallCounter {
-            fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(SyscallCounter { fd })
     }
 
     fn ioctl(&self, request: libc::c_ulong) -> io::Result<()> {
