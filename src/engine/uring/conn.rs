@@ -38,6 +38,7 @@ use crate::engine::{FILE_CHUNK_BYTES, LINGER_MAX_BYTES, READ_BUFFER_BYTES};
 use crate::files::Snapshot;
 use crate::http::response::PieceRef;
 use crate::http::{DeadlineClock, Expiry, Limits, Next, Output, Progress, Session, Timeouts};
+use crate::metrics::{ConnectionObserver, WorkerMetrics};
 
 /// Input waiting in `carry` beyond which a connection stops receiving until
 /// its responses are sent (a client pipelining faster than it reads).
@@ -109,6 +110,8 @@ pub struct ServeContext<'a> {
     pub timeouts: &'a Timeouts,
     /// The worker's access log, if logging is on.
     pub log: Option<&'a RefCell<WorkerLog>>,
+    /// The worker's counters, if metrics are on.
+    pub metrics: Option<&'a WorkerMetrics>,
     /// One send for all answered requests (`false`: one per request, to
     /// measure what batching is worth).
     pub batch: bool,
@@ -430,13 +433,12 @@ impl Conn {
             return Reaction::Close;
         }
         let mut outbox = pool.take();
-        self.after_send = match (cx.log, self.peer()) {
-            (Some(log), Some(peer)) => {
-                let mut observer = ConnectionLog { log, peer };
+        self.after_send = match observer(cx, self.peer()) {
+            Some(mut observer) => {
                 self.session
                     .on_head_timeout(&self.carry, &mut outbox.output, &mut observer)
             }
-            _ => self
+            None => self
                 .session
                 .on_head_timeout(&self.carry, &mut outbox.output, &mut ()),
         };
@@ -516,7 +518,15 @@ impl std::ops::Deref for Carry {
     }
 }
 
-/// Runs the session over `input`, telling the access log if there is one.
+/// What observes a connection's responses: the access log and the metrics,
+/// if either is on.
+fn observer<'a>(cx: &ServeContext<'a>, peer: Option<IpAddr>) -> Option<ConnectionObserver<'a>> {
+    let log = cx.log.zip(peer).map(|(log, peer)| ConnectionLog { log, peer });
+    ConnectionObserver::new(log, cx.metrics)
+}
+
+/// Runs the session over `input`, telling the access log and the metrics if
+/// they are on.
 fn run_session(
     session: &mut Session,
     input: &[u8],
@@ -524,12 +534,9 @@ fn run_session(
     peer: Option<IpAddr>,
     output: &mut Output,
 ) -> Progress {
-    match (cx.log, peer) {
-        (Some(log), Some(peer)) => {
-            let mut observer = ConnectionLog { log, peer };
-            session.on_input_observed(input, cx.snapshot, cx.limits, output, &mut observer)
-        }
-        _ => session.on_input(input, cx.snapshot, cx.limits, output),
+    match observer(cx, peer) {
+        Some(mut observer) => session.on_input_observed(input, cx.snapshot, cx.limits, output, &mut observer),
+        None => session.on_input(input, cx.snapshot, cx.limits, output),
     }
 }
 

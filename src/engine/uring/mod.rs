@@ -124,12 +124,13 @@ use self::conn::{Conn, Input, OutboxPool, Phase, Reaction, RecvState, ServeConte
 use self::deadlines::{Deadlines, Due, Millis, NEVER};
 use self::op::{Op, OpKind};
 use self::slots::{SlotKey, Slots};
-use crate::access_log::{FLUSH_INTERVAL, WorkerLog};
+use crate::access_log::WorkerLog;
 use crate::engine::{
     AcceptBackoff, FaultCountdown, READ_BUFFER_BYTES, Ready, Shutdown, Worker, set_reset_on_close,
 };
 use crate::files::{Snapshot, SnapshotCache};
 use crate::http::{Expiry, Limits, Timeouts};
+use crate::metrics::{WorkerMetrics, count_timeout};
 
 /// Submission queue entries per worker. When the queue fills mid-iteration
 /// the loop submits early (rare: one iteration queues about one entry per
@@ -349,6 +350,7 @@ macro_rules! serve_context {
             limits: &$driver.limits,
             timeouts: &$driver.timeouts,
             log: $driver.access_log.as_ref(),
+            metrics: $driver.metrics.as_deref(),
             batch: $driver.batch,
             own_buffers: $driver.mode == RecvMode::SingleOwned,
             epoch: $driver.epoch,
@@ -408,8 +410,8 @@ struct Driver {
     grace: Duration,
     max_connections: usize,
     access_log: Option<RefCell<WorkerLog>>,
-    /// When to hand the access log's buffer over next.
-    next_log_flush: Millis,
+    /// This worker's counters, if metrics are on.
+    metrics: Option<Arc<WorkerMetrics>>,
     worker_index: usize,
     /// Closed once the stop signal came and the accept has ended.
     listener: Option<TcpListener>,
@@ -514,14 +516,14 @@ impl Driver {
             grace: worker.shutdown_grace,
             max_connections: worker.max_connections.max(1),
             access_log: worker.access_log.take().map(RefCell::new),
-            next_log_flush: millis(FLUSH_INTERVAL),
+            metrics: worker.metrics.clone(),
             worker_index: worker.index,
             listener: Some(worker.listener),
             shutdown: worker.shutdown,
             epoch: Instant::now(),
             now: 0,
             accept: AcceptState::Idle,
-            backoff: AcceptBackoff::default(),
+            backoff: AcceptBackoff::counted(worker.metrics.take()),
             accept_resume_at: NEVER,
             stopping: Stopping::Running,
             timer_at: NEVER,
@@ -718,6 +720,9 @@ impl Driver {
         let peer = self.access_log.as_ref().and_then(|_| peer_ip(fd)).map(Box::new);
         let conn = Conn::new(fd, peer, &serve_context!(self));
         let key = self.conns.insert(conn);
+        if let Some(metrics) = &self.metrics {
+            metrics.on_accepted();
+        }
         self.settle(key);
     }
 
@@ -1007,6 +1012,9 @@ impl Driver {
                 if let Some(conn) = self.conns.remove(key) {
                     conn.release(&mut self.pool);
                 }
+                if let Some(metrics) = &self.metrics {
+                    metrics.on_closed();
+                }
                 self.ring.push_close(fd, Op::conn(OpKind::Close, key));
                 if self.deadlines.len() > 2 * self.conns.len() + MIN_DEADLINES_BEFORE_COMPACTION {
                     let conns = &self.conns;
@@ -1052,6 +1060,11 @@ impl Driver {
             if self.deadlines.on_popped(&mut conn.timer, key, at, self.now) != Due::Expired {
                 continue;
             }
+            if !matches!(conn.phase, Phase::Lingering { .. }) {
+                // A linger running out is how a refusal normally ends, not
+                // a timeout (the tokio engines do not count it either).
+                count_timeout(cx.metrics, conn.expiry);
+            }
             match conn.expiry {
                 Expiry::Close => self.abort(key, false),
                 Expiry::Abort => self.abort(key, true),
@@ -1072,12 +1085,18 @@ impl Driver {
                 self.abort(key, true);
             }
         }
-        if self.now >= self.next_log_flush {
-            self.next_log_flush = self.now + millis(FLUSH_INTERVAL);
+        if self.log_flush_due().is_some_and(|at| at <= self.now) {
             if let Some(log) = &self.access_log {
-                log.borrow_mut().flush_if_due();
+                log.borrow_mut().flush();
             }
         }
+    }
+
+    /// When the access log's waiting lines are due to be handed over, on
+    /// the worker's clock (rounded up); `None` if none are waiting.
+    fn log_flush_due(&self) -> Option<Millis> {
+        let due = self.access_log.as_ref()?.borrow().flush_due_at()?;
+        Some(millis(due.saturating_duration_since(self.epoch)) + 1)
     }
 
     /// Arms (or moves earlier) the one timeout that wakes the loop for the
@@ -1091,8 +1110,9 @@ impl Driver {
         if let Stopping::Grace { until } = self.stopping {
             next = next.min(until);
         }
-        if self.access_log.is_some() {
-            next = next.min(self.next_log_flush);
+        if let Some(at) = self.log_flush_due() {
+            // An idle worker still hands waiting lines over in time.
+            next = next.min(at);
         }
         if next == NEVER || next >= self.timer_at {
             return;
