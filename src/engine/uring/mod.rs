@@ -106,6 +106,7 @@ mod buffers;
 mod conn;
 mod deadlines;
 mod op;
+mod probe;
 mod slots;
 
 use std::cell::RefCell;
@@ -131,6 +132,8 @@ use crate::engine::{
 use crate::files::{Snapshot, SnapshotCache};
 use crate::http::{Expiry, Limits, Timeouts};
 use crate::metrics::{WorkerMetrics, count_timeout};
+
+pub use self::probe::probe;
 
 /// Submission queue entries per worker. When the queue fills mid-iteration
 /// the loop submits early (rare: one iteration queues about one entry per
