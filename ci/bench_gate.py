@@ -407,7 +407,7 @@ def main() -> int:
     check.add_argument("--skip-syscalls", action="store_true", help="judge instruction counts only")
     update = sub.add_parser("update", help="write the baseline from the current tree")
     update.add_argument("--reason", required=True, help="why the baseline changes (kept in the JSON)")
-    update.add_argument("--rounds", type=int, default=3, help="syscall rounds whose median is kept (default 3)")
+    update.add_argument("--rounds", type=int, default=5, help="syscall rounds whose median is kept (default 5)")
     measure = sub.add_parser("measure", help="measure N times and print the spread")
     measure.add_argument("--runs", type=int, default=3)
     measure.add_argument("--skip-syscalls", action="store_true")
