@@ -17,6 +17,18 @@ What it does, in order:
     its RSS before and after;
  7. writes bench-results/<date>/report.md, results.json and report.svg.
 
+With --tls every server serves HTTPS instead, on the same ECDSA P-256
+certificate (made here with openssl) and cipher: TLS 1.3
+TLS_AES_128_GCM_SHA256 with X25519 (ringserve prefers it; nginx is
+restricted to it), nginx with `ssl_session_tickets on` and its default
+`ssl_buffer_size`; wrk over https:// (keep-alive 1 KiB c64, 16 KiB c64,
+1 MiB c16, and `Connection: close`, a new TLS connection per request). wrk
+resumes TLS sessions (checked: nginx's $ssl_session_reused was "r" for 193
+of 195 connections), so `Connection: close` measures a resumed handshake;
+add --tls-no-resumption (resumption off in every server: nginx tickets and
+cache off, ringserve --tls-no-resumption) for a full handshake per request.
+The idle connections complete a TLS handshake each.
+
 Every process it starts is recorded and killed by PID at the end, also on
 Ctrl-C, SIGTERM, an error or the overall deadline (--max-minutes).
 
@@ -74,6 +86,14 @@ class Scenario:
     close: bool = False
 
 
+# Set by --tls: {"cert": Path, "key": Path, "ca": Path}; every server speaks HTTPS.
+TLS: dict | None = None
+
+
+def scheme() -> str:
+    return "https" if TLS else "http"
+
+
 SCENARIOS = [
     Scenario("keepalive-c64", "keep-alive, 1 KiB, 64 conns", "/1k.bin", 64),
     Scenario("keepalive-c256", "keep-alive, 1 KiB, 256 conns", "/1k.bin", 256),
@@ -82,6 +102,41 @@ SCENARIOS = [
     Scenario("keepalive-16k-c64", "keep-alive, 16 KiB, 64 conns", "/16k.bin", 64),
     Scenario("keepalive-1m-c16", "keep-alive, 1 MiB, 16 conns", "/1m.bin", 16),
 ]
+# What --tls measures (the issue's scenarios).
+TLS_SCENARIOS = {"keepalive-c64", "keepalive-16k-c64", "keepalive-1m-c16", "close-c64"}
+
+
+def make_tls_material(workdir: Path, procs: "Processes") -> dict:
+    """A CA and an ECDSA P-256 server certificate for 127.0.0.1 (openssl),
+    readable by nginx's workers."""
+    pki = workdir / "pki"
+    pki.mkdir(mode=0o755)
+    steps = [
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-days", "30", "-subj", "/CN=bench CA", "-keyout", str(pki / "ca.key"), "-out", str(pki / "ca.pem")],
+        ["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-subj", "/CN=localhost", "-keyout", str(pki / "server.key"), "-out", str(pki / "server.csr")],
+    ]
+    for cmd in steps:
+        code, _, err = procs.run(cmd, timeout=60)
+        if code != 0:
+            raise Abort(f"{' '.join(cmd)} failed: {err}")
+    (pki / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    code, _, err = procs.run(["openssl", "x509", "-req", "-in", str(pki / "server.csr"), "-CA", str(pki / "ca.pem"),
+                              "-CAkey", str(pki / "ca.key"), "-CAcreateserial", "-days", "30",
+                              "-extfile", str(pki / "ext.cnf"), "-out", str(pki / "server.pem")], timeout=60)
+    if code != 0:
+        raise Abort(f"signing the bench certificate failed: {err}")
+    for path in pki.iterdir():
+        path.chmod(0o644)
+    return {"cert": pki / "server.pem", "key": pki / "server.key", "ca": pki / "ca.pem"}
+
+
+def client_context():
+    import ssl
+    context = ssl.create_default_context(cafile=str(TLS["ca"]))
+    context.check_hostname = False
+    return context
 
 
 def log(message: str) -> None:
@@ -314,12 +369,14 @@ def start_ringserve(procs: Processes, binary: Path, engine: str, docroot: Path, 
     out_path = workdir / f"ringserve-{engine}{instance}.out"
     err_path = workdir / f"ringserve-{engine}{instance}.err"
     cmd = pinned(server_cpus, [str(binary), "--engine", engine, "--workers", "1",
-                               "--listen", "127.0.0.1:0", "--root", str(docroot), *extra_args])
+                               "--listen", "127.0.0.1:0", "--root", str(docroot), *extra_args]
+                 + (["--tls-cert", str(TLS["cert"]), "--tls-key", str(TLS["key"])] if TLS else [])
+                 + (["--tls-no-resumption"] if TLS and not TLS["resumption"] else []))
     with open(out_path, "w") as out, open(err_path, "w") as err:
         proc = procs.start(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", out_path.read_text())
+        match = re.search(rf"listening on {scheme()}://127\.0\.0\.1:(\d+)", out_path.read_text())
         if match:
             return Server(engine, proc, int(match.group(1)), proc.pid)
         if proc.poll() is not None:
@@ -362,10 +419,22 @@ http {{
     uwsgi_temp_path {work}/nginx-tmp/uwsgi;
     scgi_temp_path {work}/nginx-tmp/scgi;
     server {{
-        listen 127.0.0.1:{port} reuseport backlog=1024;
+        listen 127.0.0.1:{port} reuseport backlog=1024{ssl};
         root {root};
-    }}
+{tls}    }}
 }}
+"""
+
+# With --tls: the same certificate and cipher as ringserve, tickets on,
+# ssl_buffer_size at its default (16k).
+NGINX_TLS = """\
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256;
+        ssl_ecdh_curve X25519:prime256v1;
+        ssl_session_tickets {tickets};
+        ssl_session_cache {cache};
 """
 
 
@@ -375,7 +444,10 @@ def start_nginx(procs: Processes, nginx: str, docroot: Path, workdir: Path, serv
     workdir.mkdir(mode=0o755, exist_ok=True)
     (workdir / "nginx-tmp").mkdir(exist_ok=True)
     conf = workdir / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(work=workdir, port=port, root=docroot))
+    tls = NGINX_TLS.format(cert=TLS["cert"], key=TLS["key"],
+                           tickets="on" if TLS["resumption"] else "off",
+                           cache="shared:SSL:10m" if TLS["resumption"] else "off") if TLS else ""
+    conf.write_text(NGINX_CONF.format(work=workdir, port=port, root=docroot, ssl=" ssl" if TLS else "", tls=tls))
     err_log = workdir / "nginx-error.log"
     cmd = pinned(server_cpus, [nginx, "-p", str(workdir), "-c", str(conf), "-e", str(err_log)])
     with open(workdir / "nginx.out", "w") as out:
@@ -412,7 +484,8 @@ def port_open(port: int) -> bool:
 def check_server(server: Server, docroot: Path) -> None:
     """Every test file comes back whole with a 200, over one keep-alive
     connection; records each response's head size (a fairness check)."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn = (http.client.HTTPSConnection("127.0.0.1", server.port, timeout=10, context=client_context()) if TLS
+            else http.client.HTTPConnection("127.0.0.1", server.port, timeout=10))
     try:
         for name in FILES:
             conn.request("GET", f"/{name}")
@@ -494,7 +567,7 @@ def measure_run(procs: Processes, setup: Setup, server: Server, scenario: Scenar
     started = time.monotonic()
     cmd = pinned(setup.load_cpus, [setup.wrk, f"-t{setup.wrk_threads}", f"-c{scenario.connections}",
                                    f"-d{duration:g}s", "--timeout", "5s", "-s", str(script),
-                                   f"http://127.0.0.1:{server.port}{scenario.path}"])
+                                   f"{scheme()}://127.0.0.1:{server.port}{scenario.path}"])
     code, out, err = procs.run(cmd, timeout=duration + 30)
     wall = time.monotonic() - started
     cpu_used = cpu_seconds(pid) - cpu_before
@@ -551,9 +624,15 @@ def parse_perf(path: Path) -> int | None:
 
 # ---------------------------------------------------------------- idle conns
 
-def idle_client_main(port: int, count: int) -> int:
-    """Child mode: open `count` keep-alive connections, make one request on
-    each, report, hold them until told to close (a line on stdin or EOF)."""
+def idle_client_main(port: int, count: int, ca: str | None = None) -> int:
+    """Child mode: open `count` keep-alive connections (TLS, trusting `ca`,
+    if given), make one request on each, report, hold them until told to
+    close (a line on stdin or EOF)."""
+    context = None
+    if ca:
+        import ssl
+        context = ssl.create_default_context(cafile=ca)
+        context.check_hostname = False
     needed = count + 256
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < needed:
@@ -569,6 +648,8 @@ def idle_client_main(port: int, count: int) -> int:
             batch = []
             for _ in range(min(250, count - start)):
                 s = socket.create_connection(("127.0.0.1", port), timeout=10)
+                if context is not None:
+                    s = context.wrap_socket(s)
                 s.sendall(request)
                 batch.append(s)
             for s in batch:
@@ -610,7 +691,8 @@ def measure_idle(procs: Processes, setup: Setup, server: Server, count: int) -> 
     time.sleep(0.5)
     before_kib, fds_before = rss_kib(pid), open_fds(pid)
     cmd = pinned(setup.load_cpus, [sys.executable, str(Path(__file__).resolve()),
-                                   "--idle-client", str(server.port), str(count)])
+                                   "--idle-client", str(server.port), str(count)]
+                 + ([str(TLS["ca"])] if TLS else []))
     client = procs.start(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         ready, _, _ = select.select([client.stdout], [], [], 120)
@@ -701,7 +783,7 @@ def fmt_range(values, digits=1):
 def write_report(out_dir: Path, meta: dict, servers: list[str], results: dict, idle: dict) -> Path:
     scenarios = [s for s in SCENARIOS if any(results[n].get(s.key) for n in servers)]
     lines = []
-    title = "ringserve vs nginx"
+    title = "ringserve vs nginx" + (" over HTTPS" if meta.get("tls") else "")
     if meta["quick"]:
         title += " — SMOKE RUN (--quick: short runs, not for quoting)"
     lines += [f"# {title}", "", f"Date: {meta['date']}  ", f"Command: `{meta['command']}`", ""]
@@ -903,6 +985,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="output directory (default bench-results/<date>[-quick])")
     parser.add_argument("--max-minutes", type=float, default=45, help="abort the whole run after this long")
     parser.add_argument("--skip-build", action="store_true", help="use the existing release binary")
+    parser.add_argument("--tls-no-resumption", action="store_true",
+                        help="with --tls: session resumption off in every server (no tickets, no cache), so "
+                             "close-c64 is a full handshake per request (wrk resumes sessions otherwise)")
+    parser.add_argument("--tls", action="store_true",
+                        help="every server over HTTPS (same ECDSA P-256 certificate, TLS 1.3 "
+                             "TLS_AES_128_GCM_SHA256); the scenarios: " + ",".join(sorted(TLS_SCENARIOS)))
     parser.add_argument("--server-args", default="",
                         help="extra arguments for every ringserve, e.g. --server-args='--metrics-listen 127.0.0.1:0' "
                              "(with '=') to measure what the metrics counters cost; recorded in the report's command")
@@ -919,15 +1007,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str]) -> int:
+    global TLS
     args = parse_args(argv)
-    scenarios = SCENARIOS
+    scenarios = [s for s in SCENARIOS if s.key in TLS_SCENARIOS] if args.tls else SCENARIOS
     if args.scenarios:
         wanted = args.scenarios.split(",")
         unknown = [w for w in wanted if w not in {s.key for s in SCENARIOS}]
         if unknown:
             print(f"bench-compare: unknown scenario(s) {', '.join(unknown)}", file=sys.stderr)
             return 2
-        scenarios = [s for s in SCENARIOS if s.key in wanted]
+        scenarios = [s for s in scenarios if s.key in wanted]
 
     procs = Processes()
 
@@ -962,6 +1051,9 @@ def main(argv: list[str]) -> int:
         wrk_threads = max(1, min(cpus - 1, 4))
         workdir = Path(tempfile.mkdtemp(prefix="ringserve-bench-"))
         docroot = make_docroot(workdir)
+        if args.tls:
+            TLS = make_tls_material(workdir, procs)
+            TLS["resumption"] = not args.tls_no_resumption
         perf_ok, perf_note = perf_available(procs, tools["perf"]) if args.syscalls != "off" else (False, "off")
         setup = Setup(tools["wrk"], tools["perf"], perf_ok, load_cpus, wrk_threads, workdir, args.syscalls)
 
@@ -1047,7 +1139,9 @@ def main(argv: list[str]) -> int:
                 log(f"WARNING: {server.name} died during the run")
 
         date = dt.date.today().isoformat()
-        out_dir = args.out or REPO / "bench-results" / (date + ("-quick" if args.quick else ""))
+        out_dir = args.out or REPO / "bench-results" / (date + ("-tls" if args.tls else "")
+                                                        + ("-full-handshake" if args.tls_no_resumption else "")
+                                                        + ("-quick" if args.quick else ""))
         out_dir.mkdir(parents=True, exist_ok=True)
         nginx_version = tool_version(procs, [tools["nginx"], "-v"]) if not args.no_nginx else "not run"
         syscall_note = (
@@ -1061,6 +1155,7 @@ def main(argv: list[str]) -> int:
             "command": "ci/bench-compare " + " ".join(argv),
             "syscall_note": syscall_note,
             "syscall_pass": separate,
+            "tls": args.tls,
             "setup": {
                 "machine": machine_description(),
                 "ringserve": f"commit {git_revision(procs)}, `cargo build --release`, "
@@ -1073,6 +1168,15 @@ def main(argv: list[str]) -> int:
                             f"{load_cpus}" if server_cpus else "none (one CPU)"),
                 "load generator": f"{tool_version(procs, [tools['wrk'], '--version']).split(' Copyright')[0]} (every scenario; "
                                   "pipelining by a Lua script; latency percentiles from wrk)",
+                "protocol": (("HTTPS: TLS 1.3 TLS_AES_128_GCM_SHA256, X25519, ECDSA P-256 certificate; "
+                              "ssl_buffer_size default; " + (
+                                  "session resumption on (nginx ssl_session_tickets on); wrk resumes sessions, "
+                                  "so `Connection: close` is a resumed (PSK-ECDHE) handshake per request"
+                                  if not args.tls_no_resumption else
+                                  "session resumption off in every server (nginx ssl_session_tickets off, "
+                                  "ssl_session_cache off; ringserve --tls-no-resumption), so `Connection: close` "
+                                  "is a full handshake per request"))
+                             if args.tls else "plain HTTP/1.1"),
                 "files": ", ".join(f"{name} ({size:,} B)" for name, size in FILES.items())
                          + " of random bytes, in memory (ringserve) and page cache (nginx)",
                 "response head bytes": "; ".join(
@@ -1108,6 +1212,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--idle-client":
-        sys.exit(idle_client_main(int(sys.argv[2]), int(sys.argv[3])))
+    if len(sys.argv) in (4, 5) and sys.argv[1] == "--idle-client":
+        sys.exit(idle_client_main(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] if len(sys.argv) == 5 else None))
     sys.exit(main(sys.argv[1:]))

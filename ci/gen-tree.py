@@ -2,6 +2,7 @@
 """Generates a synthetic build folder for measuring what a snapshot costs.
 
 Usage: python3 ci/gen-tree.py DIR [FILES]   (FILES defaults to 10000)
+       python3 ci/gen-tree.py DIR --large GIB  (one GIB GiB file and an index page)
 
 Deterministic (fixed seed). The mix imitates a front-end build: pages of
 HTML, JavaScript and CSS made of repeated identifiers and words (so they
@@ -53,10 +54,27 @@ def text(rng, size, kind):
     return "".join(parts)[:size].encode()
 
 
+def large(root, gib):
+    """One large file of incompressible bytes, written out (not sparse: a
+    sparse file would be read from no disk at all), and a small page."""
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "index.html"), "w") as f:
+        f.write("<!doctype html><title>large</title><a href=large.bin>large.bin</a>\n")
+    rng = random.Random(20240115)
+    block = rng.randbytes(1 << 20)
+    with open(os.path.join(root, "large.bin"), "wb") as f:
+        for i in range(int(gib * 1024)):
+            # Each MiB differs, so no layer can deduplicate it.
+            f.write(i.to_bytes(8, "little") + block[8:])
+
+
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     root = sys.argv[1]
+    if len(sys.argv) > 3 and sys.argv[2] == "--large":
+        large(root, float(sys.argv[3]))
+        return
     count = int(sys.argv[2]) if len(sys.argv) > 2 else 10000
     rng = random.Random(20240115)
     kinds = [("html", 35), ("js", 20), ("css", 10), ("json", 10), ("svg", 5), ("hashed", 10), ("png", 10)]

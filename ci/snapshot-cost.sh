@@ -1,30 +1,39 @@
 #!/usr/bin/env bash
-# What a snapshot costs: starts the release build of ringserve on ROOT
-# (loopback, a free port), reports its load time, the bytes the snapshot
-# holds, the process's resident memory, and the compression obtained, then
-# stops it by PID. Usage: bash ci/snapshot-cost.sh ROOT [ringserve flags...]
+# What a snapshot costs.
+#
+#   bash ci/snapshot-cost.sh ROOT [ringserve flags...]
+#       one tree: starts the release build on ROOT and prints time to the
+#       first 200, time to all variants, RSS at the first 200, after the
+#       variants and after 10 reloads of the unchanged tree (see
+#       ci/snapshot_cost.py), then the server's own stage lines.
+#
+#   bash ci/snapshot-cost.sh --matrix [OLD_BINARY]
+#       the table of docs/limits.md: generates (once, under
+#       ${RINGSERVE_TREES:-/tmp/ringserve-trees}) trees of 5, 10,000 and
+#       50,000 files (ci/gen-tree.py) and a root with one 2 GiB file, and
+#       measures each with the release build, and with OLD_BINARY too if given
+#       (a build of an earlier commit, for a before/after table).
+#
 # Example: python3 ci/gen-tree.py /tmp/tree 10000 && bash ci/snapshot-cost.sh /tmp/tree
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$1
-shift
 cargo build --quiet --release --bin ringserve
-log=$(mktemp)
-target/release/ringserve --root "$root" --listen 127.0.0.1:0 "$@" >"$log" 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -f "$log"' EXIT
-for _ in $(seq 1 600); do
-    grep -q "compressed files" "$log" && break
-    kill -0 $pid 2>/dev/null || { cat "$log"; exit 1; }
-    sleep 0.1
-done
-grep -E "listening|snapshot holds" "$log"
-rss=$(awk '/VmRSS/ {print $2}' /proc/$pid/status)
-echo "process RSS: $rss KiB"
-line=$(grep -o 'compressed files: [0-9]* bytes, [0-9]* bytes' "$log")
-original=$(echo "$line" | awk '{print $3}')
-smallest=$(echo "$line" | awk '{print $5}')
-if [ "$original" -gt 0 ]; then
-    awk -v o="$original" -v s="$smallest" 'BEGIN {
-        printf "compression of the compressible files: %d -> %d bytes (%.1f%% of the original, ratio %.2f)\n", o, s, 100 * s / o, o / s }'
+if [ "${1:-}" != "--matrix" ]; then
+    root=$1
+    shift
+    exec python3 ci/snapshot_cost.py target/release/ringserve "$root" "$@"
 fi
+old=${2:-}
+trees=${RINGSERVE_TREES:-/tmp/ringserve-trees}
+mkdir -p "$trees"
+for files in 5 10000 50000; do
+    [ -d "$trees/files-$files" ] || python3 ci/gen-tree.py "$trees/files-$files" "$files"
+done
+[ -f "$trees/large-2g/large.bin" ] || python3 ci/gen-tree.py "$trees/large-2g" --large 2
+for tree in files-5 files-10000 files-50000 large-2g; do
+    size=$(du -sbL "$trees/$tree" | cut -f1)
+    for binary in ${old:+"$old"} target/release/ringserve; do
+        printf '%s (%s bytes), %s: ' "$tree" "$size" "$binary"
+        RINGSERVE_COST_QUIET=1 python3 ci/snapshot_cost.py "$binary" "$trees/$tree"
+    done
+done

@@ -5,6 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The end-to-end tests run curl and openssl (tests/semantics.rs, tests/tls.rs).
+missing=()
+command -v curl >/dev/null || missing+=(curl)
+command -v openssl >/dev/null || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends ca-certificates "${missing[@]}" >/dev/null
+fi
+
 # Tools the end-to-end tests drive (tests/binary.rs): strace injects an
 # io_uring_setup failure (the auto-engine fallback test), and
 # systemd-socket-activate (Debian's systemd package) hands the server a socket.

@@ -30,6 +30,8 @@ use crate::http::request::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEAD_BYTES, DEFAULT_MAX_HEADER_COUNT, DEFAULT_MAX_REQUEST_LINE_BYTES,
     HEADER_COUNT_CEILING,
 };
+use crate::protocol::{Listen, ListenKind};
+use crate::tls::CertPaths;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
@@ -62,9 +64,34 @@ pub struct Cli {
 
     /// Address to listen on: HOST:PORT, [IPv6]:PORT, localhost:PORT (127.0.0.1),
     /// or :PORT for every IPv4 interface (0.0.0.0, like nginx's `listen PORT`);
-    /// port 0 picks a free port [default: 127.0.0.1:8080].
+    /// port 0 picks a free port [default: 127.0.0.1:8080, unless --tls-listen
+    /// is given]. Plain HTTP; with --tls-cert and no --tls-listen, HTTPS.
     #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
     pub listen: Option<SocketAddr>,
+
+    /// Address and port to serve HTTPS on; repeat for several. Needs
+    /// --tls-cert and --tls-key.
+    #[arg(long, value_name = "ADDR", requires_all = ["tls_cert", "tls_key"],
+          value_parser = parse_listen_addr)]
+    pub tls_listen: Vec<SocketAddr>,
+
+    /// Certificate chain for HTTPS (PEM, leaf first). Reloaded on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key for HTTPS (PEM: PKCS#8, RSA or SEC1). Reloaded on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// HTTPS without session resumption (no tickets, no session cache): every
+    /// handshake is a full one. For measuring handshakes; hidden.
+    #[arg(long, hide = true, requires = "tls_cert")]
+    pub tls_no_resumption: bool,
+
+    /// Answer every request on the plain HTTP listener (--listen or -p) with a
+    /// 308 redirect to the same URL on https:// (the first --tls-listen port).
+    #[arg(long, requires = "tls_listen")]
+    pub https_redirect: bool,
 
     /// Worker threads, one event loop and one listener each [default: the CPUs this process may use].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -171,10 +198,16 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_cached_file: Option<u64>,
 
-    /// The most memory the snapshot may hold (same units); a start or reload
-    /// that needs more fails with a clear error [default: no limit].
+    /// The most memory the snapshot may hold (same units): a tree that needs
+    /// more starts anyway, its largest files served from disk and the
+    /// variants that do not fit left out [default: no limit].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub memory_budget: Option<u64>,
+
+    /// With --memory-budget: refuse to start (or to reload) instead, with a
+    /// clear error, when the snapshot needs more (without a budget: nothing).
+    #[arg(long)]
+    pub memory_budget_strict: bool,
 
     /// Do not build gzip and brotli variants at load (`file.gz`/`file.br`
     /// siblings in the root are still used).
@@ -243,6 +276,11 @@ pub struct Cli {
     /// accepted N connections (the server must then stop and exit 1).
     #[arg(long, hide = true, value_name = "N")]
     pub fault_after_accepts: Option<u64>,
+
+    /// Tests only: the background stage (variants) starts this many
+    /// milliseconds after the port opens, or at the first reload request.
+    #[arg(long, hide = true, value_name = "MS", default_value_t = 0)]
+    pub test_variants_delay_ms: u64,
 
     /// Where each setting came from (option id, description), for
     /// `--print-config`; filled by [`Cli::from_all_sources`].
@@ -370,12 +408,46 @@ impl Cli {
             directory_listing: self.directory_listing,
             max_cached_file_bytes: self.max_cached_file.unwrap_or(DEFAULT_MAX_CACHED_FILE_BYTES),
             memory_budget_bytes: self.memory_budget,
+            memory_budget_strict: self.memory_budget_strict,
             precompress: !self.no_precompress,
             cache_control: self.cache_control.clone(),
             config_file: self.config.clone(),
+            progress: true,
+            variants_delay_ms: self.test_variants_delay_ms,
             health_path: self.health_path().map(str::to_owned),
             ..LoadOptions::new(self.root())
         }
+    }
+
+    /// Where the certificate and key are, if HTTPS is on.
+    pub fn cert_paths(&self) -> Option<CertPaths> {
+        Some(CertPaths {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+        })
+    }
+
+    /// The addresses to listen on and what each serves (see the flags).
+    pub fn listens(&self) -> Vec<Listen> {
+        let tls = self.tls_cert.is_some();
+        // The plain address: --listen or -p (from any settings layer), or the
+        // default when no HTTPS address is given either.
+        let plain_given = self.listen.is_some() || self.port.is_some();
+        let plain = (plain_given || self.tls_listen.is_empty()).then(|| self.listen_addr());
+        if tls && self.tls_listen.is_empty() {
+            return plain.into_iter().map(Listen::https).collect();
+        }
+        let https_port = self.tls_listen.first().map_or(443, SocketAddr::port);
+        let mut listens: Vec<Listen> = self.tls_listen.iter().map(|&addr| Listen::https(addr)).collect();
+        listens.extend(plain.map(|addr| Listen {
+            addr,
+            kind: if self.https_redirect {
+                ListenKind::HttpRedirect { https_port }
+            } else {
+                ListenKind::Http
+            },
+        }));
+        listens
     }
 
     /// The health-check path, if health checks are on.
@@ -392,7 +464,8 @@ impl Cli {
             .map(usize::from)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         ServerConfig {
-            listen: self.listen_addr(),
+            listen: self.listens(),
+            tls: None,
             workers,
             // `auto` is settled by probing ([`EngineChoice::resolve`]), which
             // `main` does once; until then, the engine `auto` prefers.
@@ -442,6 +515,7 @@ mod tests {
     #[test]
     fn defaults_serve_the_bundled_site_on_8080() {
         let cli = Cli::try_parse_from(["ringserve"]).unwrap();
+        assert_eq!(cli.listens(), [Listen::http(DEFAULT_LISTEN.parse().unwrap())]);
         assert_eq!(cli.listen_addr().to_string(), DEFAULT_LISTEN);
         assert!(cli.root().ends_with("static"));
         assert_eq!(cli.engine, EngineChoice::Auto);
@@ -537,6 +611,89 @@ mod tests {
         let off = Cli::try_parse_from(["ringserve"]).unwrap().server_config();
         assert_eq!(off.access_log, None, "the access log is off by default");
         assert_eq!(off.timeouts, Timeouts::default());
+    }
+
+    #[test]
+    fn listeners_http_https_and_redirect() {
+        let addr = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        let parse = |args: &[&str]| {
+            let mut all = vec!["ringserve"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all)
+        };
+        let cli = parse(&["--listen", "[::1]:2"]).unwrap();
+        assert_eq!(cli.listens(), [Listen::http(addr("[::1]:2"))]);
+        assert_eq!(cli.cert_paths(), None);
+        // Several HTTPS addresses, in the forms --listen takes, beside -p.
+        let cli = parse(&[
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+            "--tls-listen",
+            ":8443",
+            "--tls-listen",
+            "localhost:9443",
+            "-p",
+            "8080",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.listens(),
+            [
+                Listen::https(addr("0.0.0.0:8443")),
+                Listen::https(addr("127.0.0.1:9443")),
+                Listen::http(addr("127.0.0.1:8080"))
+            ]
+        );
+        // A certificate alone turns the (default) listener into HTTPS.
+        let cli = parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap();
+        assert_eq!(cli.listens(), [Listen::https(addr(DEFAULT_LISTEN))]);
+        assert_eq!(
+            cli.cert_paths(),
+            Some(CertPaths {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            })
+        );
+        // Side by side, with the plain one redirecting to the HTTPS port.
+        let cli = parse(&[
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-listen",
+            "127.0.0.1:8443",
+            "--listen",
+            "127.0.0.1:8080",
+            "--https-redirect",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.listens(),
+            [
+                Listen::https(addr("127.0.0.1:8443")),
+                Listen {
+                    addr: addr("127.0.0.1:8080"),
+                    kind: ListenKind::HttpRedirect { https_port: 8443 }
+                }
+            ]
+        );
+        // Only --tls-listen: no plain listener at all.
+        let cli = parse(&["--tls-cert", "c", "--tls-key", "k", "--tls-listen", "127.0.0.1:9"]).unwrap();
+        assert_eq!(cli.listens(), [Listen::https(addr("127.0.0.1:9"))]);
+        assert!(
+            parse(&["--tls-cert", "c.pem"]).is_err(),
+            "a certificate needs its key"
+        );
+        assert!(
+            parse(&["--tls-listen", "127.0.0.1:9"]).is_err(),
+            "HTTPS needs a certificate"
+        );
+        assert!(
+            parse(&["--https-redirect"]).is_err(),
+            "a redirect needs an HTTPS listener"
+        );
     }
 
     #[test]

@@ -30,4 +30,6 @@ pub mod files;
 pub mod fuzzing;
 pub mod http;
 pub mod metrics;
+pub mod protocol;
 pub mod systemd;
+pub mod tls;

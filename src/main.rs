@@ -1,23 +1,26 @@
 //! `ringserve`: gather the settings (command line, environment, config
 //! file), load the snapshot, choose the engine (`auto` probes io_uring), run
 //! it until SIGINT or SIGTERM. A second signal exits at once. SIGHUP (and,
-//! with `--watch`, a change under the root) reloads the snapshot atomically.
-//! Under systemd it serves the socket it was handed and reports its state.
-//! A worker that fails stops the server, which exits 1.
+//! with `--watch`, a change under the root) reloads the snapshot atomically,
+//! and with HTTPS the certificate and key too. Under systemd it serves the
+//! socket it was handed and reports its state. A worker that fails stops the
+//! server, which exits 1.
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use ringserve::config::Cli;
 use ringserve::config::sources::SettingsError;
-use ringserve::engine::Server;
+use ringserve::engine::{ListenKind, Server};
 use ringserve::files::reload::{self, ReloadPhase, Reloader};
 use ringserve::files::{Snapshot, SnapshotHandle};
 use ringserve::systemd::{self, Notifier};
+use ringserve::tls::TlsHandle;
+use ringserve::tls::certs::TlsState;
 
 fn main() -> ExitCode {
     let cli = match Cli::from_all_sources(std::env::args_os().collect()) {
@@ -48,10 +51,27 @@ fn run(cli: &Cli) -> Result<(), String> {
         Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|e| format!("cannot handle signals: {e}"))?;
     let options = cli.load_options();
     let started = Instant::now();
-    let snapshot = Snapshot::load(&options).map_err(|e| e.to_string())?;
+    // Stage one only: the port opens as soon as every file can be answered;
+    // the reload thread builds the variants in the background.
+    let snapshot = Snapshot::load_identity(&options, None).map_err(|e| e.to_string())?;
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
     reload::release_freed_memory();
     let mut config = cli.server_config();
+    if let Some(paths) = cli.cert_paths() {
+        let state = if cli.tls_no_resumption {
+            TlsState::without_resumption()
+        } else {
+            TlsState::new().map_err(|e| e.to_string())?
+        };
+        let (tls, cert) = TlsHandle::load_with(&paths, state).map_err(|e| e.to_string())?;
+        if cert.is_expired(SystemTime::now()) {
+            eprintln!(
+                "ringserve: warning: the TLS certificate in {} has expired; serving it anyway",
+                paths.cert.display()
+            );
+        }
+        config.tls = Some(tls);
+    }
     let engine = cli.engine.resolve(&config.uring);
     config.engine = engine.kind;
     let from_systemd = inherited.is_some();
@@ -63,16 +83,27 @@ fn run(cli: &Cli) -> Result<(), String> {
     let handle = SnapshotHandle::new(Arc::new(snapshot));
     let server = Server::start_with_handle(&config, handle.clone()).map_err(|e| e.to_string())?;
     let engine_reason = engine.reason.map(|why| format!(" [{why}]")).unwrap_or_default();
+    let urls: Vec<String> = server
+        .local_addrs()
+        .iter()
+        .map(|listen| match listen.kind {
+            ListenKind::HttpRedirect { .. } => format!("http://{} (redirecting to https)", listen.addr),
+            _ => format!("{}://{}", listen.scheme(), listen.addr),
+        })
+        .collect();
     println!(
-        "ringserve listening on http://{} ({}engine {}{}, {} workers, {} files, {} bytes, {} bytes in memory, \
-         loaded in {:.1} ms) serving {}",
-        server.local_addr(),
+        "ringserve listening on {} ({}engine {}{}, {} workers, {} files: {} in memory, {} bytes, \
+         and {} on disk, {} bytes; {} bytes in memory, loaded in {:.1} ms) serving {}",
+        urls.join(", "),
         if from_systemd { "socket from systemd, " } else { "" },
         server.engine(),
         engine_reason,
         server.worker_count(),
         stats.files,
+        stats.files - stats.disk_files,
         stats.identity_bytes,
+        stats.disk_files,
+        stats.disk_bytes,
         stats.memory_bytes,
         load_ms,
         std::fs::canonicalize(&options.root)
@@ -80,14 +111,9 @@ fn run(cli: &Cli) -> Result<(), String> {
             .display()
     );
     eprintln!(
-        "ringserve: snapshot holds {} bytes in memory ({} variants, {} bytes; {} files streamed from disk); \
-         compressed files: {} bytes, {} bytes in their smallest variant",
-        stats.memory_bytes,
-        stats.variants,
-        stats.variant_bytes,
-        stats.disk_files,
-        stats.compressed_identity_bytes,
-        stats.compressed_best_bytes
+        "ringserve: snapshot holds {} bytes in memory ({} of heads); {} files wait for variants, \
+         built in the background",
+        stats.memory_bytes, stats.head_bytes, stats.pending_variants
     );
     if let Some(addr) = server.metrics_addr() {
         eprintln!("ringserve: metrics on http://{addr}/metrics");
@@ -97,7 +123,11 @@ fn run(cli: &Cli) -> Result<(), String> {
     }
 
     let reload_notifier = Arc::clone(&notifier);
-    let (reload_requests, _reload_thread) = Reloader::new(options.clone(), handle)
+    let mut reloader = Reloader::new(options.clone(), handle);
+    if let Some(tls) = &config.tls {
+        reloader = reloader.with_tls(tls.clone());
+    }
+    let (reload_requests, _reload_thread) = reloader
         .spawn_reporting(move |phase| match phase {
             ReloadPhase::Started => reload_notifier.reloading(),
             ReloadPhase::Finished => reload_notifier.ready(),
@@ -125,7 +155,7 @@ fn run(cli: &Cli) -> Result<(), String> {
             for signal in signals.forever() {
                 match signal {
                     SIGHUP => {
-                        let _ = reload_requests.send(());
+                        let _ = reload_requests.request();
                     }
                     _ if stopping => std::process::exit(130),
                     _ => {

@@ -2,7 +2,10 @@
 //! every engine in `EngineKind::ALL`: ranges, preconditions and encodings
 //! over real sockets, `curl -C -` resuming downloads, a large file streamed
 //! from disk with the server's memory staying flat, and hot reload under
-//! load with every response entirely old or entirely new.
+//! load with every response entirely old or entirely new, the two stages of
+//! a load (identity while the variants are built in the background, the
+//! variant after; a reload during the background stage never brings back an
+//! older tree or a half-built one), and a memory budget that is not strict.
 //!
 //! The large-file test uses 256 MiB by default; set
 //! `RINGSERVE_TEST_LARGE_MIB=1024` for the 1 GiB run.
@@ -418,15 +421,36 @@ fn reload_under_load_serves_whole_old_or_whole_new_content_on_every_engine() {
 fn memory_budget_and_failed_reloads_are_reported_and_the_old_snapshot_kept() {
     let site = TempSite::new();
     site.write("a.bin", &[b'1'; 10_000]);
-    // Over the budget at start: a clear message and a failing exit status.
+    // Over a strict budget at start: a clear message and a failing exit status.
     let output = Command::new(env!("CARGO_BIN_EXE_ringserve"))
         .args(["--root", site.path().to_str().unwrap(), "--listen", "127.0.0.1:0"])
-        .args(["--memory-budget", "4K"])
+        .args(["--memory-budget", "4K", "--memory-budget-strict"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("memory budget of 4096 bytes"), "{stderr}");
+
+    // Over a budget that is not strict: it starts, serves the file from
+    // disk, and says so.
+    let budget_log = site
+        .path()
+        .join("..")
+        .join(format!("ringserve-budget-{}.log", std::process::id()));
+    for_each_engine(|engine| {
+        let log = std::fs::File::create(&budget_log).unwrap();
+        let extra = ["--memory-budget", "4K"];
+        let server = ServerProcess::start_with_stderr(engine, site.path(), &extra, Stdio::from(log));
+        let mut client = RawClient::connect(server.addr);
+        let response = get(&mut client, "/a.bin", "");
+        assert_eq!((response.status, response.body.len()), (200, 10_000));
+        let stderr = std::fs::read_to_string(&budget_log).unwrap();
+        assert!(
+            stderr.contains("does not fit the memory budget of 4096 bytes") && stderr.contains("from disk"),
+            "{stderr}"
+        );
+    });
+    let _ = std::fs::remove_file(&budget_log);
 
     let config = site
         .path()
@@ -478,6 +502,196 @@ fn memory_budget_and_failed_reloads_are_reported_and_the_old_snapshot_kept() {
         );
     });
     let _ = std::fs::remove_file(&config);
+    let _ = std::fs::remove_file(&log_path);
+}
+
+/// A script that compresses well: its variants are built by the background stage.
+fn script_of(version: &str) -> String {
+    (0..600)
+        .map(|i| format!("export function {version}{i}(a) {{ return a + {i}; }}\n"))
+        .collect()
+}
+
+fn gunzip(body: &[u8]) -> Vec<u8> {
+    let mut decoded = Vec::new();
+    flate2::read::GzDecoder::new(body)
+        .read_to_end(&mut decoded)
+        .expect("a whole gzip stream");
+    decoded
+}
+
+/// Waits until the server's log (`log_path`) has `count` lines containing `needle`.
+fn wait_for_log(log_path: &Path, needle: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(log_path).unwrap().matches(needle).count() < count {
+        assert!(Instant::now() < deadline, "no {needle:?} in the log");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn identity_is_served_during_the_background_stage_and_the_variant_after_it_on_every_engine() {
+    let site = TempSite::new();
+    let script = script_of("f");
+    site.write("app.js", script.as_bytes());
+    let log_path = site.path().with_extension("stage.log");
+    for_each_engine(|engine| {
+        let log = std::fs::File::create(&log_path).unwrap();
+        // The background stage is held back until the first reload request.
+        let extra = ["--test-variants-delay-ms", "600000"];
+        let server = ServerProcess::start_with_stderr(engine, site.path(), &extra, Stdio::from(log));
+        let mut client = RawClient::connect(server.addr);
+        let during = get(&mut client, "/app.js", "Accept-Encoding: gzip, br\r\n");
+        assert_eq!(during.status, 200);
+        assert_eq!(
+            during.header("Content-Encoding"),
+            None,
+            "identity until the variants exist"
+        );
+        assert!(during.body == script.as_bytes(), "the whole file");
+        assert_eq!(during.expect_header("Content-Length"), script.len().to_string());
+        assert_eq!(
+            during.header("Vary"),
+            Some("Accept-Encoding"),
+            "the Vary the file will have, from the first response"
+        );
+        let identity_etag = support::assert_strong_etag(&during);
+        let revalidated = get(
+            &mut client,
+            "/app.js",
+            &format!("If-None-Match: {identity_etag}\r\n"),
+        );
+        assert_eq!(revalidated.status, 304);
+
+        server.signal(libc::SIGHUP);
+        wait_for_log(&log_path, "variants ready", 1);
+        let after = get(&mut client, "/app.js", "Accept-Encoding: gzip\r\n");
+        assert_eq!(after.header("Content-Encoding"), Some("gzip"));
+        assert_eq!(after.header("Vary"), Some("Accept-Encoding"));
+        assert_eq!(gunzip(&after.body), script.as_bytes());
+        assert_ne!(
+            support::assert_strong_etag(&after),
+            identity_etag,
+            "a tag of its own"
+        );
+        let plain = get(&mut client, "/app.js", "");
+        assert_eq!(
+            (plain.header("Content-Encoding"), plain.expect_header("ETag")),
+            (None, identity_etag.as_str()),
+            "identity keeps its validator across the swap"
+        );
+    });
+    let _ = std::fs::remove_file(&log_path);
+}
+
+#[test]
+fn a_reload_during_the_background_stage_exposes_no_half_built_snapshot_on_every_engine() {
+    let site = TempSite::new();
+    let names = ["a.js", "b.js", "c.js"];
+    let write_version = |version: &str| {
+        for name in names {
+            let staging = site.path().join(format!(".{name}.tmp"));
+            std::fs::write(&staging, script_of(&format!("{version}{}", &name[..1]))).unwrap();
+            std::fs::rename(&staging, site.path().join(name)).unwrap();
+        }
+    };
+    let log_path = site.path().with_extension("race.log");
+    for_each_engine(|engine| {
+        write_version("old");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let extra = ["--test-variants-delay-ms", "600000"];
+        let server = ServerProcess::start_with_stderr(engine, site.path(), &extra, Stdio::from(log));
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients: Vec<_> = (0..3)
+            .map(|i| {
+                let (stop, addr) = (Arc::clone(&stop), server.addr);
+                std::thread::spawn(move || {
+                    let mut client = RawClient::connect(addr);
+                    let mut seen_new = [false; 3];
+                    let mut count = 0usize;
+                    while !stop.load(Ordering::Relaxed) && count < 50_000 {
+                        let which = (count + i) % 3;
+                        let name = ["a.js", "b.js", "c.js"][which];
+                        let coding = ["", "Accept-Encoding: gzip\r\n"][count % 2];
+                        let response = get(&mut client, &format!("/{name}"), coding);
+                        assert_eq!(response.status, 200, "{name}");
+                        assert_eq!(response.header("Vary"), Some("Accept-Encoding"), "{name}");
+                        let body = match response.header("Content-Encoding") {
+                            Some("gzip") => gunzip(&response.body),
+                            None => response.body.clone(),
+                            Some(other) => panic!("{name}: {other}"),
+                        };
+                        let letter = &name[..1];
+                        let is_new = body == script_of(&format!("new{letter}")).as_bytes();
+                        let is_old = body == script_of(&format!("old{letter}")).as_bytes();
+                        assert!(is_new || is_old, "{name}: a body of neither version");
+                        assert!(!(seen_new[which] && is_old), "{name}: the old tree came back");
+                        seen_new[which] |= is_new;
+                        count += 1;
+                    }
+                    count
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        // The deploy lands while the first background stage has not finished.
+        write_version("new");
+        server.signal(libc::SIGHUP);
+        wait_for_log(&log_path, "reloaded", 1);
+        wait_for_log(&log_path, "variants ready", 1);
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, Ordering::Relaxed);
+        for client in clients {
+            client.join().unwrap_or_else(|panic| {
+                panic!("a client failed: {}", support::panic_message(panic.as_ref()))
+            });
+        }
+        let mut client = RawClient::connect(server.addr);
+        for name in names {
+            let response = get(&mut client, &format!("/{name}"), "Accept-Encoding: gzip\r\n");
+            assert_eq!(response.header("Content-Encoding"), Some("gzip"), "{name}");
+            let expected = script_of(&format!("new{}", &name[..1]));
+            assert_eq!(gunzip(&response.body), expected.as_bytes(), "{name}");
+        }
+    });
+    let _ = std::fs::remove_file(&log_path);
+}
+
+#[test]
+fn reloads_of_an_unchanged_tree_do_not_grow_memory_on_every_engine() {
+    const RELOADS: usize = 10;
+    const FILES: usize = 3000;
+    let site = TempSite::new();
+    for i in 0..FILES {
+        // 16 KiB of noise each: about 47 MiB that no variant shrinks.
+        let mut body = pattern_bytes(16 * 1024);
+        body[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        site.write(&format!("d{}/f{i}.bin", i % 30), &body);
+    }
+    let log_path = site.path().with_extension("rss.log");
+    for_each_engine(|engine| {
+        let log = std::fs::File::create(&log_path).unwrap();
+        let server = ServerProcess::start_with_stderr(engine, site.path(), &[], Stdio::from(log));
+        // Serve once, so that every worker holds the snapshot, then stay idle.
+        let mut client = RawClient::connect(server.addr);
+        assert_eq!(get(&mut client, "/d0/f0.bin", "").status, 200);
+        drop(client);
+        std::thread::sleep(Duration::from_millis(1500));
+        let first = server.status_kib("VmRSS");
+        for reload in 1..=RELOADS {
+            server.signal(libc::SIGHUP);
+            wait_for_log(&log_path, "reloaded", reload);
+        }
+        // Idle workers let go of replaced snapshots within a second.
+        std::thread::sleep(Duration::from_millis(1500));
+        let after = server.status_kib("VmRSS");
+        eprintln!("{engine}: RSS {first} KiB after the load, {after} KiB after {RELOADS} reloads");
+        // Generous: one more copy of the content would be about 48,000 KiB.
+        assert!(
+            after <= first + first / 4 + 8 * 1024,
+            "RSS grew from {first} KiB to {after} KiB over {RELOADS} reloads"
+        );
+    });
     let _ = std::fs::remove_file(&log_path);
 }
 

@@ -1,8 +1,13 @@
 //! Engines: the only code that does I/O.
 //!
 //! Thread-per-core: [`Server::start`] binds one `SO_REUSEPORT` listener per
-//! worker ([`listener`]), then starts one thread per worker, pinned to its own
-//! CPU, each running the chosen engine's event loop over its own listener.
+//! worker and configured address ([`listener`]; an address serves plain
+//! HTTP, HTTPS or a redirect to HTTPS, [`ListenKind`]), then starts one
+//! thread per worker, pinned to its own CPU, each running the chosen engine's
+//! event loop over its own listeners. What a connection speaks is a
+//! [`crate::protocol::Protocol`] chosen by its listener: engines move bytes
+//! (ciphertext, for HTTPS) and call it at a few fixed points; none has TLS
+//! logic of its own.
 //! Nothing on the hot path is shared between threads except the immutable
 //! [`Snapshot`], reached through a [`SnapshotHandle`] that a reload swaps
 //! atomically: a connection loads the current snapshot once per batch of
@@ -64,6 +69,8 @@ pub use crate::http::deadline::{
     DEFAULT_HEAD_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_LINGER_MS, DEFAULT_SEND_TIMEOUT_MS, Timeouts,
 };
 use crate::metrics::{self, Metrics, WorkerMetrics};
+pub use crate::protocol::{Listen, ListenKind};
+use crate::tls::TlsHandle;
 
 pub use listener::BindError;
 pub use shutdown::Shutdown;
@@ -196,7 +203,11 @@ impl FromStr for EngineKind {
 /// Everything the engines need to know, whatever the front end (CLI, tests).
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    pub listen: SocketAddr,
+    /// Addresses to listen on, each plain HTTP, HTTPS or a redirect to
+    /// HTTPS; every worker owns one `SO_REUSEPORT` listener per address.
+    pub listen: Vec<Listen>,
+    /// The certificate for HTTPS listeners (required if there are any).
+    pub tls: Option<TlsHandle>,
     pub workers: usize,
     pub engine: EngineKind,
     pub backlog: u32,
@@ -232,7 +243,8 @@ impl ServerConfig {
     /// One worker on a free loopback port: what tests and benches use.
     pub fn loopback(engine: EngineKind) -> Self {
         ServerConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listen: vec![Listen::http(SocketAddr::from(([127, 0, 0, 1], 0)))],
+            tls: None,
             workers: 1,
             engine,
             backlog: DEFAULT_BACKLOG,
@@ -248,13 +260,25 @@ impl ServerConfig {
             fault_after_accepts: None,
         }
     }
+
+    /// [`ServerConfig::loopback`], serving HTTPS with `tls` instead.
+    pub fn loopback_tls(engine: EngineKind, tls: TlsHandle) -> Self {
+        ServerConfig {
+            listen: vec![Listen::https(SocketAddr::from(([127, 0, 0, 1], 0)))],
+            tls: Some(tls),
+            ..ServerConfig::loopback(engine)
+        }
+    }
 }
 
 /// What one worker thread is given.
 #[derive(Debug)]
 pub struct Worker {
     pub index: usize,
-    pub listener: TcpListener,
+    /// One listener per configured address, with what it serves.
+    pub listeners: Vec<(TcpListener, ListenKind)>,
+    /// The current certificate, for HTTPS listeners.
+    pub tls: Option<TlsHandle>,
     /// The current snapshot: load it once per batch of input
     /// ([`SnapshotHandle::load`]), never hold it across I/O.
     pub snapshot: SnapshotHandle,
@@ -315,6 +339,8 @@ pub enum StartError {
     IoUringUnavailable(EngineKind, io::Error),
     Worker(io::Error),
     AccessLog(io::Error),
+    /// An HTTPS listener without a certificate.
+    NoCertificate,
     /// The metrics listener could not be bound or its thread started.
     Metrics(SocketAddr, io::Error),
 }
@@ -330,6 +356,7 @@ impl fmt::Display for StartError {
             ),
             StartError::Worker(e) => write!(f, "a worker failed to start: {e}"),
             StartError::AccessLog(e) => write!(f, "cannot open the {e}"),
+            StartError::NoCertificate => f.write_str("an HTTPS listener needs --tls-cert and --tls-key"),
             StartError::Metrics(addr, e) => write!(f, "cannot serve metrics on {addr}: {e}"),
         }
     }
@@ -341,12 +368,14 @@ impl std::error::Error for StartError {}
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
+    /// Every bound address (port 0 resolved), in the configured order.
+    local_addrs: Vec<Listen>,
     engine: EngineKind,
     shutdown: Shutdown,
     workers: Vec<JoinHandle<()>>,
     access_log: Option<AccessLog>,
     /// Keeps other ringserve processes off this address while we serve it.
-    _port_claim: Option<listener::PortClaim>,
+    _port_claims: Vec<listener::PortClaim>,
     metrics: Option<Arc<Metrics>>,
     metrics_addr: Option<SocketAddr>,
     metrics_thread: Option<JoinHandle<()>>,
@@ -377,20 +406,59 @@ impl Server {
         let metrics = metrics_listener
             .as_ref()
             .map(|_| Arc::new(Metrics::new(worker_count, config.engine, snapshot.clone())));
-        let mut port_claim = None;
-        let listeners = match &config.inherited_listener {
-            Some(inherited) => {
-                listener::share_inherited(inherited, worker_count).map_err(StartError::Worker)?
+        if config.tls.is_none() && config.listen.iter().any(|l| l.kind == ListenKind::Https) {
+            return Err(StartError::NoCertificate);
+        }
+        // `per_address[a][w]`: worker w's listener on address a.
+        let mut per_address = Vec::with_capacity(config.listen.len());
+        let mut local_addrs = Vec::with_capacity(config.listen.len());
+        let mut port_claims = Vec::new();
+        for (index, listen) in config.listen.iter().enumerate() {
+            // A socket handed over by systemd stands for the first address.
+            let bound = match (&config.inherited_listener, index) {
+                (Some(inherited), 0) => {
+                    listener::share_inherited(inherited, worker_count).map_err(StartError::Worker)?
+                }
+                _ => {
+                    let bound = listener::bind_listeners(listen.addr, worker_count, config.backlog)
+                        .map_err(StartError::Bind)?;
+                    port_claims.extend(bound.claim);
+                    bound.sockets
+                }
+            };
+            listener::set_send_timeout(&bound, config.timeouts.send).map_err(StartError::Worker)?;
+            let addr = bound[0].local_addr().map_err(StartError::Worker)?;
+            local_addrs.push(Listen {
+                addr,
+                kind: listen.kind,
+            });
+            per_address.push(bound.into_iter());
+        }
+        // A redirect to an HTTPS port picked at bind time (port 0) goes to
+        // the port the first HTTPS listener got.
+        let bound_https_port = local_addrs
+            .iter()
+            .find(|l| l.kind == ListenKind::Https)
+            .map(|l| l.addr.port());
+        for listen in &mut local_addrs {
+            if let (ListenKind::HttpRedirect { https_port: 0 }, Some(port)) = (listen.kind, bound_https_port)
+            {
+                listen.kind = ListenKind::HttpRedirect { https_port: port };
             }
-            None => {
-                let bound = listener::bind_listeners(config.listen, worker_count, config.backlog)
-                    .map_err(StartError::Bind)?;
-                port_claim = bound.claim;
-                bound.sockets
-            }
+        }
+        let Some(first) = local_addrs.first() else {
+            return Err(StartError::Worker(io::Error::other("no address to listen on")));
         };
-        listener::set_send_timeout(&listeners, config.timeouts.send).map_err(StartError::Worker)?;
-        let local_addr = listeners[0].local_addr().map_err(StartError::Worker)?;
+        let local_addr = first.addr;
+        let mut listeners: Vec<Vec<(TcpListener, ListenKind)>> =
+            (0..worker_count).map(|_| Vec::new()).collect();
+        for (bound, listen) in per_address.iter_mut().zip(&local_addrs) {
+            for worker_listeners in &mut listeners {
+                if let Some(listener) = bound.next() {
+                    worker_listeners.push((listener, listen.kind));
+                }
+            }
+        }
         let shutdown = Shutdown::new().map_err(StartError::Worker)?;
         let cores = if config.pin_workers {
             core_affinity::get_core_ids().unwrap_or_default()
@@ -401,20 +469,22 @@ impl Server {
         let (ready_tx, ready_rx) = mpsc::sync_channel(worker_count);
         let mut server = Server {
             local_addr,
+            local_addrs,
             engine: config.engine,
             shutdown: shutdown.clone(),
             workers: Vec::with_capacity(worker_count),
             access_log: None,
-            _port_claim: port_claim,
+            _port_claims: port_claims,
             metrics: metrics.clone(),
             metrics_addr: None,
             metrics_thread: None,
             failure: Arc::default(),
         };
-        for (index, listener) in listeners.into_iter().enumerate() {
+        for (index, listeners) in listeners.into_iter().enumerate() {
             let worker = Worker {
                 index,
-                listener,
+                listeners,
+                tls: config.tls.clone(),
                 snapshot: snapshot.clone(),
                 limits: config.limits,
                 timeouts: config.timeouts,
@@ -489,7 +559,7 @@ impl Server {
                 Err(e) => {
                     server.stop();
                     return Err(StartError::Metrics(
-                        config.metrics_listen.unwrap_or(config.listen),
+                        config.metrics_listen.unwrap_or(local_addr),
                         e,
                     ));
                 }
@@ -508,8 +578,19 @@ impl Server {
         self.metrics.as_deref()
     }
 
+    /// The first listening address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Every listening address, with what it serves.
+    pub fn local_addrs(&self) -> &[Listen] {
+        &self.local_addrs
+    }
+
+    /// The first address of `kind`.
+    pub fn addr_of(&self, kind: ListenKind) -> Option<SocketAddr> {
+        self.local_addrs.iter().find(|l| l.kind == kind).map(|l| l.addr)
     }
 
     pub fn engine(&self) -> EngineKind {

@@ -5,16 +5,20 @@
 //! half-closed. Keeping the loops here, once, is what makes comparing the two
 //! engines compare I/O models and nothing else.
 //!
-//! The worker loop: wait for room under the connection cap
-//! ([`Connections::wait_for_room`]), accept (pausing on EMFILE and the like,
-//! [`AcceptBackoff`]), spawn one local task per connection, and hand the
-//! access log's lines over when due ([`WorkerLog::flush_due_at`]); on the
-//! stop signal, drain ([`Connections::drain`]).
+//! The worker loop: for each of the worker's listeners, wait for room under
+//! the connection cap ([`Connections::wait_for_room`]), accept (pausing on
+//! EMFILE and the like, [`AcceptBackoff`]), spawn one local task per
+//! connection with the [`Protocol`] its listener serves; hand the access
+//! log's lines over when due ([`WorkerLog::flush_due_at`]); on the stop
+//! signal, drain ([`Connections::drain`]).
 //!
 //! The connection loop: load the current snapshot, hand received bytes to
-//! [`Session::on_input_observed`], drop what it consumed, write its output
+//! the connection's [`Protocol`] (plain HTTP, or TLS around it), drop what it
+//! consumed, write its output
 //! ([`write_output`]: in-memory pieces by the engine, file ranges streamed
-//! from disk here in chunks of [`FILE_CHUNK_BYTES`]), and read, write again,
+//! from disk here in chunks of [`FILE_CHUNK_BYTES`]; then, for TLS, the
+//! sealed records [`write_sealed`] pulls from the protocol, file chunks read
+//! here and sealed there), and read, write again,
 //! close or linger as its [`Next`] says. Every read and every write operation is raced
 //! against the deadline the core decides ([`DeadlineClock`]) on one timer per
 //! connection ([`timer::before`]).
@@ -48,8 +52,14 @@ use crate::engine::{
 };
 use crate::files::SnapshotHandle;
 use crate::http::response::{FileRange, Piece};
-use crate::http::{DeadlineClock, Expiry, Limits, Next, Observer, Output, Session, Timeouts};
+use crate::http::{DeadlineClock, Expiry, Limits, Next, Observer, Output, Timeouts};
 use crate::metrics::{ConnectionObserver, TimeoutKind, WorkerMetrics, count_timeout};
+use crate::protocol::{ListenKind, Protocol};
+use crate::tls::{Pull, TlsHandle};
+
+/// Output buffer capacity a connection keeps between responses (more, after
+/// sealing large TLS records, is given back).
+const MAX_IDLE_OUTPUT_BYTES: usize = 32 * 1024;
 
 /// What the connection tasks of one worker share (by `Rc`: never across threads).
 struct WorkerContext {
@@ -58,6 +68,9 @@ struct WorkerContext {
     timeouts: Timeouts,
     connections: Connections,
     access_log: Option<RefCell<WorkerLog>>,
+    tls: Option<TlsHandle>,
+    /// Fault injection for tests (see [`FaultCountdown`]).
+    fault: RefCell<FaultCountdown>,
     metrics: Option<Arc<WorkerMetrics>>,
 }
 
@@ -144,18 +157,22 @@ impl From<WriteFailed> for Ending {
     }
 }
 
-/// Takes over the worker's listener with `adopt` (inside the runtime, which
-/// some engines need to register it), reports readiness, accepts and serves
-/// until the stop signal, then drains.
-pub(crate) async fn run_worker_loop<A: Acceptor>(
+/// Takes over the worker's listeners with `adopt` (inside the runtime,
+/// which some engines need to register them), reports readiness, accepts
+/// on each (one task per listener) and serves until the stop signal, then
+/// drains.
+pub(crate) async fn run_worker_loop<A: Acceptor + 'static>(
     mut worker: Worker,
     ready: Ready,
-    adopt: impl FnOnce(std::net::TcpListener) -> io::Result<A>,
+    adopt: impl Fn(std::net::TcpListener) -> io::Result<A>,
 ) {
-    let acceptor = match adopt(worker.listener) {
-        Ok(acceptor) => acceptor,
-        Err(e) => return ready.report(Err(e)),
-    };
+    let mut acceptors = Vec::with_capacity(worker.listeners.len());
+    for (listener, kind) in std::mem::take(&mut worker.listeners) {
+        match adopt(listener) {
+            Ok(acceptor) => acceptors.push((acceptor, kind)),
+            Err(e) => return ready.report(Err(e)),
+        }
+    }
     ready.report(Ok(()));
     let context = Rc::new(WorkerContext {
         snapshot: worker.snapshot,
@@ -163,48 +180,75 @@ pub(crate) async fn run_worker_loop<A: Acceptor>(
         timeouts: worker.timeouts,
         connections: Connections::counted(worker.max_connections, worker.metrics.clone()),
         access_log: worker.access_log.take().map(RefCell::new),
+        tls: worker.tls.take(),
+        fault: RefCell::new(FaultCountdown::new(worker.fault_after_accepts)),
         metrics: worker.metrics.clone(),
     });
     if context.access_log.is_some() {
         tokio::task::spawn_local(flush_log_when_due(Rc::clone(&context)));
     }
-    let mut backoff = AcceptBackoff::counted(worker.metrics.take());
-    let mut fault = FaultCountdown::new(worker.fault_after_accepts);
+    // The accept loops run inside the worker's own future (not as tasks),
+    // so a panic in one breaks the worker as any fault of its loop does.
+    let mut accepting: Vec<Pin<Box<dyn Future<Output = ()>>>> = acceptors
+        .into_iter()
+        .map(|(acceptor, kind)| {
+            Box::pin(accept_loop(acceptor, kind, worker.index, Rc::clone(&context)))
+                as Pin<Box<dyn Future<Output = ()>>>
+        })
+        .collect();
+    let accept_all = std::future::poll_fn(|cx| {
+        for accept in &mut accepting {
+            if accept.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    });
+    tokio::select! {
+        () = accept_all => {}
+        () = worker.shutdown.wait() => {}
+    }
+    // Dropping the accept loops closes the listeners: new clients are
+    // refused while the connections drain.
+    drop(accepting);
+    context.connections.drain(worker.shutdown_grace).await;
+    if let Some(log) = &context.access_log {
+        log.borrow_mut().flush();
+    }
+}
+
+/// Accepts on one listener, under the worker's connection cap, and spawns a
+/// task per connection speaking what the listener serves.
+async fn accept_loop<A: Acceptor>(acceptor: A, kind: ListenKind, worker: usize, context: Rc<WorkerContext>) {
+    let mut backoff = AcceptBackoff::counted(context.metrics.clone());
     loop {
-        let accepted = tokio::select! {
-            accepted = async {
-                context.connections.wait_for_room().await;
-                acceptor.accept().await
-            } => accepted,
-            () = worker.shutdown.wait() => break,
-        };
-        match accepted {
+        context.connections.wait_for_room().await;
+        match acceptor.accept().await {
             Ok((connection, peer)) => {
-                backoff.on_success(worker.index);
-                if fault.on_accept() {
+                backoff.on_success(worker);
+                if context.fault.borrow_mut().on_accept() {
                     panic!("injected fault: the worker's event loop broke");
                 }
                 // Registered here, not in the task: the cap must count it
                 // before the next accept.
                 let registration = context.connections.register(connection.raw_fd());
+                let Some(protocol) = Protocol::new(kind, context.tls.as_ref()) else {
+                    continue;
+                };
                 tokio::task::spawn_local(serve_connection(
                     connection,
+                    protocol,
                     registration,
                     peer,
                     Rc::clone(&context),
                 ));
             }
             Err(e) => {
-                if let Some(pause) = backoff.on_error(worker.index, &e) {
+                if let Some(pause) = backoff.on_error(worker, &e) {
                     tokio::time::sleep(pause).await;
                 }
             }
         }
-    }
-    drop(acceptor);
-    context.connections.drain(worker.shutdown_grace).await;
-    if let Some(log) = &context.access_log {
-        log.borrow_mut().flush();
     }
 }
 
@@ -229,6 +273,7 @@ async fn flush_log_when_due(context: Rc<WorkerContext>) {
 /// is dropped before the socket closes.
 async fn serve_connection<C: ConnectionIo>(
     mut connection: C,
+    mut protocol: Protocol,
     registration: Registration,
     peer: SocketAddr,
     context: Rc<WorkerContext>,
@@ -238,8 +283,8 @@ async fn serve_connection<C: ConnectionIo>(
         .as_ref()
         .map(|log| ConnectionLog { log, peer: peer.ip() });
     let ending = match ConnectionObserver::new(log, context.metrics.as_deref()) {
-        None => run_connection(&mut connection, &context, &mut ()).await,
-        Some(mut observer) => run_connection(&mut connection, &context, &mut observer).await,
+        None => run_connection(&mut connection, &mut protocol, &context, &mut ()).await,
+        Some(mut observer) => run_connection(&mut connection, &mut protocol, &context, &mut observer).await,
     };
     if ending == Ending::Stalled {
         count_timeout(context.metrics.as_deref(), TimeoutKind::Send);
@@ -254,6 +299,7 @@ async fn serve_connection<C: ConnectionIo>(
 
 async fn run_connection<C: ConnectionIo, O: Observer>(
     connection: &mut C,
+    protocol: &mut Protocol,
     context: &WorkerContext,
     observer: &mut O,
 ) -> Ending {
@@ -261,12 +307,11 @@ async fn run_connection<C: ConnectionIo, O: Observer>(
     let mut clock = DeadlineClock::new(Instant::now());
     let timer = connection_timer(Instant::now() + timeouts.head);
     tokio::pin!(timer);
-    let mut session = Session::new();
     let mut input: Vec<u8> = Vec::with_capacity(READ_BUFFER_BYTES);
     let mut output = Output::with_capacity(READ_BUFFER_BYTES);
     loop {
         // One load per batch: every request of the batch sees one snapshot.
-        let progress = session.on_input_observed(
+        let progress = protocol.on_input_observed(
             &input,
             &context.snapshot.load(),
             &context.limits,
@@ -279,6 +324,9 @@ async fn run_connection<C: ConnectionIo, O: Observer>(
                 return failed.into();
             }
         }
+        if let Err(failed) = write_sealed(connection, protocol, &mut output, timer.as_mut(), timeouts).await {
+            return failed.into();
+        }
         match progress.next {
             Next::Read => {}
             Next::Write => continue,
@@ -286,7 +334,8 @@ async fn run_connection<C: ConnectionIo, O: Observer>(
             // answer with a reset that can destroy the response's end.
             Next::Close | Next::Linger => return linger(connection, input, timeouts).await,
         }
-        let deadline = clock.for_read(&session, input.len(), Instant::now(), timeouts);
+        let buffered = protocol.buffered(input.len());
+        let deadline = clock.for_read(protocol.session(), buffered, Instant::now(), timeouts);
         if deadline.expiry == Expiry::RequestTimeout {
             // A head is partly here (rare: most heads arrive in one read).
             // Read into a second buffer, so the partial head stays ours for
@@ -297,15 +346,20 @@ async fn run_connection<C: ConnectionIo, O: Observer>(
                 Some(Ok(_)) => input.extend_from_slice(&spare),
                 None => {
                     count_timeout(context.metrics.as_deref(), TimeoutKind::Head);
-                    session.on_head_timeout(&input, &mut output, observer);
-                    return match connection
-                        .write_output(&mut output, timer.as_mut(), timeouts)
-                        .await
+                    let next = protocol.on_head_timeout(&input, &mut output, observer);
+                    let written = match write_output(connection, &mut output, timer.as_mut(), timeouts).await
                     {
-                        Ok(()) => linger(connection, Vec::new(), timeouts)
+                        Ok(()) => {
+                            write_sealed(connection, protocol, &mut output, timer.as_mut(), timeouts).await
+                        }
+                        Err(failed) => Err(failed),
+                    };
+                    return match (written, next) {
+                        (Ok(()), Next::Linger) => linger(connection, Vec::new(), timeouts)
                             .await
                             .max(Ending::Abandoned),
-                        Err(failed) => Ending::from(failed).max(Ending::Abandoned),
+                        (Ok(()), _) => Ending::Abandoned,
+                        (Err(failed), _) => Ending::from(failed).max(Ending::Abandoned),
                     };
                 }
             }
@@ -357,6 +411,59 @@ async fn write_output<C: ConnectionIo>(
         connection.write_output(&mut segment, timer, timeouts).await?;
     }
     Ok(())
+}
+
+/// Sends what the protocol has still to send after its plain output (for
+/// TLS: sealed records, and file chunks read here, sealed, then sent), until
+/// it is done. Nothing for plain HTTP.
+async fn write_sealed<C: ConnectionIo>(
+    connection: &mut C,
+    protocol: &mut Protocol,
+    output: &mut Output,
+    mut timer: Pin<&mut Sleep>,
+    timeouts: &Timeouts,
+) -> Result<(), WriteFailed> {
+    let mut buffer = BytesMut::new();
+    // The file being streamed, opened once for all its chunks (holding the
+    // `Arc` keeps the comparison by address meaningful).
+    let mut open: Option<(Arc<File>, C::FileReader)> = None;
+    loop {
+        match protocol.pull_output(output) {
+            Pull::Done => {
+                // Sealed file chunks grow the buffer to a chunk's size; an
+                // idle connection must not keep that.
+                if output.staged_capacity() > MAX_IDLE_OUTPUT_BYTES {
+                    *output = Output::with_capacity(READ_BUFFER_BYTES);
+                }
+                return Ok(());
+            }
+            Pull::Send => {}
+            Pull::ReadFile(chunk) => {
+                if !open
+                    .as_ref()
+                    .is_some_and(|(file, _)| Arc::ptr_eq(file, &chunk.file))
+                {
+                    let reader = connection.open_file(&chunk.file).map_err(|_| WriteFailed::File)?;
+                    open = Some((Arc::clone(&chunk.file), reader));
+                }
+                let Some((_, reader)) = &open else {
+                    return Err(WriteFailed::File);
+                };
+                buffer.clear();
+                buffer.reserve(chunk.len);
+                let (read, filled) = connection
+                    .read_file_at(reader, chunk.offset, chunk.len, buffer)
+                    .await;
+                let read = read.unwrap_or(0);
+                if !protocol.seal_file_chunk(&filled[..read.min(filled.len())], output) {
+                    return Err(WriteFailed::File);
+                }
+                buffer = filled;
+            }
+        }
+        connection.write_output(output, timer.as_mut(), timeouts).await?;
+        output.clear();
+    }
 }
 
 /// Sends `range` from disk: read a chunk, send it (each write with its send

@@ -1,27 +1,36 @@
-//! Building a [`Snapshot`] from a directory.
+//! Building a [`Snapshot`] from a directory, in two stages.
 //!
-//! Steps, in order:
+//! Stage one ([`Snapshot::load_identity`]) is what the port waits for: everything
+//! needed to answer every request correctly.
 //! 1. read the cache policy (`--cache-control`, `--config`), canonicalise the
 //!    root (a missing or non-directory root is a clear error);
 //! 2. walk it, following symlinks, skipping dotfiles and dot-directories unless
 //!    enabled, and skipping anything whose real path lies outside the root
-//!    (a symlink to `/etc` is never loaded, so it can never be served);
+//!    (a symlink to `/etc` is never loaded, so it can never be served); with
+//!    a memory budget that is not strict, mark the largest files to be
+//!    served from disk until the rest fits (`fit_budget`);
 //! 3. read every regular file, in parallel: files up to
 //!    `max_cached_file_bytes` into memory, larger ones only hashed (in
-//!    bounded chunks) and kept open; each gets its content hash (`ETag`);
-//!    the memory budget is checked as bytes come in;
+//!    bounded chunks, one read) and kept open; each gets its content hash
+//!    (`ETag`). On a reload, a file whose hash did not change keeps the
+//!    previous snapshot's body (read into a reusable buffer, not a copy);
 //! 4. generate directory listings, if enabled;
-//! 5. build each file's representations, in parallel: precompressed
-//!    variants ([`super::variants`]) and the heads of each
-//!    ([`super::head`]), with its cache policy and extra headers
-//!    ([`super::cache_rules`]);
+//! 5. build each file's identity representation and heads ([`super::head`],
+//!    with its cache policy and extra headers, [`super::cache_rules`]); a
+//!    file that will have variants is marked pending and its heads already
+//!    carry `Vary: Accept-Encoding`. An unchanged file keeps its previous
+//!    entry whole (variants and heads);
 //! 6. build the routes: exact paths, then directory indexes, then clean URLs,
 //!    then listings, then directory redirects, each only where an earlier one
 //!    did not claim the path; then the SPA fallback and the custom 404 page.
 //!
+//! Stage two ([`Snapshot::with_variants`], in the background) completes step 5 for
+//! the pending files: precompressed variants ([`super::variants`]), from
+//! siblings or compressed here, and the heads of each; routes are shared.
+//!
 //! Steps 3 and 5 run on every CPU the process may use (`std::thread::scope`),
 //! since reading, hashing and compressing a large build folder is what makes
-//! a start or a reload slow.
+//! a start or a reload slow. Each stage reports itself ([`super::progress`]).
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -39,6 +48,7 @@ use rustc_hash::FxHashMap;
 use super::cache_rules::{ConfigError, HeaderPolicy};
 use super::head::{self, HeadFields};
 use super::listing::{self, ListingItem};
+use super::progress::Progress;
 use super::variants;
 use super::{
     Body, DiskFile, Encoding, FileEntry, FileIdentity, Representation, Route, Snapshot, SnapshotStats,
@@ -48,6 +58,10 @@ use super::{
 const CLEAN_URL_EXTENSIONS: [&str; 3] = ["html", "htm", "json"];
 /// Files larger than this stay on disk and are streamed.
 pub const DEFAULT_MAX_CACHED_FILE_BYTES: u64 = 4 * 1024 * 1024;
+/// What an entry and its heads are assumed to cost when deciding which files
+/// fit the memory budget (measured on gen-tree's 10,000 files: 564 bytes of
+/// heads per file with one representation).
+const HEAD_ESTIMATE_BYTES: u64 = 1024;
 /// Buffer for hashing a file that stays on disk: bounded, whatever its size.
 const HASH_CHUNK_BYTES: usize = 1024 * 1024;
 /// The name of the custom not-found page at the root.
@@ -73,7 +87,11 @@ pub struct LoadOptions {
     /// Files larger than this are not held in memory but streamed from disk.
     pub max_cached_file_bytes: u64,
     /// The most bytes the snapshot may hold in memory (`None`: no limit).
+    /// A tree that does not fit is served with its largest files from disk,
+    /// and variants that do not fit are left out ...
     pub memory_budget_bytes: Option<u64>,
+    /// ... unless this is set: then a load that does not fit fails.
+    pub memory_budget_strict: bool,
     /// Build gzip and brotli variants of compressible files (siblings such as
     /// `app.js.gz` are used either way).
     pub precompress: bool,
@@ -84,6 +102,12 @@ pub struct LoadOptions {
     pub config_file: Option<PathBuf>,
     /// Threads that read and compress (0: one per CPU the process may use).
     pub threads: usize,
+    /// Report each stage on stderr (and a progress line on a terminal).
+    pub progress: bool,
+    /// Tests only: the background stage waits this long before it starts
+    /// (a reload request ends the wait), so a test can act while it runs.
+    #[doc(hidden)]
+    pub variants_delay_ms: u64,
     /// Answer health checks on this path (`--health`, `--health-path`):
     /// see [`crate::http::health`].
     pub health_path: Option<String>,
@@ -101,10 +125,13 @@ impl LoadOptions {
             directory_listing: false,
             max_cached_file_bytes: DEFAULT_MAX_CACHED_FILE_BYTES,
             memory_budget_bytes: None,
+            memory_budget_strict: false,
             precompress: true,
             cache_control: None,
             config_file: None,
             threads: 0,
+            progress: false,
+            variants_delay_ms: 0,
             health_path: None,
         }
     }
@@ -125,6 +152,8 @@ pub enum LoadError {
     FallbackMissing(String),
     /// Loading panicked (a bug); the message is the panic's.
     Panicked(String),
+    /// The background stage stopped because a reload was requested.
+    Superseded,
 }
 
 impl fmt::Display for LoadError {
@@ -151,6 +180,7 @@ impl fmt::Display for LoadError {
                 write!(f, "--fallback {name}: no such file in the static root")
             }
             LoadError::Panicked(message) => write!(f, "loading panicked: {message}"),
+            LoadError::Superseded => f.write_str("stopped for a newer reload"),
         }
     }
 }
@@ -167,16 +197,52 @@ impl From<ConfigError> for LoadError {
 struct FoundFile {
     path: PathBuf,
     url_path: Vec<u8>,
+    /// Its length when walked (the read takes its own).
+    len: u64,
+    /// Served from disk whatever its size: the tree does not fit the memory
+    /// budget, and this is one of its largest files.
+    over_budget: bool,
 }
 
 /// A file read (step 3) or a generated listing (step 4), before its
 /// representations are built.
 struct RawFile {
-    url_path: Box<[u8]>,
-    content_type: String,
+    url_path: Arc<[u8]>,
+    content_type: Arc<str>,
     modified_secs: u64,
     body: Body,
     etag: String,
+}
+
+/// One shared copy of each distinct string of a load (content types): a
+/// site has a few dozen types for thousands of files.
+#[derive(Default)]
+struct Interner(Mutex<rustc_hash::FxHashSet<Arc<str>>>);
+
+impl Interner {
+    fn intern(&self, text: String) -> Arc<str> {
+        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(shared) = set.get(text.as_str()) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = text.into();
+        set.insert(Arc::clone(&shared));
+        shared
+    }
+}
+
+impl RawFile {
+    /// What stage two starts from: a stage-one entry's identity.
+    fn of_entry(entry: &FileEntry) -> RawFile {
+        let identity = entry.identity();
+        RawFile {
+            url_path: Arc::clone(&entry.url_path),
+            content_type: Arc::clone(&entry.content_type),
+            modified_secs: entry.modified_secs,
+            body: identity.body.clone(),
+            etag: String::from_utf8_lossy(&identity.etag).into_owned(),
+        }
+    }
 }
 
 /// Bytes held in memory so far, against the budget. Shared by the threads
@@ -184,13 +250,27 @@ struct RawFile {
 struct MemoryMeter {
     used: AtomicU64,
     budget: Option<u64>,
+    /// Going over the budget fails the load (`--memory-budget-strict`);
+    /// otherwise the budget only decides what [`MemoryMeter::try_add`] lets in.
+    strict: bool,
 }
 
 impl MemoryMeter {
+    /// Counts `bytes` if they fit the budget; nothing if not.
+    fn try_add(&self, bytes: u64) -> bool {
+        let fits = |used: u64| match self.budget {
+            Some(budget) if used + bytes > budget => None,
+            _ => Some(used + bytes),
+        };
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, fits)
+            .is_ok()
+    }
+
     fn add(&self, bytes: u64) -> Result<(), LoadError> {
         let used = self.used.fetch_add(bytes, Ordering::Relaxed) + bytes;
         match self.budget {
-            Some(budget) if used > budget => Err(LoadError::OverBudget {
+            Some(budget) if self.strict && used > budget => Err(LoadError::OverBudget {
                 budget,
                 needed_at_least: used,
             }),
@@ -199,14 +279,27 @@ impl MemoryMeter {
     }
 }
 
-/// Builds a snapshot. With `previous` (a reload), the encoded variants of a
-/// file whose content hash is unchanged are taken from it instead of being
-/// compressed again: a reload then costs a read and a hash per file, and the
-/// two snapshots share those bytes.
+/// Builds a whole snapshot, both stages, on the calling thread (and its
+/// helpers). With `previous` (a reload), the bodies and encoded variants of
+/// a file whose content hash is unchanged are taken from it instead of being
+/// kept twice or compressed again: a reload then costs a read and a hash per
+/// file, and the two snapshots share those bytes.
 pub(super) fn load_snapshot(
     options: &LoadOptions,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, LoadError> {
+    let identity = load_identity(options, previous)?;
+    Ok(build_variants(&identity, options, &|| false)?.unwrap_or(identity))
+}
+
+/// Stage one (steps 1–4 and 6, and step 5 without compressing): a snapshot
+/// that answers every request correctly, in identity for the files whose
+/// variants are still to be built ([`FileEntry::variants_pending`]).
+pub(super) fn load_identity(
+    options: &LoadOptions,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, LoadError> {
+    let progress = Progress::start("walking", options.progress);
     let policy = HeaderPolicy::load(options.cache_control.as_deref(), options.config_file.as_deref())?;
     let root = options
         .root
@@ -215,34 +308,66 @@ pub(super) fn load_snapshot(
     if !root.is_dir() {
         return Err(LoadError::RootNotDirectory(options.root.clone()));
     }
-    let (found, directories) = walk(&root, options.serve_dotfiles, options.follow_symlinks);
-    let threads = match options.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
+    let (mut found, directories) = walk(&root, options.serve_dotfiles, options.follow_symlinks);
+    progress.stage_done(format_args!(
+        "{} files, {} directories",
+        found.len(),
+        directories.len()
+    ));
+    let threads = load_threads(options);
     let meter = MemoryMeter {
         used: AtomicU64::new(0),
         budget: options.memory_budget_bytes,
+        strict: options.memory_budget_strict,
     };
+    if let Some(budget) = options
+        .memory_budget_bytes
+        .filter(|_| !options.memory_budget_strict)
+    {
+        let (moved, bytes) = fit_budget(&mut found, budget, options.max_cached_file_bytes);
+        if moved > 0 && options.progress {
+            eprintln!(
+                "ringserve: the tree does not fit the memory budget of {budget} bytes: \
+                 its {moved} largest files ({bytes} bytes) are served from disk"
+            );
+        }
+    }
 
-    let mut raw = parallel_map(&found, threads, |file| read_file(file, options, &meter, previous))?;
+    let progress = Progress::start("reading", options.progress);
+    let types = Interner::default();
+    let mut raw = parallel_map(&found, threads, &|| false, |file| {
+        let raw = read_file(file, options, &meter, &types, previous);
+        progress.count(raw.as_ref().map_or(0, |r| r.body.len()));
+        raw
+    })?;
     let file_count = raw.len();
     if options.directory_listing {
-        raw.extend(listings(&raw, &directories, &options.index_names, &meter)?);
+        raw.extend(listings(
+            &raw,
+            &directories,
+            &options.index_names,
+            &meter,
+            &types,
+        )?);
     }
+    progress.stage_done(format_args!(
+        "{} files, {} bytes in memory",
+        file_count,
+        meter.used.load(Ordering::Relaxed)
+    ));
 
     let by_path: FxHashMap<&[u8], usize> = raw
         .iter()
         .enumerate()
         .map(|(i, file)| (&file.url_path[..], i))
         .collect();
-    let built = parallel_map(&raw, threads, |file| {
+    let files = parallel_map(&raw, threads, &|| false, |file| {
         let unchanged = previous
             .and_then(|p| p.entry_at(&file.url_path))
-            .filter(|old| *old.identity().etag == *file.etag.as_bytes());
-        build_entry(file, &raw, &by_path, &policy, options, &meter, unchanged)
+            .filter(|old| *old.identity().etag == *file.etag.as_bytes() && !old.variants_pending);
+        let step = Step::Identity { unchanged };
+        build_entry(file, &raw, &by_path, &policy, options, &meter, step)
     })?;
-    let (files, variant_owned): (Vec<FileEntry>, Vec<u64>) = built.into_iter().unzip();
 
     let routes = build_routes(&files, file_count, &directories, options);
     let fallback = match &options.fallback {
@@ -259,34 +384,127 @@ pub(super) fn load_snapshot(
     let not_found_page = files[..file_count]
         .iter()
         .position(|f| *f.url_path == *NOT_FOUND_PAGE)
-        .map(|i| not_found_entry(&raw[i], &files[i], &policy));
-
-    let mut stats = SnapshotStats {
-        files: file_count,
-        memory_bytes: meter.used.load(Ordering::Relaxed),
-        ..SnapshotStats::default()
+        .map(|i| not_found_entry(&files[i], &policy));
+    let stats = snapshot_stats(&files, file_count);
+    // The same paths as before (a reload of an unchanged tree): share them.
+    let routes = match previous {
+        Some(previous) if *previous.routes == routes => Arc::clone(&previous.routes),
+        _ => Arc::new(routes),
     };
-    for (file, owned) in files[..file_count].iter().zip(&variant_owned) {
-        let identity = file.identity();
-        match identity.body {
-            Body::Memory(_) => stats.identity_bytes += identity.body.len(),
-            Body::Disk(_) => stats.disk_files += 1,
-        }
-        stats.variants += file.representations.len() - 1;
-        stats.variant_bytes += owned;
-        if let Some(best) = file.representations.get(1) {
-            stats.compressed_identity_bytes += identity.body.len();
-            stats.compressed_best_bytes += best.body.len();
-        }
-    }
     Ok(Snapshot {
         files,
         routes,
+        policy: Arc::new(policy),
         fallback,
         not_found_page,
         health_path: options.health_path.as_deref().map(|path| path.as_bytes().into()),
         stats,
     })
+}
+
+/// Stage two (step 5's compression): a copy of `base` in which every file
+/// whose variants were pending has them (siblings checked, or compressed
+/// here). Routes are shared with `base`; so are bodies. `None` if nothing was
+/// pending or `superseded()` turned true meanwhile (a reload is waiting: its
+/// own snapshot will need its own variants, this one's are wasted work).
+pub(super) fn build_variants(
+    base: &Snapshot,
+    options: &LoadOptions,
+    superseded: &(dyn Fn() -> bool + Sync),
+) -> Result<Option<Snapshot>, LoadError> {
+    if base.stats.pending_variants == 0 {
+        return Ok(None);
+    }
+    let progress = Progress::start("variants", options.progress);
+    let raw: Vec<RawFile> = base.files.iter().map(RawFile::of_entry).collect();
+    let by_path: FxHashMap<&[u8], usize> = raw
+        .iter()
+        .enumerate()
+        .map(|(i, file)| (&file.url_path[..], i))
+        .collect();
+    let meter = MemoryMeter {
+        used: AtomicU64::new(base.stats.memory_bytes),
+        budget: options.memory_budget_bytes,
+        strict: options.memory_budget_strict,
+    };
+    let policy = &base.policy;
+    let indexes: Vec<usize> = (0..raw.len()).collect();
+    let files = parallel_map(&indexes, load_threads(options), superseded, |&i| {
+        let entry = &base.files[i];
+        if !entry.variants_pending {
+            return Ok(entry.clone());
+        }
+        progress.count(entry.identity().body.len());
+        build_entry(&raw[i], &raw, &by_path, policy, options, &meter, Step::Variants)
+    });
+    let files = match files {
+        Ok(files) => files,
+        Err(LoadError::Superseded) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let not_found_page = base
+        .not_found_page
+        .as_ref()
+        .and_then(|_| {
+            files[..base.stats.files]
+                .iter()
+                .find(|f| *f.url_path == *NOT_FOUND_PAGE)
+        })
+        .map(|entry| not_found_entry(entry, policy));
+    let stats = snapshot_stats(&files, base.stats.files);
+    progress.stage_done(format_args!(
+        "{} variants, {} bytes",
+        stats.variants, stats.variant_bytes
+    ));
+    Ok(Some(Snapshot {
+        files,
+        routes: Arc::clone(&base.routes),
+        policy: Arc::clone(&base.policy),
+        fallback: base.fallback,
+        not_found_page,
+        health_path: base.health_path.clone(),
+        stats,
+    }))
+}
+
+fn load_threads(options: &LoadOptions) -> usize {
+    match options.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+/// What a snapshot holds, counted from its entries: `files[..file_count]`
+/// are the root's files, the rest listings.
+fn snapshot_stats(files: &[FileEntry], file_count: usize) -> SnapshotStats {
+    let mut stats = SnapshotStats {
+        files: file_count,
+        ..SnapshotStats::default()
+    };
+    for (index, file) in files.iter().enumerate() {
+        let identity = file.identity();
+        let heads: u64 = file.representations.iter().map(head_bytes).sum();
+        stats.head_bytes += heads;
+        stats.memory_bytes += identity.body.memory_bytes() + file.own_variant_bytes + heads;
+        stats.pending_variants += usize::from(file.variants_pending);
+        if index >= file_count {
+            continue;
+        }
+        match identity.body {
+            Body::Memory(_) => stats.identity_bytes += identity.body.len(),
+            Body::Disk(_) => {
+                stats.disk_files += 1;
+                stats.disk_bytes += identity.body.len();
+            }
+        }
+        stats.variants += file.representations.len() - 1;
+        stats.variant_bytes += file.own_variant_bytes;
+        if let Some(best) = file.representations.get(1) {
+            stats.compressed_identity_bytes += identity.body.len();
+            stats.compressed_best_bytes += best.body.len();
+        }
+    }
+    stats
 }
 
 /// Steps 1–2: the files and directories the snapshot may serve, sorted by path.
@@ -320,9 +538,12 @@ fn walk(root: &Path, serve_dotfiles: bool, follow_symlinks: bool) -> (Vec<FoundF
         if file_type.is_dir() {
             directories.push(url_path);
         } else if file_type.is_file() {
+            let len = entry.metadata().map_or(0, |m| m.len());
             files.push(FoundFile {
                 path: entry.into_path(),
                 url_path,
+                len,
+                over_budget: false,
             });
         }
     }
@@ -342,6 +563,33 @@ fn walk(root: &Path, serve_dotfiles: bool, follow_symlinks: bool) -> (Vec<FoundF
         );
     }
     (files, directories)
+}
+
+/// Marks the largest files that would be held in memory as served from disk
+/// until the rest fits `budget` (with [`HEAD_ESTIMATE_BYTES`] per file for
+/// heads and entry); returns how many and their bytes. Variants are not
+/// counted here: the background stage leaves out those that do not fit.
+fn fit_budget(found: &mut [FoundFile], budget: u64, max_cached_file_bytes: u64) -> (usize, u64) {
+    let estimate = |f: &FoundFile| {
+        let body = if f.len > max_cached_file_bytes { 0 } else { f.len };
+        body + HEAD_ESTIMATE_BYTES
+    };
+    let mut needed: u64 = found.iter().map(estimate).sum();
+    let mut by_size: Vec<usize> = (0..found.len())
+        .filter(|&i| found[i].len <= max_cached_file_bytes)
+        .collect();
+    by_size.sort_by_key(|&i| std::cmp::Reverse(found[i].len));
+    let (mut moved, mut bytes) = (0, 0);
+    for i in by_size {
+        if needed <= budget {
+            break;
+        }
+        needed -= found[i].len;
+        found[i].over_budget = true;
+        moved += 1;
+        bytes += found[i].len;
+    }
+    (moved, bytes)
 }
 
 /// How many names a skip warning lists before it summarises the rest.
@@ -386,6 +634,7 @@ fn describe_walk_error(error: &walkdir::Error) -> String {
 fn parallel_map<T: Sync, R: Send>(
     items: &[T],
     threads: usize,
+    superseded: &(dyn Fn() -> bool + Sync),
     f: impl Fn(&T) -> Result<R, LoadError> + Sync,
 ) -> Result<Vec<R>, LoadError> {
     let next = AtomicUsize::new(0);
@@ -401,7 +650,12 @@ fn parallel_map<T: Sync, R: Send>(
                     while !failed.load(Ordering::Relaxed) {
                         let index = next.fetch_add(1, Ordering::Relaxed);
                         let Some(item) = items.get(index) else { break };
-                        match f(item) {
+                        let result = if superseded() {
+                            Err(LoadError::Superseded)
+                        } else {
+                            f(item)
+                        };
+                        match result {
                             Ok(result) => done.push((index, result)),
                             Err(e) => {
                                 failed.store(true, Ordering::Relaxed);
@@ -433,7 +687,6 @@ fn parallel_map<T: Sync, R: Send>(
         .collect())
 }
 
-/// Step 3 for one file.
 /// Step 3 for one file. A file that stays on disk and is, by its metadata,
 /// the very file `previous` already holds (same device, inode, length and
 /// modification time) keeps its descriptor and hash: a reload does not read
@@ -442,6 +695,7 @@ fn read_file(
     found: &FoundFile,
     options: &LoadOptions,
     meter: &MemoryMeter,
+    types: &Interner,
     previous: Option<&Snapshot>,
 ) -> Result<RawFile, LoadError> {
     let path = &found.path;
@@ -450,8 +704,8 @@ fn read_file(
     let metadata = file.metadata().map_err(read_error)?;
     let modified_secs = metadata.modified().map(head::unix_secs).unwrap_or(0);
     let file_name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-    let content_type = head::content_type_for(&file_name);
-    let (body, etag) = if metadata.len() > options.max_cached_file_bytes {
+    let content_type = types.intern(head::content_type_for(&file_name));
+    let (body, etag) = if metadata.len() > options.max_cached_file_bytes || found.over_budget {
         let identity = FileIdentity::of(&metadata);
         let same = previous
             .and_then(|p| p.entry_at(&found.url_path))
@@ -471,19 +725,51 @@ fn read_file(
         }
     } else {
         meter.add(metadata.len())?;
-        let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
-        file.read_to_end(&mut bytes).map_err(read_error)?;
+        let old = previous
+            .and_then(|p| p.entry_at(&found.url_path))
+            .map(FileEntry::identity)
+            .filter(|r| matches!(&r.body, Body::Memory(b) if b.len() as u64 == metadata.len()));
+        let (body, etag) = match old {
+            Some(old) => read_against(&mut file, metadata.len(), old).map_err(read_error)?,
+            None => {
+                let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
+                file.read_to_end(&mut bytes).map_err(read_error)?;
+                let etag = head::etag_for(&bytes);
+                (Bytes::from(bytes), etag)
+            }
+        };
         // The file may have grown between fstat and read.
-        meter.add((bytes.len() as u64).saturating_sub(metadata.len()))?;
-        let etag = head::etag_for(&bytes);
-        (Body::Memory(Bytes::from(bytes)), etag)
+        meter.add((body.len() as u64).saturating_sub(metadata.len()))?;
+        (Body::Memory(body), etag)
     };
     Ok(RawFile {
-        url_path: found.url_path.clone().into_boxed_slice(),
+        url_path: found.url_path.as_slice().into(),
         content_type,
         modified_secs,
         body,
         etag,
+    })
+}
+
+/// Reads a file that `old` (the previous snapshot's identity of the same
+/// path, of the same length) may already hold, into this thread's reusable
+/// buffer: if the content hash is the same, the old body is kept and nothing
+/// is allocated, so a reload of an unchanged tree costs no memory for its
+/// bodies (and cannot fragment the heap with a second copy of each); a
+/// changed file gets an allocation of exactly its size.
+fn read_against(file: &mut File, len: u64, old: &Representation) -> io::Result<(Bytes, String)> {
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUFFER.with_borrow_mut(|buffer| {
+        buffer.clear();
+        buffer.reserve(usize::try_from(len).unwrap_or(0));
+        file.read_to_end(buffer)?;
+        let etag = head::etag_for(buffer);
+        match &old.body {
+            Body::Memory(bytes) if *old.etag == *etag.as_bytes() => Ok((bytes.clone(), etag)),
+            _ => Ok((Bytes::copy_from_slice(buffer), etag)),
+        }
     })
 }
 
@@ -515,6 +801,7 @@ fn listings(
     directories: &[Vec<u8>],
     index_names: &[String],
     meter: &MemoryMeter,
+    types: &Interner,
 ) -> Result<Vec<RawFile>, LoadError> {
     // Directory (`/a/`) → (its entries, the newest mtime among its files).
     let mut children: BTreeMap<Vec<u8>, (Vec<ListingItem>, u64)> = BTreeMap::new();
@@ -556,8 +843,8 @@ fn listings(
         meter.add(page.len() as u64)?;
         pages.push(RawFile {
             etag: head::etag_for(&page),
-            url_path: url_dir.into_boxed_slice(),
-            content_type: "text/html; charset=utf-8".to_owned(),
+            url_path: url_dir.into(),
+            content_type: types.intern("text/html; charset=utf-8".to_owned()),
             modified_secs,
             body: Body::Memory(Bytes::from(page)),
         });
@@ -565,10 +852,19 @@ fn listings(
     Ok(pages)
 }
 
-/// Step 5 for one file: its representations and their heads. Also returns
-/// the bytes of the variants it compressed itself (siblings are shared).
-/// `unchanged` is the same file, same content, in the previous snapshot: its
-/// compressed variants are reused.
+/// Which part of step 5 [`build_entry`] does.
+#[derive(Clone, Copy)]
+enum Step<'a> {
+    /// Stage one: no compressing and no sibling decoding; only the variants
+    /// of `unchanged` (the same file, same content, in the previous
+    /// snapshot, variants complete) are reused. Anything more is left
+    /// pending.
+    Identity { unchanged: Option<&'a FileEntry> },
+    /// Stage two: siblings checked, the rest compressed.
+    Variants,
+}
+
+/// Step 5 for one file: its representations and their heads.
 fn build_entry(
     file: &RawFile,
     raw: &[RawFile],
@@ -576,32 +872,56 @@ fn build_entry(
     policy: &HeaderPolicy,
     options: &LoadOptions,
     meter: &MemoryMeter,
-    unchanged: Option<&FileEntry>,
-) -> Result<(FileEntry, u64), LoadError> {
+    step: Step<'_>,
+) -> Result<FileEntry, LoadError> {
+    if let Step::Identity { unchanged: Some(old) } = step {
+        if let Some(entry) = reuse_entry(file, old, by_path, policy, meter)? {
+            return Ok(entry);
+        }
+    }
     let mut variants: Vec<(Encoding, Body, String)> = Vec::new();
     let mut owned = 0u64;
+    let mut pending = false;
+    let compressible = matches!(&file.body, Body::Memory(bytes)
+        if options.precompress
+            && bytes.len() >= variants::MIN_COMPRESS_BYTES
+            && variants::is_compressible(&file.content_type));
     for encoding in variants::BUILT_ENCODINGS {
-        if let Some(variant) = sibling_variant(file, encoding, raw, by_path) {
-            variants.push(variant);
-            continue;
-        }
+        let unchanged = match step {
+            Step::Identity { unchanged } => unchanged,
+            Step::Variants => None,
+        };
         let reusable = unchanged
-            .filter(|_| options.precompress)
+            .filter(|_| options.precompress || has_sibling(file, encoding, by_path))
             .and_then(|old| old.representations.iter().find(|r| r.encoding == encoding));
         if let Some(old) = reusable {
-            meter.add(old.body.memory_bytes())?;
-            owned += old.body.memory_bytes();
+            let shared = is_sibling_body(file, encoding, raw, by_path, &old.body);
+            if !shared {
+                meter.add(old.body.memory_bytes())?;
+                owned += old.body.memory_bytes();
+            }
             let etag = String::from_utf8_lossy(&old.etag).into_owned();
             variants.push((encoding, old.body.clone(), etag));
+            continue;
+        }
+        if unchanged.is_some() {
+            // The same content had no such variant: none is worth building,
+            // unless a sibling appeared (stage two decides).
+            pending |= has_sibling(file, encoding, by_path);
+            continue;
+        }
+        if let Step::Identity { .. } = step {
+            pending |= compressible || has_sibling(file, encoding, by_path);
+            continue;
+        }
+        if let Some(variant) = sibling_variant(file, encoding, raw, by_path) {
+            variants.push(variant);
             continue;
         }
         let Body::Memory(bytes) = &file.body else {
             continue;
         };
-        if !options.precompress
-            || bytes.len() < variants::MIN_COMPRESS_BYTES
-            || !variants::is_compressible(&file.content_type)
-        {
+        if !compressible {
             continue;
         }
         let compressed = variants::compress(encoding, bytes).map_err(|e| {
@@ -610,8 +930,12 @@ fn build_entry(
                 e,
             )
         })?;
-        if variants::worth_keeping(bytes.len(), compressed.len()) {
-            meter.add(compressed.len() as u64)?;
+        // Over a budget that is not strict, the variant is left out.
+        let fits = || options.memory_budget_strict || meter.try_add(compressed.len() as u64 + 600);
+        if variants::worth_keeping(bytes.len(), compressed.len()) && fits() {
+            if options.memory_budget_strict {
+                meter.add(compressed.len() as u64)?;
+            }
             owned += compressed.len() as u64;
             let etag = head::etag_for(&compressed);
             variants.push((encoding, Body::Memory(Bytes::from(compressed)), etag));
@@ -622,7 +946,7 @@ fn build_entry(
     let relative =
         String::from_utf8_lossy(file.url_path.strip_prefix(b"/").unwrap_or(&file.url_path)).into_owned();
     let policy_lines = policy.lines_for(&relative, &file.content_type);
-    let negotiable = !variants.is_empty();
+    let negotiable = !variants.is_empty() || pending;
     let identity = (Encoding::Identity, file.body.clone(), file.etag.clone());
     let mut representations = Vec::with_capacity(variants.len() + 1);
     for (encoding, body, etag) in std::iter::once(identity).chain(variants) {
@@ -639,13 +963,93 @@ fn build_entry(
         meter.add(head_bytes(&representation))?;
         representations.push(representation);
     }
-    let entry = FileEntry {
-        url_path: file.url_path.clone(),
-        content_type: file.content_type.clone().into_boxed_str(),
+    Ok(FileEntry {
+        url_path: Arc::clone(&file.url_path),
+        content_type: Arc::clone(&file.content_type),
         modified_secs: file.modified_secs,
-        representations: representations.into_boxed_slice(),
+        representations: representations.into(),
+        variants_pending: pending,
+        own_variant_bytes: owned,
+    })
+}
+
+/// The previous snapshot's entry for an unchanged file (same bytes, same
+/// modification time, same type, no sibling, and an identity head that would
+/// render the same), shared whole: a reload of an unchanged file allocates
+/// nothing for it.
+fn reuse_entry(
+    file: &RawFile,
+    old: &FileEntry,
+    by_path: &FxHashMap<&[u8], usize>,
+    policy: &HeaderPolicy,
+    meter: &MemoryMeter,
+) -> Result<Option<FileEntry>, LoadError> {
+    let identity = old.identity();
+    let same = old.modified_secs == file.modified_secs
+        && *old.content_type == *file.content_type
+        && same_body(&identity.body, &file.body)
+        && !variants::BUILT_ENCODINGS
+            .iter()
+            .any(|&encoding| has_sibling(file, encoding, by_path));
+    if !same {
+        return Ok(None);
+    }
+    let relative =
+        String::from_utf8_lossy(file.url_path.strip_prefix(b"/").unwrap_or(&file.url_path)).into_owned();
+    let policy_lines = policy.lines_for(&relative, &file.content_type);
+    let fields = HeadFields {
+        content_type: &file.content_type,
+        content_length: identity.body.len(),
+        etag: &file.etag,
+        modified_secs: file.modified_secs,
+        content_encoding: None,
+        vary_accept_encoding: old.is_negotiable(),
+        policy_lines: &policy_lines,
     };
-    Ok((entry, owned))
+    if *head::render_ok_head("HTTP/1.1 200 OK", &fields) != *identity.ok_head {
+        return Ok(None);
+    }
+    meter.add(old.own_variant_bytes + old.representations.iter().map(head_bytes).sum::<u64>())?;
+    Ok(Some(old.clone()))
+}
+
+/// Whether two bodies are the very same bytes (one allocation, or one
+/// descriptor).
+fn same_body(a: &Body, b: &Body) -> bool {
+    match (a, b) {
+        (Body::Memory(a), Body::Memory(b)) => a.as_ptr() == b.as_ptr() && a.len() == b.len(),
+        (Body::Disk(a), Body::Disk(b)) => Arc::ptr_eq(&a.file, &b.file),
+        _ => false,
+    }
+}
+
+fn sibling_path(file: &RawFile, encoding: Encoding) -> Option<Vec<u8>> {
+    let suffix = encoding.sibling_suffix()?;
+    let mut path = file.url_path.to_vec();
+    path.extend_from_slice(suffix.as_bytes());
+    Some(path)
+}
+
+fn has_sibling(file: &RawFile, encoding: Encoding, by_path: &FxHashMap<&[u8], usize>) -> bool {
+    sibling_path(file, encoding).is_some_and(|path| by_path.contains_key(&path[..]))
+}
+
+/// Whether `body` is the very bytes of `file`'s sibling in this load (then
+/// it is counted as that file's, not as a variant's).
+fn is_sibling_body(
+    file: &RawFile,
+    encoding: Encoding,
+    raw: &[RawFile],
+    by_path: &FxHashMap<&[u8], usize>,
+    body: &Body,
+) -> bool {
+    let Some(&index) = sibling_path(file, encoding)
+        .and_then(|path| by_path.get(&path[..]).copied())
+        .as_ref()
+    else {
+        return false;
+    };
+    same_body(&raw[index].body, body)
 }
 
 /// The variant a precompressed sibling (`app.js.gz`) provides, if it exists
@@ -658,10 +1062,7 @@ fn sibling_variant(
     raw: &[RawFile],
     by_path: &FxHashMap<&[u8], usize>,
 ) -> Option<(Encoding, Body, String)> {
-    let suffix = encoding.sibling_suffix()?;
-    let mut sibling_path = file.url_path.to_vec();
-    sibling_path.extend_from_slice(suffix.as_bytes());
-    let sibling = &raw[*by_path.get(&sibling_path[..])?];
+    let sibling = &raw[*by_path.get(&sibling_path(file, encoding)?[..])?];
     let fresh = match (&file.body, &sibling.body) {
         (Body::Memory(original), Body::Memory(encoded)) => variants::decodes_to(encoding, encoded, original),
         _ => sibling.modified_secs >= file.modified_secs,
@@ -716,8 +1117,8 @@ fn head_bytes(representation: &Representation) -> u64 {
 
 /// `404.html` as the not-found page: the same representations, heads
 /// rendered with status 404.
-fn not_found_entry(file: &RawFile, entry: &FileEntry, policy: &HeaderPolicy) -> FileEntry {
-    let policy_lines = policy.lines_for("404.html", &file.content_type);
+fn not_found_entry(entry: &FileEntry, policy: &HeaderPolicy) -> FileEntry {
+    let policy_lines = policy.lines_for("404.html", &entry.content_type);
     let negotiable = entry.is_negotiable();
     let representations = entry
         .representations
@@ -736,10 +1137,12 @@ fn not_found_entry(file: &RawFile, entry: &FileEntry, policy: &HeaderPolicy) -> 
         })
         .collect();
     FileEntry {
-        url_path: entry.url_path.clone(),
-        content_type: entry.content_type.clone(),
+        url_path: Arc::clone(&entry.url_path),
+        content_type: Arc::clone(&entry.content_type),
         modified_secs: entry.modified_secs,
         representations,
+        variants_pending: entry.variants_pending,
+        own_variant_bytes: entry.own_variant_bytes,
     }
 }
 
@@ -795,9 +1198,11 @@ pub(super) fn snapshot_from_memory(files: &[(&str, &[u8])], modified_secs: u64) 
     let meter = MemoryMeter {
         used: AtomicU64::new(0),
         budget: None,
+        strict: false,
     };
     let mut directories: Vec<Vec<u8>> = Vec::new();
     let mut raw = Vec::with_capacity(files.len());
+    let types = Interner::default();
     for (url_path, body) in files {
         let (parent, file_name) = split_last_segment(url_path.as_bytes());
         let mut ancestor = parent;
@@ -807,7 +1212,7 @@ pub(super) fn snapshot_from_memory(files: &[(&str, &[u8])], modified_secs: u64) 
         }
         raw.push(RawFile {
             url_path: url_path.as_bytes().into(),
-            content_type: head::content_type_for(&String::from_utf8_lossy(file_name)),
+            content_type: types.intern(head::content_type_for(&String::from_utf8_lossy(file_name))),
             modified_secs,
             etag: head::etag_for(body),
             body: Body::Memory(Bytes::copy_from_slice(body)),
@@ -820,24 +1225,19 @@ pub(super) fn snapshot_from_memory(files: &[(&str, &[u8])], modified_secs: u64) 
         .collect();
     let files: Vec<FileEntry> = raw
         .iter()
-        .map(|file| {
-            build_entry(file, &raw, &by_path, &policy, &options, &meter, None).map(|(entry, _)| entry)
-        })
+        .map(|file| build_entry(file, &raw, &by_path, &policy, &options, &meter, Step::Variants))
         .collect::<Result<_, _>>()
         .expect("building from memory cannot fail without a budget");
     let routes = build_routes(&files, files.len(), &directories, &options);
     let not_found_page = files
         .iter()
         .position(|f| *f.url_path == *NOT_FOUND_PAGE)
-        .map(|i| not_found_entry(&raw[i], &files[i], &policy));
+        .map(|i| not_found_entry(&files[i], &policy));
     Snapshot {
-        stats: SnapshotStats {
-            files: files.len(),
-            memory_bytes: meter.used.load(Ordering::Relaxed),
-            ..SnapshotStats::default()
-        },
+        stats: snapshot_stats(&files, files.len()),
         files,
-        routes,
+        routes: Arc::new(routes),
+        policy: Arc::new(policy),
         fallback: None,
         not_found_page,
         health_path: None,
@@ -854,7 +1254,7 @@ fn build_routes(
     let (real, generated) = files.split_at(file_count);
     let mut routes: FxHashMap<Box<[u8]>, Route> = FxHashMap::default();
     for (index, file) in real.iter().enumerate() {
-        routes.insert(file.url_path.clone(), Route::File(index));
+        routes.insert(Box::from(&file.url_path[..]), Route::File(index));
     }
     // Directory indexes: `/dir/` serves the first index name present.
     for name in options.index_names.iter().rev() {
@@ -890,7 +1290,7 @@ fn build_routes(
     }
     for (offset, listing) in generated.iter().enumerate() {
         routes
-            .entry(listing.url_path.clone())
+            .entry(Box::from(&listing.url_path[..]))
             .or_insert(Route::File(file_count + offset));
     }
     if options.redirect_directories {
@@ -1188,6 +1588,7 @@ mod tests {
         std::fs::write(root.join("b.bin"), vec![0u8; 4000]).unwrap();
         let err = Snapshot::load(&LoadOptions {
             memory_budget_bytes: Some(6000),
+            memory_budget_strict: true,
             ..options(&root)
         })
         .unwrap_err();
@@ -1199,6 +1600,7 @@ mod tests {
         // Streaming the files from disk fits the same budget.
         let snapshot = Snapshot::load(&LoadOptions {
             memory_budget_bytes: Some(6000),
+            memory_budget_strict: true,
             max_cached_file_bytes: 1000,
             ..options(&root)
         })
@@ -1207,11 +1609,50 @@ mod tests {
         assert!(
             Snapshot::load(&LoadOptions {
                 memory_budget_bytes: Some(9000),
+                memory_budget_strict: true,
                 ..options(&root)
             })
             .is_ok()
         );
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_tree_over_the_budget_starts_with_its_largest_files_on_disk() {
+        let root = temp_root("over-budget");
+        std::fs::write(root.join("large.bin"), vec![1u8; 5000]).unwrap();
+        std::fs::write(root.join("small.bin"), vec![2u8; 3000]).unwrap();
+        std::fs::write(root.join("app.js"), script(50)).unwrap();
+        let snapshot = Snapshot::load(&LoadOptions {
+            memory_budget_bytes: Some(12_000),
+            ..options(&root)
+        })
+        .unwrap();
+        assert!(matches!(
+            entry(&snapshot, "/large.bin").identity().body,
+            Body::Disk(_)
+        ));
+        assert!(matches!(
+            entry(&snapshot, "/small.bin").identity().body,
+            Body::Memory(_)
+        ));
+        let stats = snapshot.stats();
+        assert_eq!((stats.disk_files, stats.variants), (1, 2));
+        assert!(stats.memory_bytes <= 12_000, "{stats:?}");
+
+        // The variants that do not fit are left out, not an error.
+        let scripts = temp_root("over-budget-variants");
+        std::fs::write(scripts.join("app.js"), script(50)).unwrap();
+        let identity_only = Snapshot::load_identity(&options(&scripts), None).unwrap();
+        let tight = Snapshot::load(&LoadOptions {
+            memory_budget_bytes: Some(identity_only.stats().memory_bytes + 700),
+            ..options(&scripts)
+        })
+        .unwrap();
+        assert_eq!((tight.stats().variants, tight.stats().disk_files), (0, 0));
+        assert_eq!(entry(&tight, "/app.js").representations.len(), 1);
+        std::fs::remove_dir_all(&root).unwrap();
+        std::fs::remove_dir_all(&scripts).unwrap();
     }
 
     #[test]

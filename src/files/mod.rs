@@ -25,6 +25,7 @@ pub mod cache_rules;
 pub mod head;
 mod listing;
 pub mod load;
+pub mod progress;
 pub mod reload;
 pub mod variants;
 
@@ -126,7 +127,7 @@ impl Body {
 
 /// One representation of a file: its bytes in one content coding, with the
 /// heads of every response that sends (or describes) them.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Representation {
     pub encoding: Encoding,
     pub body: Body,
@@ -143,16 +144,27 @@ pub struct Representation {
 }
 
 /// One servable file, with everything its responses need.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct FileEntry {
     /// The file's URL path, e.g. `/css/site.css` (a listing's is `/dir/`).
-    pub url_path: Box<[u8]>,
-    pub content_type: Box<str>,
+    pub url_path: Arc<[u8]>,
+    /// Interned: one allocation per distinct type in a load.
+    pub content_type: Arc<str>,
     /// Modification time in whole seconds since the epoch (what
     /// `Last-Modified` says, for every representation).
     pub modified_secs: u64,
-    /// Identity first, then encoded variants, smallest first.
-    pub representations: Box<[Representation]>,
+    /// Identity first, then encoded variants, smallest first. Shared (not
+    /// copied) by the next stage and the next reload while the file and its
+    /// heads are unchanged, so an unchanged file costs no new memory.
+    pub representations: Arc<[Representation]>,
+    /// The background stage ([`load`], step 5) has yet to build this file's
+    /// variants: until it does, only identity is served, with the `Vary`
+    /// the file will have, so caches key on `Accept-Encoding` from the first
+    /// response on.
+    pub variants_pending: bool,
+    /// Bytes of the variants this entry holds that are not another file's
+    /// body (a sibling `app.js.gz` is counted once, as its own file).
+    pub own_variant_bytes: u64,
 }
 
 impl FileEntry {
@@ -160,9 +172,10 @@ impl FileEntry {
         &self.representations[0]
     }
 
-    /// Whether responses vary with `Accept-Encoding`.
+    /// Whether responses vary with `Accept-Encoding` (now, or once the
+    /// background stage has built the variants).
     pub fn is_negotiable(&self) -> bool {
-        self.representations.len() > 1
+        self.representations.len() > 1 || self.variants_pending
     }
 }
 
@@ -200,12 +213,24 @@ pub struct SnapshotStats {
     /// Bytes of the smallest variant of each such file (what a client
     /// accepting every coding receives instead).
     pub compressed_best_bytes: u64,
+    /// Files (listings included) whose variants the background stage has
+    /// yet to build.
+    pub pending_variants: usize,
+    /// Bytes of the files streamed from disk.
+    pub disk_bytes: u64,
+    /// Bytes of response heads and entity tags (every representation).
+    pub head_bytes: u64,
 }
 
 #[derive(Debug, Default)]
 pub struct Snapshot {
     files: Vec<FileEntry>,
-    routes: FxHashMap<Box<[u8]>, Route>,
+    /// Shared by the two stages of one load: the background stage changes
+    /// representations, never which file a path leads to.
+    routes: Arc<FxHashMap<Box<[u8]>, Route>>,
+    /// The cache policy this snapshot's heads were rendered with: the
+    /// background stage renders its variants' heads with the same one.
+    policy: Arc<cache_rules::HeaderPolicy>,
     /// Index in `files` of the SPA fallback (`--fallback`).
     fallback: Option<usize>,
     /// `404.html` from the root, rendered with status 404.
@@ -216,15 +241,41 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Loads every servable file under `options.root`.
+    /// Loads every servable file under `options.root`, variants included
+    /// (both stages, on the calling thread).
     pub fn load(options: &LoadOptions) -> Result<Snapshot, LoadError> {
         load::load_snapshot(options, None)
     }
 
-    /// Loads a snapshot to replace `self`, reusing the precompressed variants
-    /// of files whose content did not change (see [`reload`]).
+    /// Loads a snapshot to replace `self`, reusing the bodies and
+    /// precompressed variants of files whose content did not change (see
+    /// [`reload`]); both stages.
     pub fn reload(&self, options: &LoadOptions) -> Result<Snapshot, LoadError> {
         load::load_snapshot(options, Some(self))
+    }
+
+    /// The first stage of a load: everything needed to answer correctly
+    /// (routes, identity bodies or descriptors, content hashes, heads), and
+    /// the variants of files `previous` already had them for with the same
+    /// content. What is left is [`Snapshot::pending_variants`].
+    pub fn load_identity(options: &LoadOptions, previous: Option<&Snapshot>) -> Result<Snapshot, LoadError> {
+        load::load_identity(options, previous)
+    }
+
+    /// The second (background) stage: a copy of `self` with the variants of
+    /// its pending files built. `None` if none were pending, or if
+    /// `superseded` said to stop (checked between files).
+    pub fn with_variants(
+        &self,
+        options: &LoadOptions,
+        superseded: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Option<Snapshot>, LoadError> {
+        load::build_variants(self, options, superseded)
+    }
+
+    /// Files whose variants the background stage has yet to build.
+    pub fn pending_variants(&self) -> usize {
+        self.stats.pending_variants
     }
 
     /// The file whose own path is `url_path` (not an index or clean URL).

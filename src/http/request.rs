@@ -42,6 +42,8 @@ pub struct RequestHead<'a> {
     /// For the access log only (kept as slices: free when logging is off).
     pub referer: Option<&'a [u8]>,
     pub user_agent: Option<&'a [u8]>,
+    /// The `Host` field's value (validated), for building redirects.
+    pub host: Option<&'a [u8]>,
     /// Length of the head in bytes, including the blank line that ends it.
     pub head_len: usize,
 }
@@ -333,6 +335,7 @@ pub fn parse_request<'a>(head: &'a [u8], limits: &Limits) -> Result<RequestHead<
         selection: SelectionHeaders::default(),
         referer: None,
         user_agent: None,
+        host: None,
         head_len: head.len(),
     };
     let mut host_count = 0usize;
@@ -348,6 +351,7 @@ pub fn parse_request<'a>(head: &'a [u8], limits: &Limits) -> Result<RequestHead<
                 if !valid_host(value) {
                     return Err(RequestError::BadRequest("invalid Host"));
                 }
+                parsed.host = Some(value);
             }
             7 if name.eq_ignore_ascii_case(b"referer") => parsed.referer = Some(value),
             10 if name.eq_ignore_ascii_case(b"connection") => {

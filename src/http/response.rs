@@ -316,6 +316,20 @@ pub fn write_redirect(out: &mut Output, location: &[u8], date: &DateLine, connec
     finish_head(out, date, connection);
 }
 
+/// Appends a `308` to `location`, which must already be a valid URI (the
+/// caller built it: [`crate::http::session::https_location`]).
+pub fn write_permanent_redirect(
+    out: &mut Output,
+    location: &[u8],
+    date: &DateLine,
+    connection: ConnectionHeader,
+) {
+    out.push(b"HTTP/1.1 308 Permanent Redirect\r\nServer: ringserve\r\nContent-Length: 0\r\nLocation: ");
+    out.push(location);
+    out.push(b"\r\n");
+    finish_head(out, date, connection);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

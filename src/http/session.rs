@@ -95,6 +95,11 @@ pub trait Observer {
     /// reported as a response, so it never reaches the access log.
     #[inline(always)]
     fn on_health_check(&mut self) {}
+
+    /// A TLS handshake ended: `completed`, or failed (an alert, or the
+    /// head deadline passed before it completed) ([`crate::tls`]).
+    #[inline(always)]
+    fn on_tls_handshake(&mut self, _completed: bool) {}
 }
 
 /// No observer: logging off, nothing to do.
@@ -114,6 +119,10 @@ pub struct Session {
     /// Requests answered so far (wrapping): lets the timeout rules see that a
     /// request ended (see [`crate::http::deadline`]).
     answered: u32,
+    /// `Some(port)`: a plain listener told to send every client to HTTPS
+    /// (`--https-redirect`): each request is answered with a `308` to the
+    /// same target on `https://` at this port (see [`https_location`]).
+    https_redirect: Option<u16>,
     /// Scratch for the normalised path, reused across requests.
     key: Vec<u8>,
 }
@@ -121,6 +130,15 @@ pub struct Session {
 impl Session {
     pub fn new() -> Self {
         Session::default()
+    }
+
+    /// A session that answers every request with a `308` to `https://` on
+    /// `https_port`.
+    pub fn redirecting(https_port: u16) -> Self {
+        Session {
+            https_redirect: Some(https_port),
+            ..Session::default()
+        }
     }
 
     /// True between requests: no partial head or body is pending.
@@ -299,6 +317,19 @@ impl Session {
             }
         };
         let keep_going = if head.close { Next::Close } else { Next::Read };
+        if let Some(port) = self.https_redirect {
+            let location = normalize_target(head.target, &mut self.key)
+                .ok()
+                .and_then(|()| https_location(head.host?, &self.key, head.target, port));
+            let Some(location) = location else {
+                response::write_error(out, Status::BadRequest, with_body, date, ConnectionHeader::Close);
+                report(Status::BadRequest, error_body(Status::BadRequest));
+                return Next::Linger;
+            };
+            response::write_permanent_redirect(out, &location, date, connection(head.close));
+            report(Status::PermanentRedirect, 0);
+            return keep_going;
+        }
         if head.method == Method::Unsupported {
             response::write_error(out, Status::MethodNotAllowed, true, date, connection(head.close));
             report(
@@ -338,6 +369,73 @@ impl Session {
         }
         keep_going
     }
+}
+
+/// `https://HOST[:PORT]/path?query` for a request to `target` with `Host:
+/// host`, or `None` if the host is not a plain name or IP literal. The host
+/// loses any port of its own and is lowercased; the path is the normalised
+/// one (`key`, as for directory redirects: never the raw target),
+/// percent-encoded; the query is the raw target's, with every byte outside
+/// the URI characters percent-encoded, so nothing raw from the request
+/// reaches the header.
+pub fn https_location(host: &[u8], key: &[u8], target: &[u8], port: u16) -> Option<Vec<u8>> {
+    let name = match host.first() {
+        Some(b'[') => {
+            let end = memchr::memchr(b']', host)?;
+            let literal = &host[1..end];
+            if literal.is_empty() || !literal.iter().all(|b| b.is_ascii_hexdigit() || b":.".contains(b)) {
+                return None;
+            }
+            let rest = &host[end + 1..];
+            if !(rest.is_empty() || (rest[0] == b':' && rest[1..].iter().all(u8::is_ascii_digit))) {
+                return None;
+            }
+            &host[..=end]
+        }
+        _ => {
+            let name_end = memchr::memchr(b':', host).unwrap_or(host.len());
+            let (name, port_part) = host.split_at(name_end);
+            if name.is_empty()
+                || name.len() > 253
+                || !name
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(b))
+                || !(port_part.is_empty() || port_part[1..].iter().all(u8::is_ascii_digit))
+            {
+                return None;
+            }
+            name
+        }
+    };
+    let query = memchr::memchr(b'?', target).map_or(&b""[..], |at| {
+        let rest = &target[at..];
+        &rest[..memchr::memchr(b'#', rest).unwrap_or(rest.len())]
+    });
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut location = Vec::with_capacity(16 + name.len() + key.len() + query.len());
+    location.extend_from_slice(b"https://");
+    location.extend_from_slice(&name.to_ascii_lowercase());
+    if port != 443 {
+        location.extend_from_slice(format!(":{port}").as_bytes());
+    }
+    if !key.starts_with(b"/") {
+        location.push(b'/');
+    }
+    for &byte in key {
+        if is_path_byte(byte) {
+            location.push(byte);
+        } else {
+            location.extend_from_slice(&[b'%', HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 15)]]);
+        }
+    }
+    for &byte in query {
+        if is_path_byte(byte) || byte == b'?' || byte == b'%' {
+            location.push(byte);
+        } else {
+            location.extend_from_slice(&[b'%', HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 15)]]);
+        }
+    }
+    Some(location)
 }
 
 /// A refused request: the error page, `Connection: close`, reported.
@@ -817,5 +915,62 @@ GET /healthz HTTP/1.0\r\n\r\n";
         for step in 1..raw.len() {
             assert_eq!(drive(&snapshot, raw, step), whole, "step {step}");
         }
+    }
+
+    #[test]
+    fn https_locations_are_built_from_validated_parts_only() {
+        let loc = |host: &[u8], target: &[u8], port| {
+            let mut key = Vec::new();
+            normalize_target(target, &mut key).unwrap();
+            https_location(host, &key, target, port).map(|l| String::from_utf8(l).unwrap())
+        };
+        assert_eq!(
+            loc(b"Example.com:80", b"/a?b=1", 443).as_deref(),
+            Some("https://example.com/a?b=1")
+        );
+        assert_eq!(
+            loc(b"example.com", b"/", 8443).as_deref(),
+            Some("https://example.com:8443/")
+        );
+        assert_eq!(
+            loc(b"[::1]:8080", b"/x", 8443).as_deref(),
+            Some("https://[::1]:8443/x")
+        );
+        assert_eq!(
+            loc(b"a", b"http://other/p?q#frag", 443).as_deref(),
+            Some("https://a/p?q")
+        );
+        assert_eq!(
+            loc(b"a", b"/%e9%22?q=<\">", 443).as_deref(),
+            Some("https://a/%E9%22?q=%3C%22%3E")
+        );
+        // The normalised path, never the raw one.
+        assert_eq!(
+            loc(b"a", b"//evil.example/../d/./e", 443).as_deref(),
+            Some("https://a/d/e")
+        );
+        for bad in [&b""[..], b"a b", b"a'b", b"[zz]", b"a:x", b"[::1]x", b"a@b"] {
+            assert_eq!(loc(bad, b"/", 443), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn a_redirecting_session_answers_every_request_with_308() {
+        let snapshot = Snapshot::from_memory(&[("/a.txt", b"hello")], 0);
+        let mut session = Session::redirecting(8443);
+        let mut out = Output::new();
+        let input = b"GET /a.txt HTTP/1.1\r\nHost: h\r\n\r\nPOST /b HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.0\r\n\r\n";
+        let progress = session.on_input(input, &snapshot, &Limits::default(), &mut out);
+        let text = String::from_utf8(out.to_vec_blocking().unwrap()).unwrap();
+        assert_eq!(
+            text.matches("HTTP/1.1 308 Permanent Redirect\r\n").count(),
+            2,
+            "{text}"
+        );
+        assert!(text.contains("Location: https://h:8443/a.txt\r\n"), "{text}");
+        assert!(text.contains("Location: https://h:8443/b\r\n"), "{text}");
+        // HTTP/1.0 without Host: nothing to redirect to.
+        assert!(text.contains("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+        assert_eq!(progress.next, Next::Linger);
     }
 }

@@ -12,6 +12,7 @@ pub enum Status {
     PartialContent,
     MovedPermanently,
     NotModified,
+    PermanentRedirect,
     BadRequest,
     Forbidden,
     NotFound,
@@ -34,6 +35,7 @@ impl Status {
             Status::Ok => 200,
             Status::PartialContent => 206,
             Status::MovedPermanently => 301,
+            Status::PermanentRedirect => 308,
             Status::NotModified => 304,
             Status::BadRequest => 400,
             Status::Forbidden => 403,
@@ -57,6 +59,7 @@ impl Status {
             Status::Ok => "OK",
             Status::PartialContent => "Partial Content",
             Status::MovedPermanently => "Moved Permanently",
+            Status::PermanentRedirect => "Permanent Redirect",
             Status::NotModified => "Not Modified",
             Status::BadRequest => "Bad Request",
             Status::Forbidden => "Forbidden",
@@ -83,6 +86,7 @@ impl Status {
             Status::Ok
                 | Status::PartialContent
                 | Status::MovedPermanently
+                | Status::PermanentRedirect
                 | Status::NotModified
                 | Status::Forbidden
                 | Status::NotFound

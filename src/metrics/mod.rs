@@ -24,11 +24,11 @@
 //!    scrape reads each counter once with a relaxed load: it never blocks or
 //!    slows a worker, and a sum may be a few events behind, never torn.
 //!
-//! TLS handshakes: once TLS exists, the handshake outcome belongs in
-//! [`WorkerMetrics`] as `tls_handshakes: [AtomicU64; 2]` (ok, failed),
-//! counted where the engine completes or abandons a handshake, and rendered
-//! in [`Metrics::render`] as `ringserve_tls_handshakes_total{result=...}`
-//! (marked `TLS` there). Not rendered before it is counted: no fake zeros.
+//! TLS handshakes are counted through the same [`Observer`] hook
+//! ([`Observer::on_tls_handshake`], called by [`crate::tls::TlsSession`]):
+//! `ok` when one completes, `failed` when one ends with an alert or at the
+//! head deadline. A client that closes its connection mid-handshake is not
+//! counted (the core never learns of it; the engine just closes).
 
 pub mod listener;
 
@@ -100,6 +100,8 @@ pub struct WorkerMetrics {
     accept_backoffs: AtomicU64,
     /// By [`TimeoutKind`], in the order of [`TimeoutKind::ALL`].
     timeouts: [AtomicU64; 3],
+    /// `[completed, failed]`.
+    tls_handshakes: [AtomicU64; 2],
 }
 
 /// Adds `by` to a counter that only the calling thread writes: a plain load
@@ -117,6 +119,12 @@ fn read(counter: &AtomicU64) -> u64 {
 }
 
 impl WorkerMetrics {
+    /// A TLS handshake completed or failed.
+    #[inline]
+    pub fn on_tls_handshake(&self, completed: bool) {
+        bump(&self.tls_handshakes[usize::from(!completed)], 1);
+    }
+
     /// One response (not a health check).
     #[inline]
     pub fn on_response(&self, exchange: &Exchange<'_>) {
@@ -199,6 +207,13 @@ impl Observer for ConnectionObserver<'_> {
             metrics.on_health_check();
         }
     }
+
+    #[inline]
+    fn on_tls_handshake(&mut self, completed: bool) {
+        if let Some(metrics) = self.metrics {
+            metrics.on_tls_handshake(completed);
+        }
+    }
 }
 
 /// Everything a scrape reports: the workers' blocks and what the process
@@ -220,6 +235,8 @@ pub struct Totals {
     pub closed: u64,
     pub accept_backoffs: u64,
     pub timeouts: [u64; 3],
+    /// `[completed, failed]`.
+    pub tls_handshakes: [u64; 2],
 }
 
 impl Metrics {
@@ -253,6 +270,9 @@ impl Metrics {
             totals.accepted += read(&worker.accepted);
             totals.accept_backoffs += read(&worker.accept_backoffs);
             for (total, counter) in totals.timeouts.iter_mut().zip(&worker.timeouts) {
+                *total += read(counter);
+            }
+            for (total, counter) in totals.tls_handshakes.iter_mut().zip(&worker.tls_handshakes) {
                 *total += read(counter);
             }
         }
@@ -328,8 +348,18 @@ impl Metrics {
                 kind.name()
             );
         }
-        // TLS: `ringserve_tls_handshakes_total{result="ok"|"failed"}` goes
-        // here once handshakes are counted (see the module doc).
+        family(
+            &mut out,
+            "ringserve_tls_handshakes_total",
+            "counter",
+            "TLS handshakes, by result: ok, or failed (an alert, or the head deadline passed first).",
+        );
+        for (result, count) in ["ok", "failed"].iter().zip(totals.tls_handshakes) {
+            let _ = writeln!(
+                out,
+                "ringserve_tls_handshakes_total{{result=\"{result}\"}} {count}"
+            );
+        }
         let reloads = self.snapshot.reloads();
         family(
             &mut out,

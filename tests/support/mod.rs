@@ -91,7 +91,10 @@ impl TestServer {
     /// A server for a snapshot loaded with `options` (its `root` is served).
     pub fn with_options(config: ServerConfig, options: &LoadOptions) -> TestServer {
         let root = options.root.as_path();
-        assert!(config.listen.ip().is_loopback(), "tests listen on loopback only");
+        assert!(
+            config.listen.iter().all(|l| l.addr.ip().is_loopback()),
+            "tests listen on loopback only"
+        );
         let snapshot =
             Snapshot::load(options).unwrap_or_else(|e| panic!("cannot load {}: {e}", root.display()));
         let engine = config.engine;
@@ -111,6 +114,11 @@ impl TestServer {
 
     pub fn engine(&self) -> EngineKind {
         self.engine
+    }
+
+    /// The running server (its addresses and kinds).
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().unwrap()
     }
 
     pub fn root(&self) -> &Path {

@@ -4,7 +4,10 @@
 //! returned [`Reaction`]s and the connection's state into submissions. What a
 //! connection holds, and why:
 //!
-//! - `session`: the sans-I/O HTTP state ([`Session`]), a few words.
+//! - `protocol`: the sans-I/O HTTP state ([`Protocol`]: a [`Session`], a
+//!   few words, or for HTTPS a boxed TLS session around one). For HTTPS,
+//!   `carry` holds ciphertext and the outbox's output is ciphertext pulled
+//!   from the protocol ([`Outbox::pull`]), file chunks included.
 //! - `carry`: received bytes that could not be answered yet: the start of a
 //!   head that spans receive buffers, or input that arrived while a response
 //!   was being sent (responses go out in order, one send at a time). Empty,
@@ -37,8 +40,10 @@ use crate::access_log::{ConnectionLog, WorkerLog};
 use crate::engine::{FILE_CHUNK_BYTES, LINGER_MAX_BYTES, READ_BUFFER_BYTES};
 use crate::files::Snapshot;
 use crate::http::response::PieceRef;
-use crate::http::{DeadlineClock, Expiry, Limits, Next, Output, Progress, Session, Timeouts};
+use crate::http::{DeadlineClock, Expiry, Limits, Next, Output, Progress, Timeouts};
 use crate::metrics::{ConnectionObserver, WorkerMetrics};
+use crate::protocol::Protocol;
+use crate::tls::{FileChunk, Pull};
 
 /// Input waiting in `carry` beyond which a connection stops receiving until
 /// its responses are sent (a client pipelining faster than it reads).
@@ -155,7 +160,7 @@ pub struct Conn {
     pub reads_paused: bool,
     /// What the session said to do once the outbox is sent.
     pub after_send: Next,
-    session: Session,
+    protocol: Protocol,
     pub carry: Carry,
     pub outbox: Option<Box<Outbox>>,
     pub timer: TimerSlot,
@@ -172,7 +177,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(fd: RawFd, peer: Option<Box<IpAddr>>, cx: &ServeContext<'_>) -> Conn {
+    pub fn new(fd: RawFd, peer: Option<Box<IpAddr>>, protocol: Protocol, cx: &ServeContext<'_>) -> Conn {
         Conn {
             fd,
             phase: Phase::Open,
@@ -185,7 +190,7 @@ impl Conn {
             close_requested: false,
             reads_paused: false,
             after_send: Next::Read,
-            session: Session::new(),
+            protocol,
             carry: if cx.own_buffers {
                 Carry::with_capacity(READ_BUFFER_BYTES)
             } else {
@@ -240,9 +245,12 @@ impl Conn {
             }
             Phase::Open => {
                 let now = cx.instant(cx.now);
-                let deadline = self
-                    .clock
-                    .for_read(&self.session, self.carry.len(), now, cx.timeouts);
+                let deadline = self.clock.for_read(
+                    self.protocol.session(),
+                    self.protocol.buffered(self.carry.len()),
+                    now,
+                    cx.timeouts,
+                );
                 (cx.millis(deadline.at), deadline.expiry)
             }
         }
@@ -321,8 +329,8 @@ impl Conn {
         let peer = self.peer();
         let progress = match fresh {
             Some(all) if self.carry.is_empty() => {
-                let data = &all[..request_limit(all, cx.batch)];
-                let progress = run_session(&mut self.session, data, cx, peer, &mut outbox.output);
+                let data = &all[..request_limit(all, cx.batch, &self.protocol)];
+                let progress = run_session(&mut self.protocol, data, cx, peer, &mut outbox.output);
                 // Only the start of a head spanning buffers (or input left
                 // after back-pressure) is copied out of the kernel buffer.
                 self.carry.extend_from_slice(&data[progress.consumed..]);
@@ -333,9 +341,9 @@ impl Conn {
                 if let Some(data) = fresh {
                     self.carry.extend_from_slice(data);
                 }
-                let limit = request_limit(&self.carry, cx.batch);
+                let limit = request_limit(&self.carry, cx.batch, &self.protocol);
                 let progress = run_session(
-                    &mut self.session,
+                    &mut self.protocol,
                     &self.carry[..limit],
                     cx,
                     peer,
@@ -359,7 +367,7 @@ impl Conn {
         {
             self.reads_paused = false;
         }
-        if outbox.output.is_empty() {
+        if !outbox.pull(&mut self.protocol) {
             pool.give(outbox);
             return match progress.next {
                 Next::Read | Next::Write => Reaction::Nothing,
@@ -379,6 +387,13 @@ impl Conn {
         outbox.on_sent(sent);
         if !outbox.is_done() {
             return Reaction::Resend;
+        }
+        if self.protocol.is_tls() {
+            outbox.output.clear();
+            outbox.sent = 0;
+            if outbox.pull(&mut self.protocol) {
+                return Reaction::Resend;
+            }
         }
         if let Some(outbox) = self.outbox.take() {
             pool.give(outbox);
@@ -403,7 +418,7 @@ impl Conn {
             }
             Next::Read | Next::Write => {
                 self.after_send = Next::Read;
-                if self.carry.is_empty() {
+                if self.carry.is_empty() && !self.protocol.has_unanswered_input() {
                     Reaction::Nothing
                 } else {
                     self.answer(None, cx, pool)
@@ -418,7 +433,10 @@ impl Conn {
         self.output_in_flight = false;
         self.send_progress = now;
         let read = usize::try_from(result).unwrap_or(0);
-        let complete = self.outbox.as_mut().is_some_and(|outbox| outbox.on_read(read));
+        let complete = self
+            .outbox
+            .as_mut()
+            .is_some_and(|outbox| outbox.on_read(read) && outbox.seal_chunk(&mut self.protocol));
         if complete {
             Reaction::Resend
         } else {
@@ -435,15 +453,20 @@ impl Conn {
         let mut outbox = pool.take();
         self.after_send = match observer(cx, self.peer()) {
             Some(mut observer) => {
-                self.session
+                self.protocol
                     .on_head_timeout(&self.carry, &mut outbox.output, &mut observer)
             }
             None => self
-                .session
+                .protocol
                 .on_head_timeout(&self.carry, &mut outbox.output, &mut ()),
         };
-        self.outbox = Some(outbox);
         self.carry.clear();
+        if !outbox.pull(&mut self.protocol) {
+            // A TLS handshake that never completed: close without a word.
+            pool.give(outbox);
+            return Reaction::Close;
+        }
+        self.outbox = Some(outbox);
         Reaction::Flush
     }
 
@@ -528,7 +551,7 @@ fn observer<'a>(cx: &ServeContext<'a>, peer: Option<IpAddr>) -> Option<Connectio
 /// Runs the session over `input`, telling the access log and the metrics if
 /// they are on.
 fn run_session(
-    session: &mut Session,
+    session: &mut Protocol,
     input: &[u8],
     cx: &ServeContext<'_>,
     peer: Option<IpAddr>,
@@ -542,9 +565,9 @@ fn run_session(
 
 /// How much of `input` the session may see at once: everything, or (batching
 /// off) up to the end of the first request head, so each response leaves in
-/// its own send.
-fn request_limit(input: &[u8], batch: bool) -> usize {
-    if batch {
+/// its own send. (Ciphertext has no heads to find: all of it.)
+fn request_limit(input: &[u8], batch: bool, protocol: &Protocol) -> usize {
+    if batch || protocol.is_tls() {
         return input.len();
     }
     // Blank lines before a request are skipped by the session; skip them here
@@ -582,6 +605,9 @@ pub struct Outbox {
     chunk_at: usize,
     iovecs: Vec<libc::iovec>,
     msghdr: libc::msghdr,
+    /// HTTPS: a file chunk to read into `chunk` and seal into `output`
+    /// before sending it ([`Pull::ReadFile`]).
+    seal: Option<FileChunk>,
 }
 
 /// The next operation an outbox needs, described (the driver turns it into
@@ -645,6 +671,7 @@ impl Outbox {
             iovecs: Vec::new(),
             // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
             msghdr: unsafe { std::mem::zeroed() },
+            seal: None,
         }
     }
 
@@ -663,6 +690,18 @@ impl Outbox {
     /// The operation points into `self`; see the type's documentation for
     /// what that requires until its completion.
     pub fn next_op(&mut self) -> OutputOp {
+        if let Some(seal) = &self.seal {
+            // HTTPS: read the chunk first; it is sealed after what `output`
+            // holds, and both go out in the next send.
+            self.chunk.clear();
+            self.chunk.reserve_exact(seal.len);
+            return OutputOp::Read {
+                fd: seal.file.as_raw_fd(),
+                buffer: self.chunk.as_mut_ptr(),
+                len: seal.len as u32,
+                offset: seal.offset,
+            };
+        }
         debug_assert!(!self.is_done());
         if let Some(bytes) = self.output.as_contiguous() {
             let rest = &bytes[self.sent..];
@@ -726,6 +765,31 @@ impl Outbox {
         OutputOp::SendMsg { msghdr: &self.msghdr }
     }
 
+    /// Asks `protocol` for more to send (HTTPS; nothing for plain HTTP):
+    /// whether the outbox now has work (bytes to send or a chunk to read).
+    pub fn pull(&mut self, protocol: &mut Protocol) -> bool {
+        match protocol.pull_output(&mut self.output) {
+            Pull::Send => true,
+            Pull::ReadFile(chunk) => {
+                self.seal = Some(chunk);
+                true
+            }
+            Pull::Done => !self.output.is_empty(),
+        }
+    }
+
+    /// After the read for `seal` completed into `chunk`: seals it into the
+    /// output; `false` if the response cannot be completed. (Plain HTTP: the
+    /// chunk is sent from where it is, nothing to do.)
+    fn seal_chunk(&mut self, protocol: &mut Protocol) -> bool {
+        if self.seal.take().is_none() {
+            return true;
+        }
+        let sealed = protocol.seal_file_chunk(&self.chunk, &mut self.output);
+        self.chunk.clear();
+        sealed
+    }
+
     /// A send took `len` bytes.
     pub fn on_sent(&mut self, len: usize) {
         self.sent += len;
@@ -785,6 +849,7 @@ impl OutboxPool {
         outbox.chunk = Vec::new();
         outbox.chunk_at = 0;
         outbox.iovecs.clear();
+        outbox.seal = None;
         self.free.push(outbox);
     }
 }

@@ -11,7 +11,9 @@
 //!    interrupts. Each loop iteration makes one `io_uring_enter`
 //!    ([`Ring::enter`]: submit everything queued and wait for at least one
 //!    completion), then handles every completion that is ready.
-//! 2. **Multishot accept** on the worker's `SO_REUSEPORT` listener (armed
+//! 2. **Multishot accept** on each of the worker's `SO_REUSEPORT` listeners
+//!    (one per configured address; each completion names its listener, and
+//!    so whether the connection speaks HTTP or HTTPS) (armed
 //!    again whenever the kernel ends it; on EMFILE/ENFILE the loop backs off
 //!    for [`ACCEPT_BACKOFF_MS`](crate::engine::ACCEPT_BACKOFF_MS) instead of
 //!    spinning). The connection cap bounds the connections *served* exactly:
@@ -41,15 +43,17 @@
 //!    of at most [`FILE_CHUNK_BYTES`](crate::engine::FILE_CHUNK_BYTES), sent
 //!    (with what follows it) before the next chunk is read ([`conn::Outbox`]).
 //!    Every iteration answers from one snapshot, refreshed from the worker's
-//!    [`SnapshotCache`] so a reload takes effect at the next iteration.
+//!    [`SnapshotCache`] so a reload takes effect at the next iteration; an
+//!    idle worker wakes once a second ([`SNAPSHOT_REFRESH_MS`]) so that it
+//!    does not keep a replaced snapshot alive while nothing happens.
 //! 5. **Timeouts without syscalls of their own**: which deadline applies
 //!    (request head → 408, keep-alive idle, send without progress → reset,
 //!    linger) is the core's rule ([`crate::http::deadline`]); the deadlines
 //!    live in a lazy queue ([`deadlines`]) checked once per iteration, and
 //!    one io_uring timeout, armed for the earliest, wakes the loop.
 //! 6. **Graceful, async close**: every end after a response is graceful
-//!    (RFC 9112 §9.6): once the last response is sent, a `Shutdown` through
-//!    the ring sends FIN, and input is received and discarded (lingering)
+//!    (RFC 9112 §9.6): once the last response is sent, `shutdown(SHUT_WR)`
+//!    sends FIN, and input is received and discarded (lingering)
 //!    until the client closes, [`LINGER_MAX_BYTES`](crate::engine::LINGER_MAX_BYTES)
 //!    or the linger deadline, so unread input never makes the kernel reset
 //!    the connection under the response's end. An armed multishot receive
@@ -58,8 +62,12 @@
 //!    completions, then submits `Close`. A connection's first receive is
 //!    single-shot, and no receive is armed while a `Connection: close`
 //!    response is sent, so a connection-per-request client costs one
-//!    receive, one send, one shutdown, the receive that sees its FIN, and one
-//!    close, with no cancel and no syscall of their own. Closes, shutdowns and
+//!    receive, one send, one `shutdown` syscall, the receive that sees its
+//!    FIN, and one close, with no cancel. The shutdown is a direct syscall,
+//!    not `IORING_OP_SHUTDOWN`: the kernel always runs that one in an io-wq
+//!    worker and looks its descriptor up only then, so after a fast close
+//!    the number could name the next accepted connection (measured: wrk saw
+//!    ~4% of `Connection: close` requests cut by a stray FIN). Closes and
 //!    cancels complete silently (`IOSQE_CQE_SKIP_SUCCESS`).
 //!
 //! Every completion names its operation and connection in `user_data`
@@ -132,6 +140,8 @@ use crate::engine::{
 use crate::files::{Snapshot, SnapshotCache};
 use crate::http::{Expiry, Limits, Timeouts};
 use crate::metrics::{WorkerMetrics, count_timeout};
+use crate::protocol::{ListenKind, Protocol};
+use crate::tls::TlsHandle;
 
 pub use self::probe::probe;
 
@@ -286,19 +296,9 @@ impl Ring {
         unsafe { self.push_unacknowledged(&entry) };
     }
 
-    /// Queues `shutdown(fd, SHUT_WR)`: the peer sees end-of-file once what
-    /// was sent before is delivered.
-    fn push_shutdown_write(&mut self, fd: RawFd, op: Op) {
-        let entry = opcode::Shutdown::new(types::Fd(fd), libc::SHUT_WR)
-            .build()
-            .user_data(op.encode());
-        // SAFETY: a shutdown takes a descriptor and a number: no memory.
-        unsafe { self.push_unacknowledged(&entry) };
-    }
-
     /// Queues `entry` with `IOSQE_CQE_SKIP_SUCCESS`: it completes silently
-    /// unless it fails, so it is not counted in flight (closes, cancels and
-    /// shutdowns, whose success tells nothing; what is queued is submitted
+    /// unless it fails, so it is not counted in flight (closes and cancels,
+    /// whose success tells nothing; what is queued is submitted
     /// before the loop returns).
     ///
     /// # Safety
@@ -313,7 +313,7 @@ impl Ring {
 
     /// Whether a completion of `kind` is counted in `in_flight`.
     fn counted(kind: OpKind) -> bool {
-        !matches!(kind, OpKind::Close | OpKind::Cancel | OpKind::Shutdown)
+        !matches!(kind, OpKind::Close | OpKind::Cancel)
     }
 
     /// The loop's one syscall: submits what is queued and, if `wait`, waits
@@ -374,6 +374,14 @@ enum AcceptState {
     Cancelling,
 }
 
+/// A listening socket of the worker and its accept.
+struct Listening {
+    /// Closed once the stop signal came and the accept has ended.
+    listener: Option<TcpListener>,
+    kind: ListenKind,
+    accept: AcceptState,
+}
+
 /// The deadline queue is compacted when it holds more than twice as many
 /// entries as there are connections, plus this many (so that a small worker
 /// does not compact on every close): amortised, a close costs O(log n).
@@ -382,6 +390,9 @@ const MIN_DEADLINES_BEFORE_COMPACTION: usize = 1024;
 /// Below this much room under the cap, accepts are single-shot: a multishot
 /// accept could take several connections in one iteration.
 const SINGLE_SHOT_ACCEPT_ROOM: usize = 64;
+/// An idle worker wakes at least this often to drop the snapshot it holds if
+/// a reload replaced it (one timeout per second: no cost on the hot path).
+const SNAPSHOT_REFRESH_MS: Millis = 1000;
 
 /// One worker's loop and everything it owns.
 ///
@@ -400,7 +411,7 @@ struct Driver {
     starved: VecDeque<SlotKey>,
     /// Accepted over the cap (a multishot accept raced the cap): served, in
     /// order, as soon as there is room.
-    waiting: VecDeque<RawFd>,
+    waiting: VecDeque<(RawFd, ListenKind)>,
     completions: Vec<(u64, i32, u32)>,
     mode: RecvMode,
     batch: bool,
@@ -413,18 +424,23 @@ struct Driver {
     grace: Duration,
     max_connections: usize,
     access_log: Option<RefCell<WorkerLog>>,
+    /// When to wake, at the latest, to pick up a reload: a worker that
+    /// sleeps in the kernel would otherwise keep the snapshot it last
+    /// served (and all its memory) alive after any number of reloads.
+    next_snapshot_refresh: Millis,
     /// This worker's counters, if metrics are on.
     metrics: Option<Arc<WorkerMetrics>>,
     worker_index: usize,
-    /// Closed once the stop signal came and the accept has ended.
-    listener: Option<TcpListener>,
+    /// One per listening address, each with its own accept.
+    listeners: Vec<Listening>,
+    /// The current certificate, for HTTPS listeners.
+    tls: Option<TlsHandle>,
     /// Holds the eventfd the stop poll watches.
     shutdown: Shutdown,
     /// The worker's clock: `now` is milliseconds since `epoch`, read once per
     /// iteration.
     epoch: Instant,
     now: Millis,
-    accept: AcceptState,
     backoff: AcceptBackoff,
     /// After a failed accept: when to accept again (`NEVER`: not paused).
     accept_resume_at: Millis,
@@ -519,13 +535,21 @@ impl Driver {
             grace: worker.shutdown_grace,
             max_connections: worker.max_connections.max(1),
             access_log: worker.access_log.take().map(RefCell::new),
+            next_snapshot_refresh: SNAPSHOT_REFRESH_MS,
             metrics: worker.metrics.clone(),
             worker_index: worker.index,
-            listener: Some(worker.listener),
+            listeners: std::mem::take(&mut worker.listeners)
+                .into_iter()
+                .map(|(listener, kind)| Listening {
+                    listener: Some(listener),
+                    kind,
+                    accept: AcceptState::Idle,
+                })
+                .collect(),
+            tls: worker.tls.take(),
             shutdown: worker.shutdown,
             epoch: Instant::now(),
             now: 0,
-            accept: AcceptState::Idle,
             backoff: AcceptBackoff::counted(worker.metrics.take()),
             accept_resume_at: NEVER,
             stopping: Stopping::Running,
@@ -591,7 +615,7 @@ impl Driver {
             debug_assert_eq!(buffers.lent_count(), 0);
             buffers.publish();
         }
-        if self.stopping != Stopping::Running && self.conns.is_empty() && self.accept == AcceptState::Idle {
+        if self.stopping != Stopping::Running && self.conns.is_empty() && self.accepts_idle() {
             self.cancel_timer();
         } else {
             self.arm_timer();
@@ -627,13 +651,13 @@ impl Driver {
                 self.ring.in_flight -= 1;
             }
             match op.kind {
-                OpKind::Accept => self.on_accept(result, flags),
+                OpKind::Accept => self.on_accept(op.key.index as usize, result, flags),
                 OpKind::StopSignal => self.on_stop_signal(),
                 OpKind::Timer => self.timer_at = NEVER,
                 OpKind::Recv => self.on_recv(op.key, result, flags),
                 OpKind::Send => self.on_send(op.key, result),
                 OpKind::Read => self.on_file_read(op.key, result),
-                OpKind::TimerUpdate | OpKind::Cancel | OpKind::Close | OpKind::Shutdown => {}
+                OpKind::TimerUpdate | OpKind::Cancel | OpKind::Close => {}
             }
         }
         completions.clear();
@@ -647,23 +671,44 @@ impl Driver {
         self.conns.len() + self.waiting.len()
     }
 
-    /// Arms, switches or cancels the accept for the room under the cap;
-    /// after the stop signal, closes the listener once the accept has ended
-    /// (new clients are refused while responses in flight finish).
+    /// Whether no listener has an accept in flight.
+    fn accepts_idle(&self) -> bool {
+        self.listeners.iter().all(|l| l.accept == AcceptState::Idle)
+    }
+
+    /// Arms, switches or cancels each listener's accept for the room under
+    /// the cap; after the stop signal, closes a listener once its accept has
+    /// ended (new clients are refused while responses in flight finish).
     fn maintain_accept(&mut self) {
-        if self.stopping != Stopping::Running && self.accept == AcceptState::Idle {
-            if let Some(listener) = self.listener.take() {
+        for index in 0..self.listeners.len() {
+            self.maintain_accept_of(index);
+        }
+    }
+
+    fn maintain_accept_of(&mut self, index: usize) {
+        let op = Op::conn(
+            OpKind::Accept,
+            SlotKey {
+                index: index as u32,
+                generation: 0,
+            },
+        );
+        let stopping = self.stopping != Stopping::Running;
+        let paused = stopping || self.accept_resume_at != NEVER;
+        let room = self.max_connections.saturating_sub(self.open_connections());
+        let multishot = room > SINGLE_SHOT_ACCEPT_ROOM;
+        let listening = &mut self.listeners[index];
+        if stopping && listening.accept == AcceptState::Idle {
+            if let Some(listener) = listening.listener.take() {
                 self.ring
                     .push_close(listener.into_raw_fd(), Op::worker(OpKind::Close));
             }
         }
-        let Some(listener_fd) = self.listener.as_ref().map(AsRawFd::as_raw_fd) else {
+        let listening = &mut self.listeners[index];
+        let Some(listener_fd) = listening.listener.as_ref().map(AsRawFd::as_raw_fd) else {
             return;
         };
-        let paused = self.stopping != Stopping::Running || self.accept_resume_at != NEVER;
-        let room = self.max_connections.saturating_sub(self.open_connections());
-        let multishot = room > SINGLE_SHOT_ACCEPT_ROOM;
-        match self.accept {
+        match listening.accept {
             AcceptState::Idle if !paused && room > 0 => {
                 let accept = if multishot {
                     opcode::AcceptMulti::new(types::Fd(listener_fd))
@@ -674,28 +719,28 @@ impl Driver {
                         .flags(libc::SOCK_CLOEXEC)
                         .build()
                 };
+                listening.accept = AcceptState::Armed { multishot };
                 // SAFETY: an accept without an address references no memory
                 // of ours; the listener is closed only after the accept's
                 // final completion.
-                unsafe {
-                    self.ring
-                        .push(&accept.user_data(Op::worker(OpKind::Accept).encode()))
-                };
-                self.accept = AcceptState::Armed { multishot };
+                unsafe { self.ring.push(&accept.user_data(op.encode())) };
             }
             AcceptState::Armed {
                 multishot: armed_multishot,
             } if paused || (armed_multishot && !multishot) => {
-                self.ring.push_cancel(Op::worker(OpKind::Accept));
-                self.accept = AcceptState::Cancelling;
+                listening.accept = AcceptState::Cancelling;
+                self.ring.push_cancel(op);
             }
             _ => {}
         }
     }
 
-    fn on_accept(&mut self, result: i32, flags: u32) {
+    fn on_accept(&mut self, index: usize, result: i32, flags: u32) {
+        let Some(kind) = self.listeners.get(index).map(|l| l.kind) else {
+            return;
+        };
         if !cqueue::more(flags) {
-            self.accept = AcceptState::Idle;
+            self.listeners[index].accept = AcceptState::Idle;
         }
         if result >= 0 {
             let fd = result;
@@ -704,9 +749,9 @@ impl Driver {
             if self.stopping != Stopping::Running {
                 self.ring.push_close(fd, Op::worker(OpKind::Close));
             } else if self.conns.len() >= self.max_connections {
-                self.waiting.push_back(fd);
+                self.waiting.push_back((fd, kind));
             } else {
-                self.start_connection(fd);
+                self.start_connection(fd, kind);
             }
         } else if result != -libc::ECANCELED {
             let error = io::Error::from_raw_os_error(-result);
@@ -717,11 +762,15 @@ impl Driver {
         self.maintain_accept();
     }
 
-    fn start_connection(&mut self, fd: RawFd) {
+    fn start_connection(&mut self, fd: RawFd, kind: ListenKind) {
+        let Some(protocol) = Protocol::new(kind, self.tls.as_ref()) else {
+            self.ring.push_close(fd, Op::worker(OpKind::Close));
+            return;
+        };
         // The peer's address is only needed for the access log (a multishot
         // accept does not report it: one getpeername per connection then).
         let peer = self.access_log.as_ref().and_then(|_| peer_ip(fd)).map(Box::new);
-        let conn = Conn::new(fd, peer, &serve_context!(self));
+        let conn = Conn::new(fd, peer, protocol, &serve_context!(self));
         let key = self.conns.insert(conn);
         if let Some(metrics) = &self.metrics {
             metrics.on_accepted();
@@ -732,10 +781,10 @@ impl Driver {
     /// Serves connections accepted over the cap, as room appears.
     fn serve_waiting(&mut self) {
         while self.conns.len() < self.max_connections {
-            let Some(fd) = self.waiting.pop_front() else {
+            let Some((fd, kind)) = self.waiting.pop_front() else {
                 return;
             };
-            self.start_connection(fd);
+            self.start_connection(fd, kind);
         }
     }
 
@@ -968,11 +1017,14 @@ impl Driver {
             }
             Reaction::Resend => self.submit_output(key),
             Reaction::StartLinger => {
-                // Through the ring: no syscall of its own. Queued after the
-                // send that completed, so the FIN follows the response; if it
-                // fails (the peer is gone), the lingering receive fails too.
-                let fd = conn.fd;
-                self.ring.push_shutdown_write(fd, Op::conn(OpKind::Shutdown, key));
+                // A direct syscall, not through the ring (see the module doc:
+                // the ring's shutdown resolves its descriptor late). After the
+                // send completed, so the FIN follows the response.
+                // SAFETY: shutdown(2) reads no memory of ours; the descriptor
+                // is open (closed only by this connection's Close).
+                if unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) } != 0 {
+                    conn.close_requested = true;
+                }
             }
             Reaction::Close => conn.close_requested = true,
         }
@@ -1088,6 +1140,10 @@ impl Driver {
                 self.abort(key, true);
             }
         }
+        if self.now >= self.next_snapshot_refresh {
+            // Waking was the point: `handle_completions` took the current one.
+            self.next_snapshot_refresh = self.now + SNAPSHOT_REFRESH_MS;
+        }
         if self.log_flush_due().is_some_and(|at| at <= self.now) {
             if let Some(log) = &self.access_log {
                 log.borrow_mut().flush();
@@ -1116,6 +1172,9 @@ impl Driver {
         if let Some(at) = self.log_flush_due() {
             // An idle worker still hands waiting lines over in time.
             next = next.min(at);
+        }
+        if self.stopping == Stopping::Running {
+            next = next.min(self.next_snapshot_refresh);
         }
         if next == NEVER || next >= self.timer_at {
             return;
@@ -1159,7 +1218,7 @@ impl Driver {
             until: self.now.saturating_add(millis(self.grace)),
         };
         self.maintain_accept();
-        while let Some(fd) = self.waiting.pop_front() {
+        while let Some((fd, _)) = self.waiting.pop_front() {
             self.ring.push_close(fd, Op::worker(OpKind::Close));
         }
         for key in self.conns.keys() {
@@ -1202,7 +1261,11 @@ impl Drop for Driver {
             // ring, dropped next, cancels it).
             std::mem::forget(self.buffers.take());
             let conns = self.conns.drain_values();
-            for fd in conns.iter().map(|conn| conn.fd).chain(self.waiting.drain(..)) {
+            for fd in conns
+                .iter()
+                .map(|conn| conn.fd)
+                .chain(self.waiting.drain(..).map(|(fd, _)| fd))
+            {
                 set_reset_on_close(fd);
                 crate::engine::shutdown_both(fd);
                 // SAFETY: the descriptor belongs to this worker alone, and no
@@ -1220,7 +1283,7 @@ impl Drop for Driver {
             // SAFETY: the descriptor belongs to this connection alone.
             unsafe { libc::close(conn.fd) };
         }
-        for fd in self.waiting.drain(..) {
+        for (fd, _) in self.waiting.drain(..) {
             // SAFETY: as above: accepted, never handed to anything else.
             unsafe { libc::close(fd) };
         }

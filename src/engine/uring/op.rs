@@ -27,8 +27,6 @@ pub enum OpKind {
     Close = 8,
     /// The read of a chunk of a file that is streamed from disk.
     Read = 9,
-    /// A connection's `shutdown(SHUT_WR)` before it lingers.
-    Shutdown = 10,
 }
 
 impl OpKind {
@@ -43,7 +41,6 @@ impl OpKind {
             7 => OpKind::Cancel,
             8 => OpKind::Close,
             9 => OpKind::Read,
-            10 => OpKind::Shutdown,
             _ => return None,
         })
     }
