@@ -282,9 +282,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         sc_suspects = [n for n, v in sc.items() if n in baseline["syscalls_per_request"]
                        and over(v, baseline["syscalls_per_request"][n], args.syscall_threshold, SYSCALL_THRESHOLD_ABS)]
         if sc_suspects:
-            log(f"{len(sc_suspects)} syscall count(s) over the threshold; measuring again")
-            again_sc = {n: v[0] for n, v in measure_syscalls().items()}
-            sc_second = {n: again_sc.get(n, sc[n]) for n in sc_suspects}
+            # At 64 connections one measurement in ~15 spiked (tokio-uring
+            # 0.47/request against 0.10-0.17), so a suspect is measured in two
+            # more rounds and the smaller figure is judged.
+            log(f"{len(sc_suspects)} syscall count(s) over the threshold; measuring again (2 rounds)")
+            again_sc = measure_syscalls(2)
+            sc_second = {n: min(again_sc.get(n, [sc[n]])) for n in sc_suspects}
     elapsed = time.time() - started
 
     regressions = []
