@@ -19,8 +19,9 @@
 //!
 //! Timings: 1 s warm-up and 2 s measurement per bench keep the whole suite
 //! near a minute on a 2-core machine; pass `--measurement-time` and
-//! `--warm-up-time` to override. `ci/bench-gate` compares a run against a
-//! saved baseline (see `docs/benchmarking.md`).
+//! `--warm-up-time` to override. Compare trees with criterion's
+//! `--save-baseline` / `--baseline` on a quiet machine; the regression gate
+//! CI runs counts instructions instead (`benches/instructions.rs`).
 
 mod support;
 

@@ -13,6 +13,7 @@
 
 use std::fs;
 use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ringserve::files::{LoadOptions, Snapshot};
 
@@ -36,6 +37,10 @@ const FILES: &[(&str, usize)] = &[
     ("book.json", 300),
 ];
 
+/// The bench files' modification time, in seconds since the epoch
+/// (2023-11-14T22:13:20Z).
+const FIXED_MTIME_SECS: u64 = 1_700_000_000;
+
 /// Writes the bench site to a fresh temporary directory, loads it, and
 /// removes the directory again.
 pub fn bench_snapshot() -> Snapshot {
@@ -47,17 +52,29 @@ pub fn bench_snapshot() -> Snapshot {
         // unrealistically kind to anything that compresses or compares.
         let body: Vec<u8> = (0..*size).map(|i| b'a' + (i * 7 % 26) as u8).collect();
         fs::write(&path, body).expect("write bench file");
+        // A fixed modification time: the ETag and Last-Modified derive from
+        // it, and a length that changed from run to run would move the
+        // instruction counts of `benches/instructions.rs` by a few.
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|file| file.set_modified(UNIX_EPOCH + Duration::from_secs(FIXED_MTIME_SECS)))
+            .expect("set bench file mtime");
     }
     let loaded = Snapshot::load(&LoadOptions::new(&root));
     let _ = fs::remove_dir_all(&root);
     loaded.expect("load bench snapshot")
 }
 
+/// A fresh directory whose name has the same length in every run: the
+/// snapshot keeps paths, and a name a digit longer shifts later heap
+/// allocations, which changes `memcpy`'s alignment paths and so moves the
+/// instruction counts of `benches/instructions.rs` by a few.
 fn scratch_dir() -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let dir = std::env::temp_dir().join(format!("ringserve-bench-{}-{nanos}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("ringserve-bench-{:010}-{nanos:09}", std::process::id()));
     fs::create_dir_all(&dir).expect("create bench root");
     dir
 }
