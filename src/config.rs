@@ -66,8 +66,9 @@ pub struct Cli {
     /// or :PORT for every IPv4 interface (0.0.0.0, like nginx's `listen PORT`);
     /// port 0 picks a free port [default: 127.0.0.1:8080, unless --tls-listen
     /// is given]. Plain HTTP; with --tls-cert and no --tls-listen, HTTPS.
-    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
-    pub listen: Option<SocketAddr>,
+    /// Repeat (or separate with commas) for several addresses.
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr, value_delimiter = ',')]
+    pub listen: Vec<SocketAddr>,
 
     /// Address and port to serve HTTPS on; repeat for several. Needs
     /// --tls-cert and --tls-key.
@@ -388,14 +389,19 @@ impl Cli {
         self.root_arg.as_deref().unwrap_or(&self.root)
     }
 
-    /// The address to listen on: `--listen`, else `-p` on 127.0.0.1, else
-    /// the default.
-    pub fn listen_addr(&self) -> SocketAddr {
-        match (self.listen, self.port) {
-            (Some(addr), _) => addr,
-            (None, Some(port)) => SocketAddr::from((PORT_HOST, port)),
-            (None, None) => DEFAULT_LISTEN.parse().expect("the default address parses"),
+    /// The plain addresses to listen on: every `--listen`, else `-p` on
+    /// 127.0.0.1, else the default.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        match (self.listen.is_empty(), self.port) {
+            (false, _) => self.listen.clone(),
+            (true, Some(port)) => vec![SocketAddr::from((PORT_HOST, port))],
+            (true, None) => vec![DEFAULT_LISTEN.parse().expect("the default address parses")],
         }
+    }
+
+    /// The first plain address ([`Cli::listen_addrs`]).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen_addrs()[0]
     }
 
     pub fn load_options(&self) -> LoadOptions {
@@ -432,14 +438,18 @@ impl Cli {
         let tls = self.tls_cert.is_some();
         // The plain address: --listen or -p (from any settings layer), or the
         // default when no HTTPS address is given either.
-        let plain_given = self.listen.is_some() || self.port.is_some();
-        let plain = (plain_given || self.tls_listen.is_empty()).then(|| self.listen_addr());
+        let plain_given = !self.listen.is_empty() || self.port.is_some();
+        let plain = if plain_given || self.tls_listen.is_empty() {
+            self.listen_addrs()
+        } else {
+            Vec::new()
+        };
         if tls && self.tls_listen.is_empty() {
             return plain.into_iter().map(Listen::https).collect();
         }
         let https_port = self.tls_listen.first().map_or(443, SocketAddr::port);
         let mut listens: Vec<Listen> = self.tls_listen.iter().map(|&addr| Listen::https(addr)).collect();
-        listens.extend(plain.map(|addr| Listen {
+        listens.extend(plain.into_iter().map(|addr| Listen {
             addr,
             kind: if self.https_redirect {
                 ListenKind::HttpRedirect { https_port }
@@ -611,6 +621,21 @@ mod tests {
         let off = Cli::try_parse_from(["ringserve"]).unwrap().server_config();
         assert_eq!(off.access_log, None, "the access log is off by default");
         assert_eq!(off.timeouts, Timeouts::default());
+    }
+
+    #[test]
+    fn listen_is_repeatable_and_takes_commas() {
+        let addr = |text: &str| text.parse::<SocketAddr>().unwrap();
+        let cli =
+            Cli::try_parse_from(["ringserve", "--listen", "127.0.0.1:1", "--listen", "[::1]:2,:3"]).unwrap();
+        assert_eq!(
+            cli.listens(),
+            [
+                Listen::http(addr("127.0.0.1:1")),
+                Listen::http(addr("[::1]:2")),
+                Listen::http(addr("0.0.0.0:3"))
+            ]
+        );
     }
 
     #[test]

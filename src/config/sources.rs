@@ -142,7 +142,16 @@ impl Cli {
             let key = long.replace('-', "_");
             let value = match long {
                 "root" => Some(toml_string(&self.root().display().to_string())),
-                "listen" => Some(toml_string(&self.listen_addr().to_string())),
+                "listen" => Some(match self.listen_addrs().as_slice() {
+                    [one] => toml_string(&one.to_string()),
+                    all => format!(
+                        "[{}]",
+                        all.iter()
+                            .map(|a| toml_string(&a.to_string()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                }),
                 _ => matches.and_then(|m| render_value(m, id, arg)),
             };
             let from = match long {
@@ -303,7 +312,7 @@ fn settle_root(cli: &mut Cli, gathered: &Gathered) -> Result<(), SettingsError> 
 /// Step 4 for the address: `--listen` and `-p` name the same thing.
 fn settle_address(cli: &mut Cli, gathered: &Gathered) -> Result<(), SettingsError> {
     let (listen, port) = (gathered.layer("listen"), gathered.layer("port"));
-    if cli.listen.is_some() && cli.port.is_some() {
+    if !cli.listen.is_empty() && cli.port.is_some() {
         if listen == port {
             let place = match listen {
                 Layer::CommandLine => "on the command line",
@@ -318,7 +327,7 @@ fn settle_address(cli: &mut Cli, gathered: &Gathered) -> Result<(), SettingsErro
         if listen > port {
             cli.port = None;
         } else {
-            cli.listen = None;
+            cli.listen.clear();
         }
     }
     Ok(())
