@@ -34,10 +34,14 @@
 //! end is an error that closes the connection.
 
 pub mod connections;
+pub(crate) mod deadlines;
 pub mod epoll;
 pub mod listener;
+pub(crate) mod policy;
 pub mod shutdown;
+pub(crate) mod slots;
 pub mod timer;
+pub mod tokio_epoll;
 mod tokio_loop;
 pub mod tokio_uring;
 pub mod uring;
@@ -85,20 +89,33 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EngineKind {
-    TokioUring,
-    Epoll,
     /// The native io_uring engine ([`uring`]).
     Uring,
+    /// The native epoll engine ([`epoll`]): `uring`'s readiness twin.
+    Epoll,
+    /// The stock `tokio-uring` runtime ([`tokio_uring`]).
+    TokioUring,
+    /// A tokio current-thread runtime on epoll ([`tokio_epoll`]):
+    /// `tokio-uring`'s readiness twin.
+    Tokio,
 }
 
 impl EngineKind {
-    pub const ALL: [EngineKind; 3] = [EngineKind::TokioUring, EngineKind::Epoll, EngineKind::Uring];
+    /// Two pairs that differ only in the I/O model: the hand-built loops
+    /// (`uring`, `epoll`) and the runtimes (`tokio-uring`, `tokio`).
+    pub const ALL: [EngineKind; 4] = [
+        EngineKind::Uring,
+        EngineKind::Epoll,
+        EngineKind::TokioUring,
+        EngineKind::Tokio,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
-            EngineKind::TokioUring => "tokio-uring",
-            EngineKind::Epoll => "epoll",
             EngineKind::Uring => "uring",
+            EngineKind::Epoll => "epoll",
+            EngineKind::TokioUring => "tokio-uring",
+            EngineKind::Tokio => "tokio",
         }
     }
 
@@ -424,9 +441,10 @@ impl Server {
 /// panic, caught by the caller) is a [`WorkerFailure`].
 fn run_worker(engine: EngineKind, worker: Worker, ready: Ready) -> io::Result<()> {
     match engine {
-        EngineKind::TokioUring => tokio_uring::run_worker(worker, ready),
-        EngineKind::Epoll => epoll::run_worker(worker, ready),
         EngineKind::Uring => uring::run_worker(worker, ready),
+        EngineKind::Epoll => epoll::run_worker(worker, ready),
+        EngineKind::TokioUring => tokio_uring::run_worker(worker, ready),
+        EngineKind::Tokio => tokio_epoll::run_worker(worker, ready),
     }
 }
 
@@ -558,9 +576,7 @@ mod tests {
         }
         let err = "iocp".parse::<EngineKind>().unwrap_err();
         assert!(
-            err.contains("tokio-uring")
-                && err.contains("epoll")
-                && err.contains("uring,") | err.ends_with("uring)"),
+            err.ends_with("(choose one of: uring, epoll, tokio-uring, tokio)"),
             "{err}"
         );
     }

@@ -31,13 +31,14 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types};
 
-use super::deadlines::{Millis, NEVER, TimerSlot};
 use super::op::OpKind;
-use crate::access_log::{ConnectionLog, WorkerLog};
+use crate::access_log::WorkerLog;
+use crate::engine::deadlines::{Millis, NEVER, TimerSlot};
+use crate::engine::policy::{self, Carry};
 use crate::engine::{FILE_CHUNK_BYTES, LINGER_MAX_BYTES, READ_BUFFER_BYTES};
 use crate::files::Snapshot;
 use crate::http::response::PieceRef;
-use crate::http::{DeadlineClock, Expiry, Limits, Next, Output, Progress, Session, Timeouts};
+use crate::http::{DeadlineClock, Expiry, Limits, Next, Output, Session, Timeouts};
 
 /// Input waiting in `carry` beyond which a connection stops receiving until
 /// its responses are sent (a client pipelining faster than it reads).
@@ -123,6 +124,11 @@ pub struct ServeContext<'a> {
 impl ServeContext<'_> {
     fn instant(&self, at: Millis) -> Instant {
         self.epoch + Duration::from_millis(at)
+    }
+
+    /// The access log and the peer, when logging is on.
+    fn observer(&self, peer: Option<IpAddr>) -> Option<(&RefCell<WorkerLog>, IpAddr)> {
+        self.log.zip(peer)
     }
 
     fn millis(&self, at: Instant) -> Millis {
@@ -319,7 +325,14 @@ impl Conn {
         let progress = match fresh {
             Some(all) if self.carry.is_empty() => {
                 let data = &all[..request_limit(all, cx.batch)];
-                let progress = run_session(&mut self.session, data, cx, peer, &mut outbox.output);
+                let progress = policy::run_session(
+                    &mut self.session,
+                    data,
+                    cx.snapshot,
+                    cx.limits,
+                    cx.observer(peer),
+                    &mut outbox.output,
+                );
                 // Only the start of a head spanning buffers (or input left
                 // after back-pressure) is copied out of the kernel buffer.
                 self.carry.extend_from_slice(&data[progress.consumed..]);
@@ -331,11 +344,12 @@ impl Conn {
                     self.carry.extend_from_slice(data);
                 }
                 let limit = request_limit(&self.carry, cx.batch);
-                let progress = run_session(
+                let progress = policy::run_session(
                     &mut self.session,
                     &self.carry[..limit],
-                    cx,
-                    peer,
+                    cx.snapshot,
+                    cx.limits,
+                    cx.observer(peer),
                     &mut outbox.output,
                 );
                 self.carry.consume(progress.consumed);
@@ -430,16 +444,13 @@ impl Conn {
             return Reaction::Close;
         }
         let mut outbox = pool.take();
-        self.after_send = match (cx.log, self.peer()) {
-            (Some(log), Some(peer)) => {
-                let mut observer = ConnectionLog { log, peer };
-                self.session
-                    .on_head_timeout(&self.carry, &mut outbox.output, &mut observer)
-            }
-            _ => self
-                .session
-                .on_head_timeout(&self.carry, &mut outbox.output, &mut ()),
-        };
+        let peer = self.peer();
+        self.after_send = policy::head_timeout(
+            &mut self.session,
+            &self.carry,
+            cx.observer(peer),
+            &mut outbox.output,
+        );
         self.outbox = Some(outbox);
         self.carry.clear();
         Reaction::Flush
@@ -454,82 +465,6 @@ impl Conn {
         if let Some(outbox) = self.outbox {
             pool.give(outbox);
         }
-    }
-}
-
-/// Received bytes kept for later, in a buffer that exists only while it holds
-/// something (a pointer's worth in every connection, not a `Vec`'s three
-/// words): most connections, most of the time, carry nothing.
-#[derive(Debug, Default)]
-// The box is the point: one word in every connection instead of three, and
-// the extra allocation happens only while bytes are carried.
-#[allow(clippy::box_collection)]
-pub struct Carry(Option<Box<Vec<u8>>>);
-
-impl Carry {
-    pub fn with_capacity(capacity: usize) -> Carry {
-        Carry(Some(Box::new(Vec::with_capacity(capacity))))
-    }
-
-    /// The buffer, created if there is none (receiving into it).
-    pub fn buffer_mut(&mut self) -> &mut Vec<u8> {
-        self.0.get_or_insert_with(Box::default)
-    }
-
-    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
-        if !bytes.is_empty() {
-            self.buffer_mut().extend_from_slice(bytes);
-        }
-    }
-
-    /// Drops the first `len` bytes.
-    pub fn consume(&mut self, len: usize) {
-        if let Some(buffer) = &mut self.0 {
-            buffer.drain(..len);
-        }
-    }
-
-    pub fn truncate(&mut self, len: usize) {
-        if let Some(buffer) = &mut self.0 {
-            buffer.truncate(len);
-        }
-    }
-
-    /// Empties it, keeping the buffer.
-    pub fn clear(&mut self) {
-        if let Some(buffer) = &mut self.0 {
-            buffer.clear();
-        }
-    }
-
-    /// Empties it and frees the buffer.
-    pub fn release(&mut self) {
-        self.0 = None;
-    }
-}
-
-impl std::ops::Deref for Carry {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        self.0.as_deref().map_or(&[], Vec::as_slice)
-    }
-}
-
-/// Runs the session over `input`, telling the access log if there is one.
-fn run_session(
-    session: &mut Session,
-    input: &[u8],
-    cx: &ServeContext<'_>,
-    peer: Option<IpAddr>,
-    output: &mut Output,
-) -> Progress {
-    match (cx.log, peer) {
-        (Some(log), Some(peer)) => {
-            let mut observer = ConnectionLog { log, peer };
-            session.on_input_observed(input, cx.snapshot, cx.limits, output, &mut observer)
-        }
-        _ => session.on_input(input, cx.snapshot, cx.limits, output),
     }
 }
 

@@ -104,9 +104,7 @@
 
 mod buffers;
 mod conn;
-mod deadlines;
 mod op;
-mod slots;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -121,10 +119,10 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use self::buffers::{BUFFER_GROUP, BufRing};
 use self::conn::{Conn, Input, OutboxPool, Phase, Reaction, RecvState, ServeContext};
-use self::deadlines::{Deadlines, Due, Millis, NEVER};
 use self::op::{Op, OpKind};
-use self::slots::{SlotKey, Slots};
 use crate::access_log::{FLUSH_INTERVAL, WorkerLog};
+use crate::engine::deadlines::{Deadlines, Due, Millis, NEVER};
+use crate::engine::slots::{SlotKey, Slots};
 use crate::engine::{
     AcceptBackoff, FaultCountdown, READ_BUFFER_BYTES, Ready, Shutdown, Worker, set_reset_on_close,
 };
@@ -368,11 +366,6 @@ enum AcceptState {
     /// Cancelled (cap near, back-off, stop); its final completion is due.
     Cancelling,
 }
-
-/// The deadline queue is compacted when it holds more than twice as many
-/// entries as there are connections, plus this many (so that a small worker
-/// does not compact on every close): amortised, a close costs O(log n).
-const MIN_DEADLINES_BEFORE_COMPACTION: usize = 1024;
 
 /// Below this much room under the cap, accepts are single-shot: a multishot
 /// accept could take several connections in one iteration.
@@ -1008,7 +1001,7 @@ impl Driver {
                     conn.release(&mut self.pool);
                 }
                 self.ring.push_close(fd, Op::conn(OpKind::Close, key));
-                if self.deadlines.len() > 2 * self.conns.len() + MIN_DEADLINES_BEFORE_COMPACTION {
+                if self.deadlines.is_sparse(self.conns.len()) {
                     let conns = &self.conns;
                     self.deadlines
                         .compact(|key| conns.get(key).map(|conn| &conn.timer));

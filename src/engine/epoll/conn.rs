@@ -1,0 +1,368 @@
+//! One connection's state in the native epoll engine, without the syscalls.
+//!
+//! The loop ([`super`]) reads and writes; this module decides what the bytes
+//! mean and what comes next. A connection holds, and why:
+//!
+//! - `session`: the sans-I/O HTTP state ([`Session`]), a few words.
+//! - `carry`: received bytes not answered yet: the start of a head that
+//!   spans reads, or input left when the session stopped for back-pressure
+//!   ([`Next::Write`]). Empty, without an allocation, between requests: the
+//!   worker reads every connection into its one receive buffer and the
+//!   request is parsed straight out of it.
+//! - `outbox`: the responses being written, taken from the worker's
+//!   [`OutboxPool`] when a request is answered and given back when the last
+//!   byte is written, so an idle connection holds no output buffer either.
+//! - `input` and `output`: what the socket is known to hold and what is
+//!   waiting to go out ([`InputState`], [`OutputState`]): the two questions
+//!   a readiness loop asks on every event, as explicit states.
+//!
+//! A connection does not read while its output is pending: the client's
+//! next requests wait in the kernel's receive buffer (back-pressure without
+//! a buffer of ours), and every response to one read leaves in one write.
+//!
+//! Which deadline applies is the core's decision ([`DeadlineClock`]): the
+//! send deadline while output is pending, counted from the last progress;
+//! otherwise the read deadline for the session's state and what is carried.
+
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use super::outbox::{Outbox, OutboxPool};
+use crate::access_log::WorkerLog;
+use crate::engine::LINGER_MAX_BYTES;
+use crate::engine::deadlines::{Millis, NEVER, TimerSlot};
+use crate::engine::policy::{self, Carry};
+use crate::files::Snapshot;
+use crate::http::{DeadlineClock, Expiry, Limits, Next, Session, Timeouts};
+
+/// What the socket is known to hold for us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputState {
+    /// Everything the socket had was read: wait for the next readiness edge.
+    Drained,
+    /// The socket may hold input (an edge came, or reading stopped before
+    /// it was empty): read as soon as the connection may
+    /// ([`Conn::may_read`]). A connection that may not read now (its output
+    /// is pending) stays here: that is its read pause, and finishing the
+    /// output is what resumes it.
+    Readable,
+    /// The peer shut down its sending side (the event said `EPOLLRDHUP` or
+    /// `EPOLLHUP`): read until end-of-file. A short read does not mean the
+    /// socket is empty here: the end-of-file behind the data brings no new
+    /// edge.
+    ReadableToEnd,
+    /// The peer sent end-of-file (or reading failed): never read again.
+    Eof,
+}
+
+/// What is waiting to be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputState {
+    /// Nothing (no outbox).
+    Idle,
+    /// An outbox is waiting, and the connection is in this iteration's flush
+    /// list: all responses to one read leave in one write.
+    Queued,
+    /// A write was short: wait for the socket to become writable.
+    Blocked,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading requests and answering them.
+    Open,
+    /// The last response is written and the sending side shut down: input
+    /// is read and discarded until the peer closes, [`LINGER_MAX_BYTES`] or
+    /// the linger deadline (counted from the end of the last write).
+    Lingering { discarded: u32 },
+}
+
+/// What the loop must do after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Reaction {
+    Nothing,
+    /// Output is waiting: queue it for this iteration's flush.
+    Flush,
+    /// Shut down the sending side; the connection now lingers.
+    StartLinger,
+    /// Close the connection now.
+    Close,
+}
+
+/// What every connection of a worker shares when answering: lent to a
+/// connection for one event (a field of the loop, so it borrows apart from
+/// the connection table).
+#[derive(Debug)]
+pub struct Serving {
+    /// The snapshot this iteration answers from.
+    pub snapshot: std::sync::Arc<Snapshot>,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    /// The worker's access log, if logging is on.
+    pub log: Option<std::cell::RefCell<WorkerLog>>,
+    pub pool: OutboxPool,
+    /// The worker's clock: `now` is milliseconds since `epoch`, read once
+    /// per iteration.
+    pub epoch: Instant,
+    pub now: Millis,
+}
+
+impl Serving {
+    pub fn instant(&self, at: Millis) -> Instant {
+        self.epoch + Duration::from_millis(at)
+    }
+
+    pub fn millis(&self, at: Instant) -> Millis {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(NEVER - 1)
+    }
+}
+
+#[derive(Debug)]
+pub struct Conn {
+    fd: OwnedFd,
+    pub phase: Phase,
+    pub input: InputState,
+    pub output: OutputState,
+    /// What the session said to do once the outbox is written.
+    after_send: Next,
+    /// What happens if the current deadline passes.
+    pub expiry: Expiry,
+    session: Session,
+    carry: Carry,
+    outbox: Option<Box<Outbox>>,
+    pub timer: TimerSlot,
+    /// When the current request started arriving (the core's rules).
+    clock: DeadlineClock,
+    /// When the current output was queued or last made progress (or, when
+    /// lingering, when the last write completed).
+    send_progress: Millis,
+    /// The peer's address, known only when the access log is on (boxed:
+    /// every connection pays for the pointer, only logging ones for more).
+    peer: Option<Box<IpAddr>>,
+}
+
+impl Conn {
+    pub fn new(fd: OwnedFd, peer: Option<Box<IpAddr>>, serving: &Serving) -> Conn {
+        Conn {
+            fd,
+            phase: Phase::Open,
+            input: InputState::Drained,
+            output: OutputState::Idle,
+            after_send: Next::Read,
+            expiry: Expiry::Close,
+            session: Session::new(),
+            carry: Carry::default(),
+            outbox: None,
+            timer: TimerSlot::default(),
+            clock: DeadlineClock::new(serving.instant(serving.now)),
+            send_progress: serving.now,
+            peer,
+        }
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Whether the loop should read now: input may be there, and the
+    /// connection is lingering, or waiting for a request with nothing to
+    /// write.
+    pub fn may_read(&self) -> bool {
+        matches!(self.input, InputState::Readable | InputState::ReadableToEnd)
+            && match self.phase {
+                Phase::Lingering { .. } => true,
+                Phase::Open => self.outbox.is_none() && self.after_send == Next::Read,
+            }
+    }
+
+    /// Whether nothing more will happen but closing: the peer is done and
+    /// nothing is left to write.
+    pub fn is_finished(&self) -> bool {
+        self.input == InputState::Eof && self.outbox.is_none()
+    }
+
+    /// Whether output waits that is not yet queued or blocked.
+    pub fn wants_flush(&self) -> bool {
+        self.outbox.is_some() && self.output == OutputState::Idle
+    }
+
+    /// The current deadline and what its passing means (the core's rules).
+    pub fn deadline(&mut self, serving: &Serving) -> (Millis, Expiry) {
+        let timeouts = &serving.timeouts;
+        match self.phase {
+            Phase::Lingering { .. } => (
+                serving.millis(serving.instant(self.send_progress) + timeouts.linger),
+                Expiry::Close,
+            ),
+            Phase::Open if self.outbox.is_some() => {
+                let deadline = DeadlineClock::for_write(serving.instant(self.send_progress), timeouts);
+                (serving.millis(deadline.at), deadline.expiry)
+            }
+            Phase::Open => {
+                let now = serving.instant(serving.now);
+                let deadline = self
+                    .clock
+                    .for_read(&self.session, self.carry.len(), now, timeouts);
+                (serving.millis(deadline.at), deadline.expiry)
+            }
+        }
+    }
+
+    /// Bytes read from the socket (in the worker's buffer): answer them, or
+    /// discard them when lingering. Call only when [`Conn::may_read`] held.
+    pub fn on_received(&mut self, data: &[u8], serving: &mut Serving) -> Reaction {
+        match &mut self.phase {
+            Phase::Lingering { discarded } => {
+                *discarded = discarded.saturating_add(u32::try_from(data.len()).unwrap_or(u32::MAX));
+                if *discarded as usize >= LINGER_MAX_BYTES {
+                    Reaction::Close
+                } else {
+                    Reaction::Nothing
+                }
+            }
+            Phase::Open => self.answer(Some(data), serving),
+        }
+    }
+
+    /// Runs the session over `carry` followed by `fresh`, parsing straight
+    /// out of `fresh` when nothing is carried.
+    fn answer(&mut self, fresh: Option<&[u8]>, serving: &mut Serving) -> Reaction {
+        let mut outbox = self.outbox.take().unwrap_or_else(|| serving.pool.take());
+        let log = serving.log.as_ref().zip(self.peer.as_deref().copied());
+        let progress = match fresh {
+            Some(data) if self.carry.is_empty() => {
+                let progress = policy::run_session(
+                    &mut self.session,
+                    data,
+                    &serving.snapshot,
+                    &serving.limits,
+                    log,
+                    &mut outbox.output,
+                );
+                // Only the start of a head spanning reads (or input left
+                // after back-pressure) is copied out of the worker's buffer.
+                self.carry.extend_from_slice(&data[progress.consumed..]);
+                progress
+            }
+            _ => {
+                if let Some(data) = fresh {
+                    self.carry.extend_from_slice(data);
+                }
+                let progress = policy::run_session(
+                    &mut self.session,
+                    &self.carry,
+                    &serving.snapshot,
+                    &serving.limits,
+                    log,
+                    &mut outbox.output,
+                );
+                self.carry.consume(progress.consumed);
+                progress
+            }
+        };
+        if self.carry.is_empty() {
+            // Idle connections own no buffer.
+            self.carry.release();
+        }
+        self.after_send = progress.next;
+        if outbox.output.is_empty() {
+            serving.pool.give(outbox);
+            return match progress.next {
+                Next::Read | Next::Write => Reaction::Nothing,
+                // The session always answers before closing; if not, close.
+                Next::Close | Next::Linger => Reaction::Close,
+            };
+        }
+        self.outbox = Some(outbox);
+        self.send_progress = serving.now;
+        Reaction::Flush
+    }
+
+    /// Writes the outbox until it is done or the socket is full; then moves
+    /// on as the session said (answer what is carried, or linger).
+    pub fn write(&mut self, serving: &mut Serving) -> Reaction {
+        self.output = OutputState::Idle;
+        loop {
+            let Some(outbox) = self.outbox.as_mut() else {
+                return Reaction::Nothing;
+            };
+            while !outbox.is_done() {
+                match outbox.write_to(self.fd.as_raw_fd()) {
+                    Ok(_) => self.send_progress = serving.now,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        self.output = OutputState::Blocked;
+                        return Reaction::Nothing;
+                    }
+                    // The peer is gone (EPIPE, ECONNRESET), or a file ended
+                    // early and the response cannot be completed.
+                    Err(_) => return Reaction::Close,
+                }
+            }
+            if let Some(outbox) = self.outbox.take() {
+                serving.pool.give(outbox);
+            }
+            match self.after_send {
+                // Every end after a response is graceful: the client may
+                // still be sending, and closing with its input unread would
+                // reset the connection under the response's end.
+                Next::Close | Next::Linger => {
+                    self.phase = Phase::Lingering {
+                        discarded: u32::try_from(self.carry.len()).unwrap_or(u32::MAX),
+                    };
+                    self.carry.release();
+                    return Reaction::StartLinger;
+                }
+                Next::Read | Next::Write => {
+                    self.after_send = Next::Read;
+                    if self.carry.is_empty() {
+                        return Reaction::Nothing;
+                    }
+                    // Input left by back-pressure: answer it, write again.
+                    if self.answer(None, serving) == Reaction::Close {
+                        return Reaction::Close;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The request deadline passed with part of a head in `carry`: the
+    /// session answers 408, then the connection lingers and closes.
+    pub fn on_head_timeout(&mut self, serving: &mut Serving) -> Reaction {
+        if self.phase != Phase::Open || self.outbox.is_some() {
+            return Reaction::Close;
+        }
+        let mut outbox = serving.pool.take();
+        let log = serving.log.as_ref().zip(self.peer.as_deref().copied());
+        self.after_send = policy::head_timeout(&mut self.session, &self.carry, log, &mut outbox.output);
+        self.outbox = Some(outbox);
+        self.send_progress = serving.now;
+        self.carry.release();
+        Reaction::Flush
+    }
+
+    /// Hands back what the connection holds (on close); the descriptor closes.
+    pub fn release(self, pool: &mut OutboxPool) {
+        if let Some(outbox) = self.outbox {
+            pool.give(outbox);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle connection costs its slot in the table plus a few small
+    /// allocations (the session's path scratch, a deadline entry); the
+    /// engine's budget is 300 bytes of RSS in all, so the slot must stay
+    /// small.
+    #[test]
+    fn a_connection_slot_stays_small() {
+        let size = std::mem::size_of::<Conn>();
+        assert!(size <= 144, "Conn grew to {size} bytes");
+    }
+}

@@ -1,0 +1,232 @@
+//! Responses waiting to be written on one connection of the `epoll` engine,
+//! and how the next part of them is written.
+//!
+//! The output's pieces go out in order ([`Output::pieces`]): when it is one
+//! contiguous buffer (the common case), with one `send`; otherwise in-memory
+//! pieces (staged heads, the snapshot's refcounted bodies) with one
+//! `sendmsg` of up to [`MAX_IOVECS`] slices, and a file range
+//! ([`crate::http::response::Piece::File`], a body too large for memory)
+//! with `sendfile(2)`, straight from the page cache to the socket: no chunk
+//! buffer, no copy through user space (what nginx does). A write that the
+//! socket takes only in part leaves [`Outbox::sent`] where it stopped; the
+//! loop writes again when the socket is writable.
+//!
+//! Nothing here is lent to the kernel beyond one call (readiness I/O is
+//! synchronous), so an outbox may move freely; it is boxed only to keep the
+//! connection small, and pooled so a busy worker does not allocate one per
+//! response.
+
+use std::io::{self, IoSlice};
+use std::os::fd::RawFd;
+
+use super::sys;
+use crate::http::Output;
+use crate::http::response::PieceRef;
+
+/// Most slices one `sendmsg` carries (Linux's `IOV_MAX`); the rest goes in
+/// the next write.
+const MAX_IOVECS: usize = 1024;
+/// Most bytes one `sendfile` call is asked for: a large file on a fast
+/// client is written in several calls, so other connections of the worker
+/// get their turn in between (the socket's buffer bounds a call anyway).
+const MAX_SENDFILE_BYTES: usize = 1 << 20;
+/// Outboxes kept for reuse per worker, and the largest staging buffer kept.
+const MAX_POOLED_OUTBOXES: usize = 512;
+const MAX_POOLED_OUTPUT_BYTES: usize = 32 * 1024;
+
+#[derive(Debug, Default)]
+pub struct Outbox {
+    pub output: Output,
+    /// Bytes of `output` already written.
+    sent: usize,
+}
+
+impl Outbox {
+    /// Whether every byte has been written.
+    pub fn is_done(&self) -> bool {
+        self.sent >= self.output.len()
+    }
+
+    /// Makes one write of what is left (one `send`, `sendmsg` or
+    /// `sendfile`); returns the bytes written, never 0. `WouldBlock` when the
+    /// socket is full; [`io::ErrorKind::UnexpectedEof`] when a file ended
+    /// before its range did (it shrank since the snapshot was built: the
+    /// response can no longer be completed); other errors are the peer's.
+    /// Call only while bytes are left.
+    pub fn write_to(&mut self, socket: RawFd) -> io::Result<usize> {
+        debug_assert!(!self.is_done());
+        let written = if let Some(bytes) = self.output.as_contiguous() {
+            sys::send(socket, &bytes[self.sent..])?
+        } else {
+            self.write_pieces(socket)?
+        };
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        self.sent += written;
+        Ok(written)
+    }
+
+    /// The in-memory pieces from `sent` up to the next file range in one
+    /// `sendmsg`, or, when the next bytes are in a file, one `sendfile`.
+    fn write_pieces(&self, socket: RawFd) -> io::Result<usize> {
+        let mut slices: Vec<IoSlice<'_>> = Vec::new();
+        let mut start = 0;
+        for piece in self.output.pieces() {
+            let piece_len = match piece {
+                PieceRef::Bytes(bytes) => bytes.len(),
+                PieceRef::File(range) => usize::try_from(range.len).unwrap_or(usize::MAX),
+            };
+            let end = start + piece_len;
+            if end <= self.sent {
+                start = end;
+                continue;
+            }
+            let skip = self.sent.max(start) - start;
+            match piece {
+                PieceRef::Bytes(bytes) => slices.push(IoSlice::new(&bytes[skip..])),
+                PieceRef::File(_) if !slices.is_empty() => break,
+                PieceRef::File(range) => {
+                    let want = (piece_len - skip).min(MAX_SENDFILE_BYTES);
+                    let n = sys::sendfile(socket, &range.file, range.offset + skip as u64, want)?;
+                    if n == 0 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                    return Ok(n);
+                }
+            }
+            if slices.len() == MAX_IOVECS {
+                break;
+            }
+            start = end;
+        }
+        match slices[..] {
+            [single] => sys::send(socket, &single),
+            _ => sys::send_vectored(socket, &slices),
+        }
+    }
+}
+
+/// Outboxes of connections that have nothing to send, for reuse.
+#[derive(Debug, Default)]
+pub struct OutboxPool {
+    /// Boxed on purpose: connections hold outboxes by `Box` (one word in
+    /// every connection), and pooling the boxes saves an allocation.
+    #[allow(clippy::vec_box)]
+    free: Vec<Box<Outbox>>,
+}
+
+impl OutboxPool {
+    pub fn take(&mut self) -> Box<Outbox> {
+        self.free.pop().unwrap_or_default()
+    }
+
+    pub fn give(&mut self, mut outbox: Box<Outbox>) {
+        if self.free.len() >= MAX_POOLED_OUTBOXES || outbox.output.staged_capacity() > MAX_POOLED_OUTPUT_BYTES
+        {
+            return;
+        }
+        outbox.output.clear();
+        outbox.sent = 0;
+        self.free.push(outbox);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::io::{Read, Write as _};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    use bytes::Bytes;
+
+    use crate::files::{Body, DiskFile, FileIdentity};
+
+    fn disk_body(bytes: &[u8]) -> (Body, std::path::PathBuf) {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "ringserve-epoll-outbox-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::File::create(&path).unwrap().write_all(bytes).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let identity = FileIdentity::of(&file.metadata().unwrap());
+        let body = Body::Disk(DiskFile {
+            file: std::sync::Arc::new(file),
+            len: bytes.len() as u64,
+            identity,
+        });
+        (body, path)
+    }
+
+    /// Writes the whole outbox into a socket pair, reading the other end as
+    /// it goes (a small socket buffer makes every write short).
+    fn drain(outbox: &mut Outbox) -> io::Result<Vec<u8>> {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        let mut received = Vec::new();
+        let mut buffer = vec![0; 64 * 1024];
+        while !outbox.is_done() {
+            match outbox.write_to(ours.as_raw_fd()) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            while let Ok(n) = theirs.read(&mut buffer) {
+                received.extend_from_slice(&buffer[..n]);
+            }
+        }
+        drop(ours);
+        theirs.set_nonblocking(false).unwrap();
+        theirs.read_to_end(&mut received).unwrap();
+        Ok(received)
+    }
+
+    #[test]
+    fn pieces_and_file_ranges_go_out_in_order() {
+        let content: Vec<u8> = (0..3 * 1024 * 1024 + 17).map(|i| (i % 251) as u8).collect();
+        let (body, path) = disk_body(&content);
+        let shared = Bytes::from(vec![b's'; 20_000]);
+        let mut outbox = OutboxPool::default().take();
+        outbox.output.push(b"HEAD1\r\n\r\n");
+        outbox.output.push_whole_body(&body);
+        outbox.output.push(b"HEAD2\r\n\r\n");
+        outbox.output.push_body(&shared);
+        outbox.output.push(b"HEAD3\r\n\r\n");
+        outbox.output.push_body_range(&body, 1000, 10);
+        let mut expected = b"HEAD1\r\n\r\n".to_vec();
+        expected.extend_from_slice(&content);
+        expected.extend_from_slice(b"HEAD2\r\n\r\n");
+        expected.extend_from_slice(&shared);
+        expected.extend_from_slice(b"HEAD3\r\n\r\n");
+        expected.extend_from_slice(&content[1000..1010]);
+        let sent = drain(&mut outbox).unwrap();
+        assert!(
+            sent == expected,
+            "bytes differ ({} sent, {} expected)",
+            sent.len(),
+            expected.len()
+        );
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_file_cut_short_fails_the_response() {
+        let (body, path) = disk_body(&[1u8; 1000]);
+        let Body::Disk(disk) = &body else { unreachable!() };
+        let longer = Body::Disk(DiskFile {
+            file: disk.file.clone(),
+            len: 5000,
+            identity: disk.identity,
+        });
+        let mut outbox = Outbox::default();
+        outbox.output.push_whole_body(&longer);
+        let error = drain(&mut outbox).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+        let _ = std::fs::remove_file(path);
+    }
+}
