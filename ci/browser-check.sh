@@ -55,7 +55,7 @@ chromium_run() {
 
 engines=("$@")
 if [ ${#engines[@]} -eq 0 ]; then
-    engines=(tokio-uring epoll uring)
+    engines=(uring epoll tokio-uring tokio)
 fi
 
 started=$(date +%s)

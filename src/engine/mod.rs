@@ -9,20 +9,29 @@
 //! input and answers that batch from it. Every engine drives the same sans-I/O core
 //! ([`crate::http::Session`]); they differ only in how bytes move:
 //!
-//! - [`tokio_uring`]: the stock `tokio-uring` 0.5 runtime, one ring per
-//!   worker; accept, read and write are io_uring completions.
-//! - [`epoll`]: a tokio current-thread runtime per worker (readiness, epoll),
-//!   the same structure otherwise, so the two compare fairly.
+//! Two pairs, each differing only in the I/O model:
+//!
 //! - [`uring`]: a native io_uring loop per worker on the `io-uring` crate:
 //!   one `io_uring_enter` per iteration, multishot accept and receive,
 //!   provided buffers, batched sends, async close.
+//! - [`epoll`]: a native epoll loop per worker on `libc`, `uring`'s readiness
+//!   twin: edge-triggered, one receive buffer per worker, batched writes,
+//!   `sendfile` for files too large for memory.
+//! - [`tokio_uring`]: the stock `tokio-uring` 0.5 runtime, one ring per
+//!   worker; accept, read and write are io_uring completions.
+//! - [`tokio_epoll`] (`--engine tokio`): a tokio current-thread runtime per
+//!   worker (readiness, epoll), the same structure otherwise, so the two
+//!   compare fairly.
 //!
 //! An engine is a module with one entry point, `run_worker(Worker, Ready)`.
-//! The two tokio-based engines share their worker and connection loops
-//! ([`tokio_loop`]) and implement only its I/O traits; both wait for the
-//! core's deadlines ([`crate::http::deadline`]) with one tokio timer per
-//! connection ([`timer`]). [`connections`] caps and drains a worker's
-//! connections; [`AcceptBackoff`] pauses accepting when descriptors run out.
+//! The two native engines share their connection policy ([`policy`]), the
+//! lazy deadline queue ([`deadlines`]) and the connection table
+//! ([`slots`]). The two tokio-based engines share their worker and
+//! connection loops ([`tokio_loop`]) and implement only its I/O traits; both
+//! wait for the core's deadlines ([`crate::http::deadline`]) with one tokio
+//! timer per connection ([`timer`]). [`connections`] caps and drains a
+//! tokio worker's connections; [`AcceptBackoff`] pauses accepting when
+//! descriptors run out, in every engine.
 //!
 //! What every engine must do with the core's output
 //! ([`crate::http::Output`]): send its pieces in order. A
@@ -30,8 +39,10 @@
 //! [`crate::http::response::Piece::File`] (the body, or part of it, of a file
 //! too large for memory) is read from its file at its offset in chunks of at
 //! most [`FILE_CHUNK_BYTES`], each chunk sent before the next is read, so a
-//! connection holds at most one chunk; a read of 0 bytes before the range's
-//! end is an error that closes the connection.
+//! connection holds at most one chunk (the `epoll` engine instead hands the
+//! range to `sendfile(2)`, which copies from the page cache in the kernel and
+//! holds no chunk at all); a read of 0 bytes before the range's end is an
+//! error that closes the connection.
 
 pub mod connections;
 pub(crate) mod deadlines;
