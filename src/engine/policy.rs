@@ -1,21 +1,134 @@
-//! Connection policy shared by the native engines (`uring`, `epoll`):
-//! decisions about a connection that do not depend on how bytes move.
+//! Connection policy shared by the native engines (`uring`, `epoll`): what a
+//! connection decides, whatever moves its bytes. The engines' loops say only
+//! how bytes and completions or readiness move; the rules are here, once.
 //!
-//! What lives here, and why once:
+//! What lives here:
+//! - [`Serving`]: what every connection of a worker answers with (snapshot,
+//!   limits, timeouts, access log, the worker's clock), one field of each
+//!   loop, lent to a connection for one event.
 //! - [`Carry`]: the received bytes a connection keeps between reads (the
 //!   start of a head that spans reads); nothing, not even an allocation,
 //!   while idle, so an idle connection owns no receive buffer.
-//! - [`run_session`] and [`head_timeout`]: running the sans-I/O core over
-//!   input, with the access-log hook ([`ConnectionLog`]) when logging is on.
-//! - the deadline queue ([`crate::engine::deadlines`]) and the connection
-//!   table ([`crate::engine::slots`]) are their own modules, used by both.
+//! - [`answer`]: running the sans-I/O core over carried and fresh input,
+//!   keeping only what it did not consume, with the access-log hook
+//!   ([`ConnectionLog`]) when logging is on; [`head_timeout`] for the 408.
+//! - [`ends_after_output`] and [`Lingering`]: what a session's [`Next`]
+//!   means once its output is written (read on, or shut down the sending
+//!   side and linger: read and discard within bounds, then close).
+//! - [`Serving::deadline`]: which deadline governs a connection in each of
+//!   its states ([`Waiting`]), by the core's rules
+//!   ([`crate::http::deadline`]), on the worker's millisecond clock.
+//! - the lazy deadline queue ([`crate::engine::deadlines`]), the connection
+//!   table ([`crate::engine::slots`]), the cap and the accept back-off
+//!   ([`crate::engine::AcceptBackoff`]) are their own modules, used by both.
 
 use std::cell::RefCell;
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::access_log::{ConnectionLog, WorkerLog};
+use crate::engine::LINGER_MAX_BYTES;
+use crate::engine::deadlines::{Millis, NEVER};
 use crate::files::Snapshot;
-use crate::http::{Limits, Next, Output, Progress, Session};
+use crate::http::{DeadlineClock, Expiry, Limits, Next, Output, Progress, Session, Timeouts};
+
+/// What every connection of a worker shares when answering.
+#[derive(Debug)]
+pub struct Serving {
+    /// The snapshot this loop iteration answers from.
+    pub snapshot: Arc<Snapshot>,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    /// The worker's access log, if logging is on.
+    pub log: Option<RefCell<WorkerLog>>,
+    /// The worker's clock: `now` is milliseconds since `epoch`, read once
+    /// per loop iteration.
+    pub epoch: Instant,
+    pub now: Millis,
+}
+
+/// What a connection is waiting for, which decides its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// Nothing: it is being closed.
+    Nothing,
+    /// Its output to be taken by the socket, last progress at `since`.
+    Output { since: Millis },
+    /// Input to discard, since its last output was written at `since`.
+    Lingering { since: Millis },
+    /// A request (or the rest of one).
+    Input,
+}
+
+impl Serving {
+    pub fn new(
+        snapshot: Arc<Snapshot>,
+        limits: Limits,
+        timeouts: Timeouts,
+        log: Option<WorkerLog>,
+    ) -> Serving {
+        Serving {
+            snapshot,
+            limits,
+            timeouts,
+            log: log.map(RefCell::new),
+            epoch: Instant::now(),
+            now: 0,
+        }
+    }
+
+    /// Reads the clock (once per loop iteration).
+    pub fn tick(&mut self) {
+        self.now = millis(self.epoch.elapsed());
+    }
+
+    pub fn instant(&self, at: Millis) -> Instant {
+        self.epoch + Duration::from_millis(at)
+    }
+
+    pub fn millis(&self, at: Instant) -> Millis {
+        millis(at.saturating_duration_since(self.epoch))
+    }
+
+    /// The access log and the peer, when logging is on.
+    pub fn observer(&self, peer: Option<IpAddr>) -> Option<(&RefCell<WorkerLog>, IpAddr)> {
+        self.log.as_ref().zip(peer)
+    }
+
+    /// The deadline of a connection `waiting` (`NEVER`: none) and what its
+    /// passing means: the send deadline counted from the last progress, the
+    /// linger deadline from the last write, or the core's read deadline for
+    /// the session and the `carried` bytes of a partial head.
+    pub fn deadline(
+        &self,
+        waiting: Waiting,
+        clock: &mut DeadlineClock,
+        session: &Session,
+        carried: usize,
+    ) -> (Millis, Expiry) {
+        match waiting {
+            Waiting::Nothing => (NEVER, Expiry::Close),
+            Waiting::Lingering { since } => (
+                self.millis(self.instant(since) + self.timeouts.linger),
+                Expiry::Close,
+            ),
+            Waiting::Output { since } => {
+                let deadline = DeadlineClock::for_write(self.instant(since), &self.timeouts);
+                (self.millis(deadline.at), deadline.expiry)
+            }
+            Waiting::Input => {
+                let deadline = clock.for_read(session, carried, self.instant(self.now), &self.timeouts);
+                (self.millis(deadline.at), deadline.expiry)
+            }
+        }
+    }
+}
+
+/// Milliseconds of `duration`, saturating below [`NEVER`].
+pub fn millis(duration: Duration) -> Millis {
+    u64::try_from(duration.as_millis()).unwrap_or(NEVER - 1)
+}
 
 /// Received bytes kept for later, in a buffer that exists only while it holds
 /// something (a pointer's worth in every connection, not a `Vec`'s three
@@ -74,6 +187,106 @@ impl std::ops::Deref for Carry {
     fn deref(&self) -> &[u8] {
         self.0.as_deref().map_or(&[], Vec::as_slice)
     }
+}
+
+/// Runs the session over `carry` followed by `fresh` (or over `fresh`
+/// alone, straight out of the receive buffer, when nothing is carried) and
+/// keeps in `carry` only what it did not consume: the start of a head that
+/// spans reads, or input left by back-pressure ([`Next::Write`]). With
+/// `batch` off, the session sees one request head at a time
+/// ([`request_limit`]). An emptied carry frees its buffer unless
+/// `keep_buffer` (an engine that receives into it).
+#[allow(clippy::too_many_arguments)]
+pub fn answer(
+    session: &mut Session,
+    carry: &mut Carry,
+    fresh: Option<&[u8]>,
+    serving: &Serving,
+    peer: Option<IpAddr>,
+    output: &mut Output,
+    batch: bool,
+    keep_buffer: bool,
+) -> Progress {
+    let log = serving.observer(peer);
+    let progress = match fresh {
+        Some(all) if carry.is_empty() => {
+            let data = &all[..request_limit(all, batch)];
+            let progress = run_session(session, data, &serving.snapshot, &serving.limits, log, output);
+            // Only the start of a head spanning reads (or input left after
+            // back-pressure) is copied out of the receive buffer.
+            carry.extend_from_slice(&data[progress.consumed..]);
+            carry.extend_from_slice(&all[data.len()..]);
+            progress
+        }
+        _ => {
+            if let Some(data) = fresh {
+                carry.extend_from_slice(data);
+            }
+            let limit = request_limit(carry, batch);
+            let progress = run_session(
+                session,
+                &carry[..limit],
+                &serving.snapshot,
+                &serving.limits,
+                log,
+                output,
+            );
+            carry.consume(progress.consumed);
+            progress
+        }
+    };
+    if carry.is_empty() && !keep_buffer {
+        // Idle connections own no buffer.
+        carry.release();
+    }
+    progress
+}
+
+/// Whether the connection ends once the output for `next` is written (the
+/// session answered its last request, or refused one): every such end is
+/// graceful — shut down the sending side, then [`Lingering`] — since the
+/// client may still be sending, and closing with its input unread would
+/// reset the connection under the response's end (RFC 9112 §9.6).
+/// An answer that ends the connection always has output; one without
+/// output that asks to end is closed at once.
+pub fn ends_after_output(next: Next) -> bool {
+    matches!(next, Next::Close | Next::Linger)
+}
+
+/// Input discarded while lingering, bounded by [`LINGER_MAX_BYTES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lingering {
+    discarded: u32,
+}
+
+impl Lingering {
+    /// Starts lingering with `already` bytes received and never to be read.
+    pub fn new(already: usize) -> Lingering {
+        Lingering {
+            discarded: u32::try_from(already).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// `len` more bytes discarded; `false` once the bound is reached (close).
+    pub fn discard(&mut self, len: usize) -> bool {
+        self.discarded = self
+            .discarded
+            .saturating_add(u32::try_from(len).unwrap_or(u32::MAX));
+        (self.discarded as usize) < LINGER_MAX_BYTES
+    }
+}
+
+/// How much of `input` the session may see at once: everything, or (batching
+/// off) up to the end of the first request head, so each response leaves in
+/// its own write.
+pub fn request_limit(input: &[u8], batch: bool) -> usize {
+    if batch {
+        return input.len();
+    }
+    // Blank lines before a request are skipped by the session; skip them here
+    // too, or they would be taken for the end of a head.
+    let start = input.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+    memchr::memmem::find(&input[start..], b"\r\n\r\n").map_or(input.len(), |end| start + end + 4)
 }
 
 /// Runs the session over `input`, telling the access log (`log`, with the

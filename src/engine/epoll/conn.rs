@@ -26,15 +26,11 @@
 
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::time::{Duration, Instant};
 
 use super::outbox::{Outbox, OutboxPool};
-use crate::access_log::WorkerLog;
-use crate::engine::LINGER_MAX_BYTES;
-use crate::engine::deadlines::{Millis, NEVER, TimerSlot};
-use crate::engine::policy::{self, Carry};
-use crate::files::Snapshot;
-use crate::http::{DeadlineClock, Expiry, Limits, Next, Session, Timeouts};
+use crate::engine::deadlines::{Millis, TimerSlot};
+use crate::engine::policy::{self, Carry, Lingering, Serving, Waiting};
+use crate::http::{DeadlineClock, Expiry, Next, Session};
 
 /// What the socket is known to hold for us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,9 +69,10 @@ pub enum Phase {
     /// Reading requests and answering them.
     Open,
     /// The last response is written and the sending side shut down: input
-    /// is read and discarded until the peer closes, [`LINGER_MAX_BYTES`] or
-    /// the linger deadline (counted from the end of the last write).
-    Lingering { discarded: u32 },
+    /// is read and discarded until the peer closes, the bound of
+    /// [`Lingering`] or the linger deadline (counted from the end of the
+    /// last write).
+    Lingering(Lingering),
 }
 
 /// What the loop must do after an event.
@@ -89,34 +86,6 @@ pub enum Reaction {
     StartLinger,
     /// Close the connection now.
     Close,
-}
-
-/// What every connection of a worker shares when answering: lent to a
-/// connection for one event (a field of the loop, so it borrows apart from
-/// the connection table).
-#[derive(Debug)]
-pub struct Serving {
-    /// The snapshot this iteration answers from.
-    pub snapshot: std::sync::Arc<Snapshot>,
-    pub limits: Limits,
-    pub timeouts: Timeouts,
-    /// The worker's access log, if logging is on.
-    pub log: Option<std::cell::RefCell<WorkerLog>>,
-    pub pool: OutboxPool,
-    /// The worker's clock: `now` is milliseconds since `epoch`, read once
-    /// per iteration.
-    pub epoch: Instant,
-    pub now: Millis,
-}
-
-impl Serving {
-    pub fn instant(&self, at: Millis) -> Instant {
-        self.epoch + Duration::from_millis(at)
-    }
-
-    pub fn millis(&self, at: Instant) -> Millis {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(NEVER - 1)
-    }
 }
 
 #[derive(Debug)]
@@ -172,7 +141,7 @@ impl Conn {
     pub fn may_read(&self) -> bool {
         matches!(self.input, InputState::Readable | InputState::ReadableToEnd)
             && match self.phase {
-                Phase::Lingering { .. } => true,
+                Phase::Lingering(_) => true,
                 Phase::Open => self.outbox.is_none() && self.after_send == Next::Read,
             }
     }
@@ -188,91 +157,56 @@ impl Conn {
         self.outbox.is_some() && self.output == OutputState::Idle
     }
 
-    /// The current deadline and what its passing means (the core's rules).
+    /// The current deadline and what its passing means (the shared rules).
     pub fn deadline(&mut self, serving: &Serving) -> (Millis, Expiry) {
-        let timeouts = &serving.timeouts;
-        match self.phase {
-            Phase::Lingering { .. } => (
-                serving.millis(serving.instant(self.send_progress) + timeouts.linger),
-                Expiry::Close,
-            ),
-            Phase::Open if self.outbox.is_some() => {
-                let deadline = DeadlineClock::for_write(serving.instant(self.send_progress), timeouts);
-                (serving.millis(deadline.at), deadline.expiry)
-            }
-            Phase::Open => {
-                let now = serving.instant(serving.now);
-                let deadline = self
-                    .clock
-                    .for_read(&self.session, self.carry.len(), now, timeouts);
-                (serving.millis(deadline.at), deadline.expiry)
-            }
-        }
+        let waiting = match self.phase {
+            Phase::Lingering(_) => Waiting::Lingering {
+                since: self.send_progress,
+            },
+            Phase::Open if self.outbox.is_some() => Waiting::Output {
+                since: self.send_progress,
+            },
+            Phase::Open => Waiting::Input,
+        };
+        serving.deadline(waiting, &mut self.clock, &self.session, self.carry.len())
     }
 
     /// Bytes read from the socket (in the worker's buffer): answer them, or
     /// discard them when lingering. Call only when [`Conn::may_read`] held.
-    pub fn on_received(&mut self, data: &[u8], serving: &mut Serving) -> Reaction {
+    pub fn on_received(&mut self, data: &[u8], serving: &Serving, pool: &mut OutboxPool) -> Reaction {
         match &mut self.phase {
-            Phase::Lingering { discarded } => {
-                *discarded = discarded.saturating_add(u32::try_from(data.len()).unwrap_or(u32::MAX));
-                if *discarded as usize >= LINGER_MAX_BYTES {
-                    Reaction::Close
-                } else {
+            Phase::Lingering(lingering) => {
+                if lingering.discard(data.len()) {
                     Reaction::Nothing
+                } else {
+                    Reaction::Close
                 }
             }
-            Phase::Open => self.answer(Some(data), serving),
+            Phase::Open => self.answer(Some(data), serving, pool),
         }
     }
 
-    /// Runs the session over `carry` followed by `fresh`, parsing straight
-    /// out of `fresh` when nothing is carried.
-    fn answer(&mut self, fresh: Option<&[u8]>, serving: &mut Serving) -> Reaction {
-        let mut outbox = self.outbox.take().unwrap_or_else(|| serving.pool.take());
-        let log = serving.log.as_ref().zip(self.peer.as_deref().copied());
-        let progress = match fresh {
-            Some(data) if self.carry.is_empty() => {
-                let progress = policy::run_session(
-                    &mut self.session,
-                    data,
-                    &serving.snapshot,
-                    &serving.limits,
-                    log,
-                    &mut outbox.output,
-                );
-                // Only the start of a head spanning reads (or input left
-                // after back-pressure) is copied out of the worker's buffer.
-                self.carry.extend_from_slice(&data[progress.consumed..]);
-                progress
-            }
-            _ => {
-                if let Some(data) = fresh {
-                    self.carry.extend_from_slice(data);
-                }
-                let progress = policy::run_session(
-                    &mut self.session,
-                    &self.carry,
-                    &serving.snapshot,
-                    &serving.limits,
-                    log,
-                    &mut outbox.output,
-                );
-                self.carry.consume(progress.consumed);
-                progress
-            }
-        };
-        if self.carry.is_empty() {
-            // Idle connections own no buffer.
-            self.carry.release();
-        }
+    /// Answers what is carried followed by `fresh`.
+    fn answer(&mut self, fresh: Option<&[u8]>, serving: &Serving, pool: &mut OutboxPool) -> Reaction {
+        let mut outbox = self.outbox.take().unwrap_or_else(|| pool.take());
+        let peer = self.peer.as_deref().copied();
+        let progress = policy::answer(
+            &mut self.session,
+            &mut self.carry,
+            fresh,
+            serving,
+            peer,
+            &mut outbox.output,
+            true,
+            false,
+        );
         self.after_send = progress.next;
         if outbox.output.is_empty() {
-            serving.pool.give(outbox);
-            return match progress.next {
-                Next::Read | Next::Write => Reaction::Nothing,
-                // The session always answers before closing; if not, close.
-                Next::Close | Next::Linger => Reaction::Close,
+            pool.give(outbox);
+            return if policy::ends_after_output(progress.next) {
+                Reaction::Close
+            } else {
+                Reaction::Nothing
             };
         }
         self.outbox = Some(outbox);
@@ -282,7 +216,7 @@ impl Conn {
 
     /// Writes the outbox until it is done or the socket is full; then moves
     /// on as the session said (answer what is carried, or linger).
-    pub fn write(&mut self, serving: &mut Serving) -> Reaction {
+    pub fn write(&mut self, serving: &Serving, pool: &mut OutboxPool) -> Reaction {
         self.output = OutputState::Idle;
         loop {
             let Some(outbox) = self.outbox.as_mut() else {
@@ -302,41 +236,32 @@ impl Conn {
                 }
             }
             if let Some(outbox) = self.outbox.take() {
-                serving.pool.give(outbox);
+                pool.give(outbox);
             }
-            match self.after_send {
-                // Every end after a response is graceful: the client may
-                // still be sending, and closing with its input unread would
-                // reset the connection under the response's end.
-                Next::Close | Next::Linger => {
-                    self.phase = Phase::Lingering {
-                        discarded: u32::try_from(self.carry.len()).unwrap_or(u32::MAX),
-                    };
-                    self.carry.release();
-                    return Reaction::StartLinger;
-                }
-                Next::Read | Next::Write => {
-                    self.after_send = Next::Read;
-                    if self.carry.is_empty() {
-                        return Reaction::Nothing;
-                    }
-                    // Input left by back-pressure: answer it, write again.
-                    if self.answer(None, serving) == Reaction::Close {
-                        return Reaction::Close;
-                    }
-                }
+            if policy::ends_after_output(self.after_send) {
+                self.phase = Phase::Lingering(Lingering::new(self.carry.len()));
+                self.carry.release();
+                return Reaction::StartLinger;
+            }
+            self.after_send = Next::Read;
+            if self.carry.is_empty() {
+                return Reaction::Nothing;
+            }
+            // Input left by back-pressure: answer it, write again.
+            if self.answer(None, serving, pool) == Reaction::Close {
+                return Reaction::Close;
             }
         }
     }
 
     /// The request deadline passed with part of a head in `carry`: the
     /// session answers 408, then the connection lingers and closes.
-    pub fn on_head_timeout(&mut self, serving: &mut Serving) -> Reaction {
+    pub fn on_head_timeout(&mut self, serving: &Serving, pool: &mut OutboxPool) -> Reaction {
         if self.phase != Phase::Open || self.outbox.is_some() {
             return Reaction::Close;
         }
-        let mut outbox = serving.pool.take();
-        let log = serving.log.as_ref().zip(self.peer.as_deref().copied());
+        let mut outbox = pool.take();
+        let log = serving.observer(self.peer.as_deref().copied());
         self.after_send = policy::head_timeout(&mut self.session, &self.carry, log, &mut outbox.output);
         self.outbox = Some(outbox);
         self.send_progress = serving.now;

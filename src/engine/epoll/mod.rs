@@ -55,18 +55,18 @@ mod conn;
 mod outbox;
 mod sys;
 
-use std::cell::RefCell;
 use std::io;
 use std::net::{IpAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use self::conn::{Conn, InputState, OutputState, Phase, Reaction, Serving};
+use self::conn::{Conn, InputState, OutputState, Phase, Reaction};
 use self::outbox::OutboxPool;
 use self::sys::Epoll;
 use crate::access_log::FLUSH_INTERVAL;
 use crate::engine::deadlines::{Deadlines, Due, Millis, NEVER};
+use crate::engine::policy::{Serving, millis};
 use crate::engine::slots::{SlotKey, Slots};
 use crate::engine::{AcceptBackoff, FaultCountdown, Ready, Shutdown, Worker, set_reset_on_close};
 use crate::files::SnapshotCache;
@@ -146,6 +146,7 @@ struct Driver {
     deadlines: Deadlines,
     /// What answering needs, lent to one connection at a time.
     serving: Serving,
+    pool: OutboxPool,
     /// This thread's view of the current snapshot (changed by a reload).
     snapshots: SnapshotCache,
     /// The worker's one receive buffer.
@@ -189,15 +190,13 @@ impl Driver {
             shutdown: worker.shutdown,
             conns: Slots::default(),
             deadlines: Deadlines::default(),
-            serving: Serving {
-                snapshot: worker.snapshot.current(),
-                limits: worker.limits,
-                timeouts: worker.timeouts,
-                log: worker.access_log.take().map(RefCell::new),
-                pool: OutboxPool::default(),
-                epoch: Instant::now(),
-                now: 0,
-            },
+            serving: Serving::new(
+                worker.snapshot.current(),
+                worker.limits,
+                worker.timeouts,
+                worker.access_log.take(),
+            ),
+            pool: OutboxPool::default(),
             snapshots: worker.snapshot.cache(),
             recv_buffer: vec![0; RECV_BUFFER_BYTES].into_boxed_slice(),
             events: Vec::with_capacity(EVENTS_PER_WAIT),
@@ -236,7 +235,7 @@ impl Driver {
                     return Err(io::Error::new(e.kind(), format!("epoll_wait failed: {e}")));
                 }
             }
-            self.serving.now = millis(self.serving.epoch.elapsed());
+            self.serving.tick();
             // One snapshot per iteration; a reload takes effect at the next.
             let current = self.snapshots.current();
             if !Arc::ptr_eq(current, &self.serving.snapshot) {
@@ -381,7 +380,7 @@ impl Driver {
                         // The socket is empty: new data brings a new edge.
                         conn.input = InputState::Drained;
                     }
-                    conn.on_received(&self.recv_buffer[..n], &mut self.serving)
+                    conn.on_received(&self.recv_buffer[..n], &self.serving, &mut self.pool)
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Also after a hang-up (whose end-of-file would have
@@ -426,7 +425,7 @@ impl Driver {
                 if conn.output != OutputState::Queued {
                     continue;
                 }
-                let reaction = conn.write(&mut self.serving);
+                let reaction = conn.write(&self.serving, &mut self.pool);
                 if self.react(key, reaction) {
                     self.settle(key);
                 }
@@ -486,7 +485,7 @@ impl Driver {
         if reset {
             set_reset_on_close(conn.fd());
         }
-        conn.release(&mut self.serving.pool);
+        conn.release(&mut self.pool);
         if self.deadlines.is_sparse(self.conns.len()) {
             let conns = &self.conns;
             self.deadlines
@@ -516,7 +515,7 @@ impl Driver {
                 Expiry::Close => self.close(key, false),
                 Expiry::Abort => self.close(key, true),
                 Expiry::RequestTimeout => {
-                    let reaction = conn.on_head_timeout(&mut self.serving);
+                    let reaction = conn.on_head_timeout(&self.serving, &mut self.pool);
                     if self.react(key, reaction) {
                         self.settle(key);
                     }
@@ -564,10 +563,6 @@ impl Driver {
             self.settle(key);
         }
     }
-}
-
-fn millis(duration: Duration) -> Millis {
-    u64::try_from(duration.as_millis()).unwrap_or(NEVER - 1)
 }
 
 /// The peer's address of an accepted socket.

@@ -24,21 +24,17 @@
 //! after every event: the send deadline while output is pending, otherwise
 //! the read deadline for the session's state and what is in `carry`.
 
-use std::cell::RefCell;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types};
 
 use super::op::OpKind;
-use crate::access_log::WorkerLog;
-use crate::engine::deadlines::{Millis, NEVER, TimerSlot};
-use crate::engine::policy::{self, Carry};
-use crate::engine::{FILE_CHUNK_BYTES, LINGER_MAX_BYTES, READ_BUFFER_BYTES};
-use crate::files::Snapshot;
+use crate::engine::deadlines::{Millis, TimerSlot};
+use crate::engine::policy::{self, Carry, Lingering, Serving, Waiting};
+use crate::engine::{FILE_CHUNK_BYTES, READ_BUFFER_BYTES};
 use crate::http::response::PieceRef;
-use crate::http::{DeadlineClock, Expiry, Limits, Next, Output, Session, Timeouts};
+use crate::http::{DeadlineClock, Expiry, Next, Output, Session};
 
 /// Input waiting in `carry` beyond which a connection stops receiving until
 /// its responses are sent (a client pipelining faster than it reads).
@@ -69,12 +65,15 @@ pub enum Phase {
     /// Reading requests and answering them.
     Open,
     /// Refused request answered and sending side shut down: input is read
-    /// and discarded until the peer closes, [`LINGER_MAX_BYTES`] or the
-    /// linger deadline (counted from the last send's completion).
-    Lingering { discarded: u32 },
-    /// Waiting for in-flight operations to end before the descriptor is
-    /// closed (closing while a receive is armed would not send FIN).
-    Closing,
+    /// and discarded until the peer closes, the bound of [`Lingering`] or
+    /// the linger deadline (counted from the last send's completion).
+    Lingering(Lingering),
+    /// Nothing more will happen but closing (an error, a reset, a timeout,
+    /// a refusal, or the peer is done): in-flight operations are cancelled
+    /// (`cancelled` once the cancels are queued) and the descriptor is closed
+    /// once their final completions arrived (closing while a receive is
+    /// armed would not send FIN).
+    Closing { cancelled: bool },
 }
 
 /// Received bytes, either in a kernel buffer or already appended to `carry`
@@ -102,38 +101,60 @@ pub enum Reaction {
     Close,
 }
 
-/// What every connection of a worker shares when answering.
+/// What every connection of a worker shares when answering: the shared
+/// [`Serving`] and the engine's switches. One field of the driver, lent to
+/// a connection for one event.
 #[derive(Debug)]
-pub struct ServeContext<'a> {
-    pub snapshot: &'a Snapshot,
-    pub limits: &'a Limits,
-    pub timeouts: &'a Timeouts,
-    /// The worker's access log, if logging is on.
-    pub log: Option<&'a RefCell<WorkerLog>>,
+pub struct ServeContext {
+    pub serving: Serving,
     /// One send for all answered requests (`false`: one per request, to
     /// measure what batching is worth).
     pub batch: bool,
     /// The connection receives into `carry` (no provided buffers): keep its
     /// allocation.
     pub own_buffers: bool,
-    /// The worker's clock: `now` is milliseconds since `epoch`.
-    pub epoch: Instant,
-    pub now: Millis,
 }
 
-impl ServeContext<'_> {
-    fn instant(&self, at: Millis) -> Instant {
-        self.epoch + Duration::from_millis(at)
-    }
+impl std::ops::Deref for ServeContext {
+    type Target = Serving;
 
-    /// The access log and the peer, when logging is on.
-    fn observer(&self, peer: Option<IpAddr>) -> Option<(&RefCell<WorkerLog>, IpAddr)> {
-        self.log.zip(peer)
+    fn deref(&self) -> &Serving {
+        &self.serving
     }
+}
 
-    fn millis(&self, at: Instant) -> Millis {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(NEVER - 1)
+impl std::ops::DerefMut for ServeContext {
+    fn deref_mut(&mut self) -> &mut Serving {
+        &mut self.serving
     }
+}
+
+/// What the connection may still receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputState {
+    /// Nothing received yet: the first receive is single-shot (most
+    /// `Connection: close` clients send one request, and a receive still
+    /// armed at close must be cancelled first); later ones multishot.
+    Fresh,
+    Open,
+    /// Too much input is carried (a client pipelining faster than it reads):
+    /// no receive until the responses are sent and little is carried.
+    Paused,
+    /// The peer sent end-of-file (or shutdown(SHUT_RD) during stop).
+    Eof,
+}
+
+/// Where the connection's output stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputState {
+    /// No operation in flight and none queued (an outbox may be waiting to
+    /// be queued by the driver's `settle`).
+    Idle,
+    /// Listed in the driver's flush list for this loop iteration.
+    Queued,
+    /// An operation of the outbox (a send, or the read of a file chunk) is
+    /// in flight.
+    InFlight(OpKind),
 }
 
 #[derive(Debug)]
@@ -141,21 +162,8 @@ pub struct Conn {
     pub fd: RawFd,
     pub phase: Phase,
     pub recv: RecvState,
-    /// Some input has arrived: the connection's first receive is single-shot
-    /// (most `Connection: close` clients send one request, and a receive
-    /// still armed at close must be cancelled first); later ones multishot.
-    pub received: bool,
-    /// An operation of the outbox (a send, or the read of a file chunk) is
-    /// in flight; `output_op` says which.
-    pub output_in_flight: bool,
-    pub output_op: OpKind,
-    /// Listed in the driver's flush list for this loop iteration.
-    pub queued_for_flush: bool,
-    /// The peer sent end-of-file (or shutdown(SHUT_RD) during stop).
-    pub eof: bool,
-    /// Close as soon as possible: an error, a reset, a timeout, a refusal.
-    pub close_requested: bool,
-    pub reads_paused: bool,
+    pub input: InputState,
+    pub output: OutputState,
     /// What the session said to do once the outbox is sent.
     pub after_send: Next,
     session: Session,
@@ -175,18 +183,13 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(fd: RawFd, peer: Option<Box<IpAddr>>, cx: &ServeContext<'_>) -> Conn {
+    pub fn new(fd: RawFd, peer: Option<Box<IpAddr>>, cx: &ServeContext) -> Conn {
         Conn {
             fd,
             phase: Phase::Open,
             recv: RecvState::Idle,
-            received: false,
-            output_in_flight: false,
-            output_op: OpKind::Send,
-            queued_for_flush: false,
-            eof: false,
-            close_requested: false,
-            reads_paused: false,
+            input: InputState::Fresh,
+            output: OutputState::Idle,
             after_send: Next::Read,
             session: Session::new(),
             carry: if cx.own_buffers {
@@ -209,52 +212,58 @@ impl Conn {
     /// after it would be read. A single-shot receive is armed only while
     /// waiting for a request.
     pub fn wants_recv(&self, multishot: bool) -> bool {
-        if self.recv != RecvState::Idle || self.eof || self.reads_paused || self.close_requested {
+        if self.recv != RecvState::Idle || matches!(self.input, InputState::Paused | InputState::Eof) {
             return false;
         }
         match self.phase {
-            Phase::Closing => false,
-            Phase::Lingering { .. } => true,
+            Phase::Closing { .. } => false,
+            Phase::Lingering(_) => true,
             Phase::Open => {
                 (multishot && self.after_send != Next::Close)
-                    || (!self.output_in_flight && self.outbox.is_none() && self.after_send == Next::Read)
+                    || (!self.output_in_flight() && self.outbox.is_none() && self.after_send == Next::Read)
             }
         }
     }
 
-    /// Whether nothing more will happen but closing.
-    pub fn should_close(&self) -> bool {
-        self.close_requested || (self.eof && self.outbox.is_none() && !self.output_in_flight)
+    /// Whether an operation of the outbox is in flight.
+    pub fn output_in_flight(&self) -> bool {
+        matches!(self.output, OutputState::InFlight(_))
+    }
+
+    /// Whether nothing more will happen but closing: the peer is done and
+    /// nothing is left to send.
+    pub fn is_finished(&self) -> bool {
+        self.input == InputState::Eof && self.outbox.is_none() && !self.output_in_flight()
+    }
+
+    /// Ends the connection as soon as its operations are cancelled (an
+    /// error, a reset, a timeout, a refusal).
+    pub fn request_close(&mut self) {
+        if !matches!(self.phase, Phase::Closing { .. }) {
+            self.phase = Phase::Closing { cancelled: false };
+        }
     }
 
     /// The current deadline (`NEVER`: none) and what its passing means, by
-    /// the core's rules: while output is pending, the send deadline, counted
-    /// from the last progress; otherwise the read deadline.
-    pub fn deadline(&mut self, cx: &ServeContext<'_>) -> (Millis, Expiry) {
-        match self.phase {
-            Phase::Closing => (NEVER, Expiry::Close),
-            Phase::Lingering { .. } => (
-                cx.millis(cx.instant(self.send_progress) + cx.timeouts.linger),
-                Expiry::Close,
-            ),
-            Phase::Open if self.outbox.is_some() || self.output_in_flight => {
-                let deadline = DeadlineClock::for_write(cx.instant(self.send_progress), cx.timeouts);
-                (cx.millis(deadline.at), deadline.expiry)
-            }
-            Phase::Open => {
-                let now = cx.instant(cx.now);
-                let deadline = self
-                    .clock
-                    .for_read(&self.session, self.carry.len(), now, cx.timeouts);
-                (cx.millis(deadline.at), deadline.expiry)
-            }
-        }
+    /// the shared rules.
+    pub fn deadline(&mut self, cx: &ServeContext) -> (Millis, Expiry) {
+        let waiting = match self.phase {
+            Phase::Closing { .. } => Waiting::Nothing,
+            Phase::Lingering(_) => Waiting::Lingering {
+                since: self.send_progress,
+            },
+            Phase::Open if self.outbox.is_some() || self.output_in_flight() => Waiting::Output {
+                since: self.send_progress,
+            },
+            Phase::Open => Waiting::Input,
+        };
+        cx.deadline(waiting, &mut self.clock, &self.session, self.carry.len())
     }
 
     /// Records that an output operation of kind `op` is being submitted (the
     /// first one of an outbox starts the no-progress clock).
     pub fn on_output_submitted(&mut self, op: OpKind, now: Millis) {
-        if !self.output_in_flight
+        if !self.output_in_flight()
             && self
                 .outbox
                 .as_ref()
@@ -262,30 +271,26 @@ impl Conn {
         {
             self.send_progress = now;
         }
-        self.output_in_flight = true;
-        self.output_op = op;
+        self.output = OutputState::InFlight(op);
     }
 
     /// Received bytes: answer what can be answered now, keep the rest.
-    pub fn on_received(
-        &mut self,
-        input: Input<'_>,
-        cx: &ServeContext<'_>,
-        pool: &mut OutboxPool,
-    ) -> Reaction {
+    pub fn on_received(&mut self, input: Input<'_>, cx: &ServeContext, pool: &mut OutboxPool) -> Reaction {
+        if self.input == InputState::Fresh {
+            self.input = InputState::Open;
+        }
         match &mut self.phase {
-            Phase::Closing => return Reaction::Nothing,
-            Phase::Lingering { discarded, .. } => {
+            Phase::Closing { .. } => return Reaction::Nothing,
+            Phase::Lingering(lingering) => {
                 let len = match input {
                     Input::Fresh(data) => data.len(),
                     Input::InCarry(len) => len,
                 };
-                *discarded = discarded.saturating_add(u32::try_from(len).unwrap_or(u32::MAX));
                 self.carry.clear();
-                return if *discarded as usize >= LINGER_MAX_BYTES {
-                    Reaction::Close
-                } else {
+                return if lingering.discard(len) {
                     Reaction::Nothing
+                } else {
+                    Reaction::Close
                 };
             }
             Phase::Open => {}
@@ -299,7 +304,7 @@ impl Conn {
             return Reaction::Nothing;
         }
         let can_answer_now =
-            !self.output_in_flight && self.after_send == Next::Read && (cx.batch || self.outbox.is_none());
+            !self.output_in_flight() && self.after_send == Next::Read && (cx.batch || self.outbox.is_none());
         if can_answer_now {
             let fresh = match input {
                 Input::Fresh(data) => Some(data),
@@ -319,63 +324,36 @@ impl Conn {
 
     /// Runs the session over `carry` followed by `fresh`, parsing straight
     /// out of `fresh` when nothing is carried.
-    fn answer(&mut self, fresh: Option<&[u8]>, cx: &ServeContext<'_>, pool: &mut OutboxPool) -> Reaction {
+    fn answer(&mut self, fresh: Option<&[u8]>, cx: &ServeContext, pool: &mut OutboxPool) -> Reaction {
         let mut outbox = self.outbox.take().unwrap_or_else(|| pool.take());
         let peer = self.peer();
-        let progress = match fresh {
-            Some(all) if self.carry.is_empty() => {
-                let data = &all[..request_limit(all, cx.batch)];
-                let progress = policy::run_session(
-                    &mut self.session,
-                    data,
-                    cx.snapshot,
-                    cx.limits,
-                    cx.observer(peer),
-                    &mut outbox.output,
-                );
-                // Only the start of a head spanning buffers (or input left
-                // after back-pressure) is copied out of the kernel buffer.
-                self.carry.extend_from_slice(&data[progress.consumed..]);
-                self.carry.extend_from_slice(&all[data.len()..]);
-                progress
-            }
-            _ => {
-                if let Some(data) = fresh {
-                    self.carry.extend_from_slice(data);
-                }
-                let limit = request_limit(&self.carry, cx.batch);
-                let progress = policy::run_session(
-                    &mut self.session,
-                    &self.carry[..limit],
-                    cx.snapshot,
-                    cx.limits,
-                    cx.observer(peer),
-                    &mut outbox.output,
-                );
-                self.carry.consume(progress.consumed);
-                progress
-            }
-        };
-        if self.carry.is_empty() && !cx.own_buffers {
-            // Idle connections own no buffer.
-            self.carry.release();
-        }
+        let progress = policy::answer(
+            &mut self.session,
+            &mut self.carry,
+            fresh,
+            cx,
+            peer,
+            &mut outbox.output,
+            cx.batch,
+            cx.own_buffers,
+        );
         self.after_send = progress.next;
         // Reads paused for back-pressure resume once little is carried, or
         // once the session wants more input than it has: a head larger than
         // half the carry limit (with `--max-head` above it) can only
         // complete with more bytes, and would otherwise wait for its 408.
-        if self.carry.len() <= MAX_CARRY_BYTES / 2
-            || (progress.next == Next::Read && outbox.output.is_empty())
+        if self.input == InputState::Paused
+            && (self.carry.len() <= MAX_CARRY_BYTES / 2
+                || (progress.next == Next::Read && outbox.output.is_empty()))
         {
-            self.reads_paused = false;
+            self.input = InputState::Open;
         }
         if outbox.output.is_empty() {
             pool.give(outbox);
-            return match progress.next {
-                Next::Read | Next::Write => Reaction::Nothing,
-                // The session always answers before closing; if not, close.
-                Next::Close | Next::Linger => Reaction::Close,
+            return if policy::ends_after_output(progress.next) {
+                Reaction::Close
+            } else {
+                Reaction::Nothing
             };
         }
         self.outbox = Some(outbox);
@@ -383,8 +361,8 @@ impl Conn {
     }
 
     /// A send completed with `sent` bytes.
-    pub fn on_sent(&mut self, sent: usize, cx: &ServeContext<'_>, pool: &mut OutboxPool) -> Reaction {
-        self.output_in_flight = false;
+    pub fn on_sent(&mut self, sent: usize, cx: &ServeContext, pool: &mut OutboxPool) -> Reaction {
+        self.output = OutputState::Idle;
         self.send_progress = cx.now;
         let outbox = self.outbox.as_mut().expect("a send completed without an outbox");
         outbox.on_sent(sent);
@@ -394,39 +372,30 @@ impl Conn {
         if let Some(outbox) = self.outbox.take() {
             pool.give(outbox);
         }
-        match self.after_send {
-            // Every end after a response is graceful: the client may still be
-            // sending (a body, more requests), and closing with its input
-            // unread would reset the connection under the response's end.
-            Next::Close | Next::Linger => {
-                self.phase = Phase::Lingering {
-                    discarded: u32::try_from(self.carry.len()).unwrap_or(u32::MAX),
-                };
-                if cx.own_buffers {
-                    // A single-shot receive into `carry` may be armed (a 408
-                    // is sent while the head is still awaited): empty it,
-                    // never free it under the kernel.
-                    self.carry.clear();
-                } else {
-                    self.carry.release();
-                }
-                Reaction::StartLinger
+        if policy::ends_after_output(self.after_send) {
+            self.phase = Phase::Lingering(Lingering::new(self.carry.len()));
+            if cx.own_buffers {
+                // A single-shot receive into `carry` may be armed (a 408 is
+                // sent while the head is still awaited): empty it, never
+                // free it under the kernel.
+                self.carry.clear();
+            } else {
+                self.carry.release();
             }
-            Next::Read | Next::Write => {
-                self.after_send = Next::Read;
-                if self.carry.is_empty() {
-                    Reaction::Nothing
-                } else {
-                    self.answer(None, cx, pool)
-                }
-            }
+            return Reaction::StartLinger;
+        }
+        self.after_send = Next::Read;
+        if self.carry.is_empty() {
+            Reaction::Nothing
+        } else {
+            self.answer(None, cx, pool)
         }
     }
 
     /// The read of a file chunk completed with `result` (bytes, or -errno):
     /// send the chunk, or give up on a response that cannot be completed.
     pub fn on_file_read(&mut self, result: i32, now: Millis) -> Reaction {
-        self.output_in_flight = false;
+        self.output = OutputState::Idle;
         self.send_progress = now;
         let read = usize::try_from(result).unwrap_or(0);
         let complete = self.outbox.as_mut().is_some_and(|outbox| outbox.on_read(read));
@@ -439,8 +408,8 @@ impl Conn {
 
     /// The request deadline passed with part of a head in `carry`: the
     /// session answers 408, then the connection lingers and closes.
-    pub fn on_head_timeout(&mut self, cx: &ServeContext<'_>, pool: &mut OutboxPool) -> Reaction {
-        if self.phase != Phase::Open || self.output_in_flight || self.outbox.is_some() {
+    pub fn on_head_timeout(&mut self, cx: &ServeContext, pool: &mut OutboxPool) -> Reaction {
+        if self.phase != Phase::Open || self.output_in_flight() || self.outbox.is_some() {
             return Reaction::Close;
         }
         let mut outbox = pool.take();
@@ -466,19 +435,6 @@ impl Conn {
             pool.give(outbox);
         }
     }
-}
-
-/// How much of `input` the session may see at once: everything, or (batching
-/// off) up to the end of the first request head, so each response leaves in
-/// its own send.
-fn request_limit(input: &[u8], batch: bool) -> usize {
-    if batch {
-        return input.len();
-    }
-    // Blank lines before a request are skipped by the session; skip them here
-    // too, or they would be taken for the end of a head.
-    let start = input.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
-    memchr::memmem::find(&input[start..], b"\r\n\r\n").map_or(input.len(), |end| start + end + 4)
 }
 
 /// Responses waiting to be sent, and the arguments of the operation that

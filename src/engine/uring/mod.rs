@@ -106,28 +106,30 @@ mod buffers;
 mod conn;
 mod op;
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, TcpListener};
 use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use self::buffers::{BUFFER_GROUP, BufRing};
-use self::conn::{Conn, Input, OutboxPool, Phase, Reaction, RecvState, ServeContext};
+use self::conn::{
+    Conn, Input, InputState, OutboxPool, OutputState, Phase, Reaction, RecvState, ServeContext,
+};
 use self::op::{Op, OpKind};
-use crate::access_log::{FLUSH_INTERVAL, WorkerLog};
+use crate::access_log::FLUSH_INTERVAL;
 use crate::engine::deadlines::{Deadlines, Due, Millis, NEVER};
+use crate::engine::policy::Serving;
 use crate::engine::slots::{SlotKey, Slots};
 use crate::engine::{
     AcceptBackoff, FaultCountdown, READ_BUFFER_BYTES, Ready, Shutdown, Worker, set_reset_on_close,
 };
-use crate::files::{Snapshot, SnapshotCache};
-use crate::http::{Expiry, Limits, Timeouts};
+use crate::files::SnapshotCache;
+use crate::http::Expiry;
 
 /// Submission queue entries per worker. When the queue fills mid-iteration
 /// the loop submits early (rare: one iteration queues about one entry per
@@ -338,23 +340,6 @@ fn retry_enter(error: &io::Error) -> bool {
     )
 }
 
-/// Builds the [`ServeContext`] from the driver's fields (a macro, not a
-/// method, so it borrows only those fields and not the whole driver).
-macro_rules! serve_context {
-    ($driver:ident) => {
-        ServeContext {
-            snapshot: &$driver.snapshot,
-            limits: &$driver.limits,
-            timeouts: &$driver.timeouts,
-            log: $driver.access_log.as_ref(),
-            batch: $driver.batch,
-            own_buffers: $driver.mode == RecvMode::SingleOwned,
-            epoch: $driver.epoch,
-            now: $driver.now,
-        }
-    };
-}
-
 /// The listener's accept: multishot while there is room under the connection
 /// cap, single-shot when close to it, so the cap stays exact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -391,16 +376,13 @@ struct Driver {
     waiting: VecDeque<RawFd>,
     completions: Vec<(u64, i32, u32)>,
     mode: RecvMode,
-    batch: bool,
-    /// This thread's view of the current snapshot (changed by a reload) ...
+    /// What answering needs (snapshot, limits, timeouts, access log, the
+    /// worker's clock), lent to one connection at a time.
+    cx: ServeContext,
+    /// This thread's view of the current snapshot (changed by a reload).
     snapshots: SnapshotCache,
-    /// ... and the snapshot this iteration answers from.
-    snapshot: Arc<Snapshot>,
-    limits: Limits,
-    timeouts: Timeouts,
     grace: Duration,
     max_connections: usize,
-    access_log: Option<RefCell<WorkerLog>>,
     /// When to hand the access log's buffer over next.
     next_log_flush: Millis,
     worker_index: usize,
@@ -408,10 +390,6 @@ struct Driver {
     listener: Option<TcpListener>,
     /// Holds the eventfd the stop poll watches.
     shutdown: Shutdown,
-    /// The worker's clock: `now` is milliseconds since `epoch`, read once per
-    /// iteration.
-    epoch: Instant,
-    now: Millis,
     accept: AcceptState,
     backoff: AcceptBackoff,
     /// After a failed accept: when to accept again (`NEVER`: not paused).
@@ -499,20 +477,23 @@ impl Driver {
             waiting: VecDeque::new(),
             completions: Vec::with_capacity(1024),
             mode,
-            batch: options.batch_sends,
+            cx: ServeContext {
+                serving: Serving::new(
+                    worker.snapshot.current(),
+                    worker.limits,
+                    worker.timeouts,
+                    worker.access_log.take(),
+                ),
+                batch: options.batch_sends,
+                own_buffers: mode == RecvMode::SingleOwned,
+            },
             snapshots: worker.snapshot.cache(),
-            snapshot: worker.snapshot.current(),
-            limits: worker.limits,
-            timeouts: worker.timeouts,
             grace: worker.shutdown_grace,
             max_connections: worker.max_connections.max(1),
-            access_log: worker.access_log.take().map(RefCell::new),
             next_log_flush: millis(FLUSH_INTERVAL),
             worker_index: worker.index,
             listener: Some(worker.listener),
             shutdown: worker.shutdown,
-            epoch: Instant::now(),
-            now: 0,
             accept: AcceptState::Idle,
             backoff: AcceptBackoff::default(),
             accept_resume_at: NEVER,
@@ -553,7 +534,7 @@ impl Driver {
             self.ring
                 .enter(self.starved.is_empty())
                 .map_err(|e| io::Error::new(e.kind(), format!("io_uring_enter failed: {e}")))?;
-            self.now = millis(self.epoch.elapsed());
+            self.cx.tick();
             self.handle_completions();
             self.expire_deadlines();
         }
@@ -562,7 +543,7 @@ impl Driver {
         if !self.ring.ring.submission().is_empty() {
             let _ = self.ring.ring.submit();
         }
-        if let Some(log) = &self.access_log {
+        if let Some(log) = &self.cx.log {
             log.borrow_mut().flush();
         }
         Ok(())
@@ -594,8 +575,8 @@ impl Driver {
         // One snapshot for the whole batch of completions; a reload takes
         // effect at the next iteration.
         let current = self.snapshots.current();
-        if !Arc::ptr_eq(current, &self.snapshot) {
-            self.snapshot = Arc::clone(current);
+        if !Arc::ptr_eq(current, &self.cx.snapshot) {
+            self.cx.snapshot = Arc::clone(current);
         }
         let mut completions = std::mem::take(&mut self.completions);
         completions.extend(
@@ -699,7 +680,7 @@ impl Driver {
         } else if result != -libc::ECANCELED {
             let error = io::Error::from_raw_os_error(-result);
             if let Some(pause) = self.backoff.on_error(self.worker_index, &error) {
-                self.accept_resume_at = self.now + millis(pause);
+                self.accept_resume_at = self.cx.now + millis(pause);
             }
         }
         self.maintain_accept();
@@ -708,8 +689,8 @@ impl Driver {
     fn start_connection(&mut self, fd: RawFd) {
         // The peer's address is only needed for the access log (a multishot
         // accept does not report it: one getpeername per connection then).
-        let peer = self.access_log.as_ref().and_then(|_| peer_ip(fd)).map(Box::new);
-        let conn = Conn::new(fd, peer, &serve_context!(self));
+        let peer = self.cx.log.as_ref().and_then(|_| peer_ip(fd)).map(Box::new);
+        let conn = Conn::new(fd, peer, &self.cx);
         let key = self.conns.insert(conn);
         self.settle(key);
     }
@@ -728,7 +709,7 @@ impl Driver {
 
     fn on_recv(&mut self, key: SlotKey, result: i32, flags: u32) {
         let bid = cqueue::buffer_select(flags);
-        let cx = serve_context!(self);
+        let cx = &self.cx;
         let conn = match self.conns.get_mut(key) {
             // A buffer named by a completion that carries no data (the kernel
             // should not do that, but a buffer must never leak out of the
@@ -748,16 +729,13 @@ impl Driver {
         if !cqueue::more(flags) {
             conn.recv = RecvState::Idle;
         }
-        if result > 0 {
-            conn.received = true;
-        }
         let reaction = if result > 0 {
             let len = result as usize;
             match (bid, &mut self.buffers) {
                 (Some(bid), Some(buffers)) => {
                     buffers.lend(bid);
                     let input = Input::Fresh(buffers.lent_bytes(bid, len));
-                    let reaction = conn.on_received(input, &cx, &mut self.pool);
+                    let reaction = conn.on_received(input, cx, &mut self.pool);
                     buffers.recycle(bid);
                     reaction
                 }
@@ -768,21 +746,21 @@ impl Driver {
                     // spare capacity with that capacity as its length, and
                     // the kernel wrote `len` bytes there.
                     unsafe { buffer.set_len(buffer.len() + len) };
-                    conn.on_received(Input::InCarry(len), &cx, &mut self.pool)
+                    conn.on_received(Input::InCarry(len), cx, &mut self.pool)
                 }
                 _ => {
                     debug_assert!(false, "receive completion without the buffer it should name");
-                    conn.close_requested = true;
+                    conn.request_close();
                     Reaction::Nothing
                 }
             }
         } else if result == 0 {
-            conn.eof = true;
+            conn.input = InputState::Eof;
             Reaction::Nothing
         } else if result == -libc::ENOBUFS {
             // The data stays in the socket; receive again once buffers are back.
             STARVED_RECEIVES.fetch_add(1, Ordering::Relaxed);
-            if conn.phase != Phase::Closing {
+            if !matches!(conn.phase, Phase::Closing { .. }) {
                 conn.recv = RecvState::Starved;
                 self.starved.push_back(key);
             }
@@ -791,7 +769,7 @@ impl Driver {
             Reaction::Nothing
         } else {
             // ECONNRESET and the like.
-            conn.close_requested = true;
+            conn.request_close();
             Reaction::Nothing
         };
         self.react(key, reaction);
@@ -805,7 +783,9 @@ impl Driver {
         let user_data = Op::conn(OpKind::Recv, key).encode();
         let fd = types::Fd(conn.fd);
         let entry = match self.mode {
-            RecvMode::Multishot if conn.received => opcode::RecvMulti::new(fd, BUFFER_GROUP).build(),
+            RecvMode::Multishot if conn.input != InputState::Fresh => {
+                opcode::RecvMulti::new(fd, BUFFER_GROUP).build()
+            }
             RecvMode::Multishot | RecvMode::SingleProvided => {
                 let len = self.buffers.as_ref().map_or(0, BufRing::buffer_bytes);
                 opcode::Recv::new(fd, std::ptr::null_mut(), len)
@@ -867,8 +847,11 @@ impl Driver {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            conn.queued_for_flush = false;
-            if conn.phase == Phase::Closing || conn.output_in_flight || conn.outbox.is_none() {
+            if conn.output == OutputState::Queued {
+                conn.output = OutputState::Idle;
+            }
+            if matches!(conn.phase, Phase::Closing { .. }) || conn.output_in_flight() || conn.outbox.is_none()
+            {
                 continue;
             }
             self.submit_output(key);
@@ -891,7 +874,7 @@ impl Driver {
         };
         let op = outbox.next_op();
         let entry = op.entry(fd, Op::conn(op.kind(), key).encode());
-        conn.on_output_submitted(op.kind(), self.now);
+        conn.on_output_submitted(op.kind(), self.cx.now);
         // SAFETY: the entry points into the boxed outbox (output bytes, the
         // file chunk buffer, iovecs, msghdr) and at a file the output holds
         // open. The connection keeps the box, unchanged, until this
@@ -906,30 +889,30 @@ impl Driver {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.phase == Phase::Closing {
-            conn.output_in_flight = false;
+        if matches!(conn.phase, Phase::Closing { .. }) {
+            conn.output = OutputState::Idle;
         } else {
             // An error, or a file cut short: the response cannot be
             // completed, and the connection closes.
-            let reaction = conn.on_file_read(result, self.now);
+            let reaction = conn.on_file_read(result, self.cx.now);
             self.react(key, reaction);
         }
         self.settle(key);
     }
 
     fn on_send(&mut self, key: SlotKey, result: i32) {
-        let cx = serve_context!(self);
+        let cx = &self.cx;
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.phase == Phase::Closing {
-            conn.output_in_flight = false;
+        if matches!(conn.phase, Phase::Closing { .. }) {
+            conn.output = OutputState::Idle;
         } else if result <= 0 {
             // EPIPE, ECONNRESET, or no progress.
-            conn.output_in_flight = false;
-            conn.close_requested = true;
+            conn.output = OutputState::Idle;
+            conn.request_close();
         } else {
-            let reaction = conn.on_sent(result as usize, &cx, &mut self.pool);
+            let reaction = conn.on_sent(result as usize, cx, &mut self.pool);
             self.react(key, reaction);
         }
         self.settle(key);
@@ -945,7 +928,9 @@ impl Driver {
             Reaction::Nothing | Reaction::Flush => {}
             Reaction::PauseReads => {
                 PAUSED_READS.fetch_add(1, Ordering::Relaxed);
-                conn.reads_paused = true;
+                if conn.input == InputState::Open {
+                    conn.input = InputState::Paused;
+                }
                 if conn.recv == RecvState::Armed {
                     conn.recv = RecvState::Cancelling;
                     self.ring.push_cancel(Op::conn(OpKind::Recv, key));
@@ -959,7 +944,7 @@ impl Driver {
                 let fd = conn.fd;
                 self.ring.push_shutdown_write(fd, Op::conn(OpKind::Shutdown, key));
             }
-            Reaction::Close => conn.close_requested = true,
+            Reaction::Close => conn.request_close(),
         }
     }
 
@@ -970,10 +955,16 @@ impl Driver {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.phase != Phase::Closing && conn.should_close() {
-            conn.phase = Phase::Closing;
+        if !matches!(conn.phase, Phase::Closing { .. }) && conn.is_finished() {
+            conn.phase = Phase::Closing { cancelled: false };
+        }
+        if conn.phase == (Phase::Closing { cancelled: false }) {
+            conn.phase = Phase::Closing { cancelled: true };
             let cancel_recv = conn.recv == RecvState::Armed;
-            let cancel_output = conn.output_in_flight.then_some(conn.output_op);
+            let cancel_output = match conn.output {
+                OutputState::InFlight(kind) => Some(kind),
+                OutputState::Idle | OutputState::Queued => None,
+            };
             if cancel_recv {
                 conn.recv = RecvState::Cancelling;
             } else if conn.recv == RecvState::Starved {
@@ -987,13 +978,13 @@ impl Driver {
                 self.ring.push_cancel(Op::conn(kind, key));
             }
         }
-        let cx = serve_context!(self);
+        let cx = &self.cx;
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.phase == Phase::Closing {
+        if matches!(conn.phase, Phase::Closing { .. }) {
             let receiving = matches!(conn.recv, RecvState::Armed | RecvState::Cancelling);
-            if !receiving && !conn.output_in_flight {
+            if !receiving && !conn.output_in_flight() {
                 // Nothing of this connection is in the kernel any more: free
                 // its slot and close its descriptor.
                 let fd = conn.fd;
@@ -1009,11 +1000,11 @@ impl Driver {
             }
             return;
         }
-        let (at, expiry) = conn.deadline(&cx);
+        let (at, expiry) = conn.deadline(cx);
         conn.expiry = expiry;
         self.deadlines.set(&mut conn.timer, key, at);
-        if conn.outbox.is_some() && !conn.output_in_flight && !conn.queued_for_flush {
-            conn.queued_for_flush = true;
+        if conn.outbox.is_some() && conn.output == OutputState::Idle {
+            conn.output = OutputState::Queued;
             self.flush.push(key);
         }
         if conn.wants_recv(self.mode == RecvMode::Multishot) {
@@ -1029,7 +1020,7 @@ impl Driver {
             if reset {
                 set_reset_on_close(conn.fd);
             }
-            conn.close_requested = true;
+            conn.request_close();
         }
         self.settle(key);
     }
@@ -1037,37 +1028,37 @@ impl Driver {
     // ---- time ----
 
     fn expire_deadlines(&mut self) {
-        while let Some((key, at)) = self.deadlines.pop_due(self.now) {
-            let cx = serve_context!(self);
+        while let Some((key, at)) = self.deadlines.pop_due(self.cx.now) {
+            let cx = &self.cx;
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            if self.deadlines.on_popped(&mut conn.timer, key, at, self.now) != Due::Expired {
+            if self.deadlines.on_popped(&mut conn.timer, key, at, self.cx.now) != Due::Expired {
                 continue;
             }
             match conn.expiry {
                 Expiry::Close => self.abort(key, false),
                 Expiry::Abort => self.abort(key, true),
                 Expiry::RequestTimeout => {
-                    let reaction = conn.on_head_timeout(&cx, &mut self.pool);
+                    let reaction = conn.on_head_timeout(cx, &mut self.pool);
                     self.react(key, reaction);
                     self.settle(key);
                 }
             }
         }
-        if self.accept_resume_at <= self.now {
+        if self.accept_resume_at <= self.cx.now {
             self.accept_resume_at = NEVER;
         }
-        if matches!(self.stopping, Stopping::Grace { until } if until <= self.now) {
+        if matches!(self.stopping, Stopping::Grace { until } if until <= self.cx.now) {
             // Grace is over: reset whatever is left, once.
             self.stopping = Stopping::Aborted;
             for key in self.conns.keys() {
                 self.abort(key, true);
             }
         }
-        if self.now >= self.next_log_flush {
-            self.next_log_flush = self.now + millis(FLUSH_INTERVAL);
-            if let Some(log) = &self.access_log {
+        if self.cx.now >= self.next_log_flush {
+            self.next_log_flush = self.cx.now + millis(FLUSH_INTERVAL);
+            if let Some(log) = &self.cx.log {
                 log.borrow_mut().flush_if_due();
             }
         }
@@ -1084,13 +1075,13 @@ impl Driver {
         if let Stopping::Grace { until } = self.stopping {
             next = next.min(until);
         }
-        if self.access_log.is_some() {
+        if self.cx.log.is_some() {
             next = next.min(self.next_log_flush);
         }
         if next == NEVER || next >= self.timer_at {
             return;
         }
-        let after = next.saturating_sub(self.now).max(1);
+        let after = next.saturating_sub(self.cx.now).max(1);
         self.timer_spec = types::Timespec::new()
             .sec(after / 1000)
             .nsec(((after % 1000) * 1_000_000) as u32);
@@ -1126,7 +1117,7 @@ impl Driver {
             return;
         }
         self.stopping = Stopping::Grace {
-            until: self.now.saturating_add(millis(self.grace)),
+            until: self.cx.now.saturating_add(millis(self.grace)),
         };
         self.maintain_accept();
         while let Some(fd) = self.waiting.pop_front() {
@@ -1136,7 +1127,7 @@ impl Driver {
             let Some(conn) = self.conns.get(key) else {
                 continue;
             };
-            if conn.phase != Phase::Closing {
+            if !matches!(conn.phase, Phase::Closing { .. }) {
                 // A connection waiting for a request sees end-of-file and
                 // closes; one mid-response finishes it first.
                 // SAFETY: shutdown(2) reads no memory of ours; the descriptor
