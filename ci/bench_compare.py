@@ -45,6 +45,7 @@ import platform
 import re
 import resource
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -313,12 +314,13 @@ def pinned(cpus: str, cmd: list[str]) -> list[str]:
 
 
 def start_ringserve(procs: Processes, binary: Path, engine: str, docroot: Path, workdir: Path,
-                    server_cpus: str, instance: str = "") -> Server | str:
-    """Starts one engine; returns the Server, or why it was skipped."""
+                    server_cpus: str, instance: str = "", extra_args: tuple[str, ...] = ()) -> Server | str:
+    """Starts one engine (with `extra_args`, from --server-args); returns the Server, or why it
+    was skipped."""
     out_path = workdir / f"ringserve-{engine}{instance}.out"
     err_path = workdir / f"ringserve-{engine}{instance}.err"
     cmd = pinned(server_cpus, [str(binary), "--engine", engine, "--workers", "1",
-                               "--listen", "127.0.0.1:0", "--root", str(docroot)])
+                               "--listen", "127.0.0.1:0", "--root", str(docroot), *extra_args])
     with open(out_path, "w") as out, open(err_path, "w") as err:
         proc = procs.start(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 15
@@ -944,6 +946,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="output directory (default bench-results/<date>[-quick])")
     parser.add_argument("--max-minutes", type=float, default=45, help="abort the whole run after this long")
     parser.add_argument("--skip-build", action="store_true", help="use the existing release binary")
+    parser.add_argument("--server-args", default="",
+                        help="extra arguments for every ringserve, e.g. --server-args='--metrics-listen 127.0.0.1:0' "
+                             "(with '=') to measure what the metrics counters cost; recorded in the report's command")
     args = parser.parse_args(argv)
     if args.rounds is None:
         args.rounds = 2 if args.quick else 3
@@ -1006,12 +1011,14 @@ def main(argv: list[str]) -> int:
         def start_fresh(name: str, instance: str) -> Server | str:
             if name == NGINX:
                 return start_nginx(procs, tools["nginx"], docroot, workdir / f"nginx{instance}", server_cpus)
-            return start_ringserve(procs, binary, name, docroot, workdir, server_cpus, instance)
+            return start_ringserve(procs, binary, name, docroot, workdir, server_cpus, instance,
+                                   tuple(shlex.split(args.server_args)))
 
         servers: list[Server] = []
         skipped = {}
         for engine in CANDIDATE_ENGINES:
-            started = start_ringserve(procs, binary, engine, docroot, workdir, server_cpus)
+            started = start_ringserve(procs, binary, engine, docroot, workdir, server_cpus,
+                                      extra_args=tuple(shlex.split(args.server_args)))
             if isinstance(started, Server):
                 servers.append(started)
                 log(f"ringserve --engine {engine}: listening on 127.0.0.1:{started.port} (pid {started.proc.pid})")

@@ -4,19 +4,34 @@
 //! 1. the core reports each response as an [`Exchange`] to the connection's
 //!    [`ConnectionLog`] (an [`Observer`]), which formats one line into its
 //!    worker's [`WorkerLog`] buffer: no system call, no lock;
-//! 2. the worker hands a full buffer ([`FLUSH_BYTES`]), or whatever it holds
-//!    once a second, to the writer thread through a bounded channel with
+//! 2. the worker hands a full buffer ([`FLUSH_BYTES`]) to the writer thread
+//!    at once, and a buffer with lines in it at the latest
+//!    [`MAX_FLUSH_DELAY`] (100 ms) after the first of them was written
+//!    ([`WorkerLog::flush_due_at`]: the tokio engines sleep until then, the
+//!    `uring` engine bounds its wait by it), through a bounded channel with
 //!    `try_send`: if the writer is behind, the batch is dropped and counted,
 //!    never waited for;
 //! 3. the writer thread ([`AccessLog`]) writes batches to the file or stdout.
 //!    A failed write (full disk, closed stdout) is reported once on stderr,
 //!    then counted, and the batch is dropped: no retry loop.
 //!
-//! Formats: `common` and `combined` follow nginx's (`-` for a missing
-//! referer or user agent, the body byte count as a number, time in UTC);
-//! `json` writes one object per line. Bytes that are not printable ASCII are
-//! escaped (`\xHH` in the text formats, `\u00HH` in JSON when not UTF-8), so
-//! a request cannot forge log lines.
+//! **Order.** Each worker's lines are in the order of its responses. Across
+//! workers, lines are in the order their batches were handed over, not in
+//! global time order: a line of one worker can follow a later line of
+//! another by up to [`MAX_FLUSH_DELAY`]. Sort by the timestamp when the order
+//! across workers matters.
+//!
+//! **Formats.** `common` and `combined` follow nginx's (`-` for a missing
+//! referer or user agent, the body byte count as a number) with the time in
+//! UTC to the millisecond: `[06/Nov/1994:08:49:37.123 +0000]` (nginx's
+//! `$time_local` with milliseconds added; tools that parse nginx's format
+//! with a fixed pattern need the `.mmm`). `json` writes one object per line,
+//! its `time` in RFC 3339 with milliseconds: `1994-11-06T08:49:37.123Z`.
+//! Bytes that are not printable ASCII are escaped (`\xHH` in the text
+//! formats, `\u00HH` in JSON when not UTF-8), so a request cannot forge log
+//! lines.
+//!
+//! Health checks ([`crate::http::health`]) are never logged.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -35,8 +50,8 @@ use crate::http::{Exchange, Observer};
 
 /// A worker hands its buffer to the writer once it holds this much.
 pub const FLUSH_BYTES: usize = 32 * 1024;
-/// … or once this much time has passed since its last hand-over.
-pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// … or at the latest this long after the first line waiting in it.
+pub const MAX_FLUSH_DELAY: Duration = Duration::from_millis(100);
 /// Batches waiting for the writer before new ones are dropped.
 pub const BATCHES_IN_FLIGHT: usize = 64;
 
@@ -161,7 +176,7 @@ impl AccessLog {
             sender: self.sender.clone(),
             format: self.format,
             stats: Arc::clone(&self.stats),
-            last_flush: Instant::now(),
+            pending_since: None,
             time: TimeCache::default(),
             reported_drop: false,
         }
@@ -212,7 +227,8 @@ pub struct WorkerLog {
     sender: Option<SyncSender<Vec<u8>>>,
     format: LogFormat,
     stats: Arc<LogStats>,
-    last_flush: Instant,
+    /// When the first line still in `buffer` was written (`None`: empty).
+    pending_since: Option<Instant>,
     time: TimeCache,
     reported_drop: bool,
 }
@@ -220,6 +236,9 @@ pub struct WorkerLog {
 impl WorkerLog {
     /// Appends one line; hands the buffer over if it is full.
     pub fn record(&mut self, peer: IpAddr, exchange: &Exchange<'_>) {
+        if self.pending_since.is_none() {
+            self.pending_since = Some(Instant::now());
+        }
         let now = SystemTime::now();
         let time = self.time.get(now);
         format_line(&mut self.buffer, self.format, peer, time, exchange);
@@ -229,17 +248,22 @@ impl WorkerLog {
         }
     }
 
-    /// Hands the buffer over if it holds anything and [`FLUSH_INTERVAL`] has
-    /// passed; engines call this from a once-a-second tick.
-    pub fn flush_if_due(&mut self) {
-        if !self.buffer.is_empty() && self.last_flush.elapsed() >= FLUSH_INTERVAL {
+    /// When the buffer must be handed over: [`MAX_FLUSH_DELAY`] after its
+    /// first line (`None`: nothing is waiting). Engines wake up for it.
+    pub fn flush_due_at(&self) -> Option<Instant> {
+        self.pending_since.map(|since| since + MAX_FLUSH_DELAY)
+    }
+
+    /// Hands the buffer over if its lines have waited long enough at `now`.
+    pub fn flush_if_due(&mut self, now: Instant) {
+        if self.flush_due_at().is_some_and(|due| due <= now) {
             self.flush();
         }
     }
 
     /// Hands the buffer to the writer without waiting.
     pub fn flush(&mut self) {
-        self.last_flush = Instant::now();
+        self.pending_since = None;
         if self.buffer.is_empty() {
             return;
         }
@@ -280,22 +304,27 @@ impl Observer for ConnectionLog<'_> {
     }
 }
 
-/// The two renderings of the current second, redone when it changes.
+/// The two renderings of the current second, redone when it changes; the
+/// milliseconds are written into them for each line.
 #[derive(Debug)]
 struct TimeCache {
     second: u64,
-    /// `06/Nov/1994:08:49:37 +0000`
-    common: [u8; 26],
-    /// `1994-11-06T08:49:37Z`
-    iso: [u8; 20],
+    /// `06/Nov/1994:08:49:37.123 +0000`
+    common: [u8; 30],
+    /// `1994-11-06T08:49:37.123Z`
+    iso: [u8; 24],
 }
+
+/// Where the three millisecond digits sit in each rendering.
+const COMMON_MILLIS: std::ops::Range<usize> = 21..24;
+const ISO_MILLIS: std::ops::Range<usize> = 20..23;
 
 impl Default for TimeCache {
     fn default() -> Self {
         TimeCache {
             second: u64::MAX,
-            common: [0; 26],
-            iso: [0; 20],
+            common: [0; 30],
+            iso: [0; 24],
         }
     }
 }
@@ -308,7 +337,8 @@ struct Times<'a> {
 
 impl TimeCache {
     fn get(&mut self, now: SystemTime) -> Times<'_> {
-        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let second = since_epoch.as_secs();
         if second != self.second {
             self.second = second;
             let (year, month, day) = civil_from_days((second / 86_400) as i64);
@@ -318,13 +348,21 @@ impl TimeCache {
                 "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
             ];
             let common = format!(
-                "{day:02}/{}/{year:04}:{h:02}:{m:02}:{s:02} +0000",
+                "{day:02}/{}/{year:04}:{h:02}:{m:02}:{s:02}.000 +0000",
                 MONTHS[(month - 1) as usize]
             );
-            let iso = format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z");
-            self.common.copy_from_slice(&common.as_bytes()[..26]);
-            self.iso.copy_from_slice(&iso.as_bytes()[..20]);
+            let iso = format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.000Z");
+            self.common.copy_from_slice(&common.as_bytes()[..30]);
+            self.iso.copy_from_slice(&iso.as_bytes()[..24]);
         }
+        let millis = since_epoch.subsec_millis();
+        let digits = [
+            b'0' + (millis / 100) as u8,
+            b'0' + (millis / 10 % 10) as u8,
+            b'0' + (millis % 10) as u8,
+        ];
+        self.common[COMMON_MILLIS].copy_from_slice(&digits);
+        self.iso[ISO_MILLIS].copy_from_slice(&digits);
         Times {
             common: &self.common,
             iso: &self.iso,
@@ -450,7 +488,7 @@ mod tests {
 
     fn line(format: LogFormat, ex: &Exchange<'_>) -> String {
         let mut cache = TimeCache::default();
-        let times = cache.get(UNIX_EPOCH + Duration::from_secs(784_111_777));
+        let times = cache.get(UNIX_EPOCH + Duration::from_millis(784_111_777_089));
         let mut out = Vec::new();
         format_line(&mut out, format, "127.0.0.1".parse().unwrap(), times, ex);
         String::from_utf8(out).unwrap()
@@ -461,11 +499,11 @@ mod tests {
         let ex = exchange(b"GET /book HTTP/1.1", None);
         assert_eq!(
             line(LogFormat::Common, &ex),
-            "127.0.0.1 - - [06/Nov/1994:08:49:37 +0000] \"GET /book HTTP/1.1\" 200 13\n"
+            "127.0.0.1 - - [06/Nov/1994:08:49:37.089 +0000] \"GET /book HTTP/1.1\" 200 13\n"
         );
         assert_eq!(
             line(LogFormat::Combined, &ex),
-            "127.0.0.1 - - [06/Nov/1994:08:49:37 +0000] \"GET /book HTTP/1.1\" 200 13 \"-\" \"curl/8\"\n"
+            "127.0.0.1 - - [06/Nov/1994:08:49:37.089 +0000] \"GET /book HTTP/1.1\" 200 13 \"-\" \"curl/8\"\n"
         );
     }
 
@@ -475,7 +513,7 @@ mod tests {
         let text = line(LogFormat::Json, &ex);
         assert_eq!(
             text,
-            "{\"time\":\"1994-11-06T08:49:37Z\",\"remote\":\"127.0.0.1\",\"method\":\"GET\",\
+            "{\"time\":\"1994-11-06T08:49:37.089Z\",\"remote\":\"127.0.0.1\",\"method\":\"GET\",\
              \"target\":\"/a\\\"\\\\\\u00ff\",\"protocol\":\"HTTP/1.1\",\"status\":200,\"bytes\":13,\
              \"referer\":\"x\\u000ay\",\"user_agent\":\"curl/8\"}\n"
         );
@@ -487,6 +525,42 @@ mod tests {
         let text = line(LogFormat::Common, &ex);
         assert_eq!(text.lines().count(), 1);
         assert!(text.contains("GET /\\x22 200 1\\x0a127.0.0.2 HTTP/1.1"), "{text}");
+    }
+
+    #[test]
+    fn milliseconds_change_within_a_cached_second() {
+        let mut cache = TimeCache::default();
+        let second = UNIX_EPOCH + Duration::from_secs(784_111_777);
+        let first = cache.get(second + Duration::from_millis(7));
+        assert_eq!(first.iso, b"1994-11-06T08:49:37.007Z");
+        assert_eq!(first.common, b"06/Nov/1994:08:49:37.007 +0000");
+        let later = cache.get(second + Duration::from_millis(999));
+        assert_eq!(later.iso, b"1994-11-06T08:49:37.999Z");
+        let next = cache.get(second + Duration::from_millis(1000));
+        assert_eq!(next.common, b"06/Nov/1994:08:49:38.000 +0000");
+    }
+
+    #[test]
+    fn lines_are_due_a_fixed_delay_after_the_first_waiting_one() {
+        let log = AccessLog::with_sink(Box::new(io::sink()), LogFormat::Common);
+        let mut worker = log.worker_log();
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(worker.flush_due_at(), None, "nothing waiting: no wake-up");
+        let before = Instant::now();
+        worker.record(peer, &exchange(b"GET / HTTP/1.1", None));
+        let due = worker.flush_due_at().unwrap();
+        assert!(due >= before + MAX_FLUSH_DELAY && due <= Instant::now() + MAX_FLUSH_DELAY);
+        worker.record(peer, &exchange(b"GET /2 HTTP/1.1", None));
+        assert_eq!(worker.flush_due_at(), Some(due), "later lines do not postpone it");
+        worker.flush_if_due(due - Duration::from_millis(1));
+        assert_eq!(worker.flush_due_at(), Some(due), "not yet");
+        worker.flush_if_due(due);
+        assert_eq!(worker.flush_due_at(), None, "handed over");
+        drop(worker);
+        let stats = Arc::clone(&log.stats);
+        log.finish();
+        assert_eq!(stats.lines.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.dropped_batches.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::engine::{
 use crate::files::LoadOptions;
 use crate::files::load::DEFAULT_MAX_CACHED_FILE_BYTES;
 use crate::http::Limits;
+use crate::http::health::{self, DEFAULT_HEALTH_PATH};
 use crate::http::request::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEAD_BYTES, DEFAULT_MAX_HEADER_COUNT, DEFAULT_MAX_REQUEST_LINE_BYTES,
     HEADER_COUNT_CEILING,
@@ -165,6 +166,21 @@ pub struct Cli {
     #[arg(long)]
     pub watch: bool,
 
+    /// Answer `GET`/`HEAD /healthz` (or the --health-path) with `200 ok`,
+    /// `Cache-Control: no-store`; not written to the access log.
+    #[arg(long)]
+    pub health: bool,
+
+    /// The health-check path (implies --health) [default: /healthz].
+    #[arg(long, value_name = "PATH", value_parser = parse_health_path)]
+    pub health_path: Option<String>,
+
+    /// Serve Prometheus metrics at `http://ADDR/metrics`, on a listener and
+    /// thread of their own (port 0 picks a free port). Off by default: then
+    /// nothing is counted.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
     // Switches of the uring engine, for measuring what each technique
     // contributes (see `engine::uring`). Hidden: not for normal use.
     /// uring: single-shot receives instead of multishot.
@@ -192,6 +208,10 @@ pub struct Cli {
     /// accepted N connections (the server must then stop and exit 1).
     #[arg(long, hide = true, value_name = "N")]
     pub fault_after_accepts: Option<u64>,
+}
+
+fn parse_health_path(value: &str) -> Result<String, String> {
+    health::check_health_path(value).map(|()| value.to_owned())
 }
 
 fn parse_buffer_count(value: &str) -> Result<u16, String> {
@@ -247,7 +267,16 @@ impl Cli {
             precompress: !self.no_precompress,
             cache_control: self.cache_control.clone(),
             config_file: self.config.clone(),
+            health_path: self.health_path().map(str::to_owned),
             ..LoadOptions::new(&self.root)
+        }
+    }
+
+    /// The health-check path, if health checks are on.
+    pub fn health_path(&self) -> Option<&str> {
+        match &self.health_path {
+            Some(path) => Some(path),
+            None => self.health.then_some(DEFAULT_HEALTH_PATH),
         }
     }
 
@@ -281,6 +310,7 @@ impl Cli {
                 destination,
                 format: self.access_log_format,
             }),
+            metrics_listen: self.metrics_listen,
             uring: UringOptions {
                 multishot_recv: !self.uring_no_multishot_recv,
                 buffer_ring: !self.uring_no_buf_ring,
@@ -395,6 +425,28 @@ mod tests {
         let off = Cli::try_parse_from(["ringserve"]).unwrap().server_config();
         assert_eq!(off.access_log, None, "the access log is off by default");
         assert_eq!(off.timeouts, Timeouts::default());
+    }
+
+    #[test]
+    fn health_and_metrics_flags() {
+        let off = Cli::try_parse_from(["ringserve"]).unwrap();
+        assert_eq!(off.load_options().health_path, None);
+        assert_eq!(
+            off.server_config().metrics_listen,
+            None,
+            "metrics are off by default"
+        );
+        let on =
+            Cli::try_parse_from(["ringserve", "--health", "--metrics-listen", "127.0.0.1:9100"]).unwrap();
+        assert_eq!(on.load_options().health_path.as_deref(), Some("/healthz"));
+        assert_eq!(
+            on.server_config().metrics_listen,
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        let custom = Cli::try_parse_from(["ringserve", "--health-path", "/-/ready"]).unwrap();
+        assert_eq!(custom.load_options().health_path.as_deref(), Some("/-/ready"));
+        let err = Cli::try_parse_from(["ringserve", "--health-path", "ready"]).unwrap_err();
+        assert!(err.to_string().contains("must start with /"), "{err}");
     }
 
     #[test]

@@ -15,8 +15,10 @@
 //! `SO_REUSEPORT` listener and its own event loop (an io_uring ring or an
 //! epoll instance), and moves bytes between sockets and the core. Engines
 //! differ only in how they do I/O, so comparing them compares I/O models.
-//! [`config`] turns the command line into the settings the rest takes, and
-//! [`access_log`] writes one line per response when asked to, off the hot path.
+//! [`config`] turns the command line into the settings the rest takes,
+//! [`access_log`] writes one line per response when asked to, off the hot
+//! path, and [`metrics`] counts per worker and serves the sums to Prometheus
+//! from a thread of its own, when asked to.
 
 pub mod access_log;
 pub mod config;
@@ -25,3 +27,4 @@ pub mod files;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod metrics;

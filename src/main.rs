@@ -58,6 +58,12 @@ fn run(cli: &Cli) -> Result<(), String> {
         stats.compressed_identity_bytes,
         stats.compressed_best_bytes
     );
+    if let Some(addr) = server.metrics_addr() {
+        eprintln!("ringserve: metrics on http://{addr}/metrics");
+    }
+    if let Some(path) = cli.health_path() {
+        eprintln!("ringserve: health checks on {path}");
+    }
 
     let (reload_requests, _reload_thread) = Reloader::new(options.clone(), handle)
         .spawn()

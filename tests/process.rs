@@ -1,8 +1,9 @@
 //! Rules that only the whole process can show, tested on the `ringserve`
 //! binary for every engine in `EngineKind::ALL`: graceful shutdown on
 //! SIGTERM (and a second signal exiting at once), accept back-off when
-//! descriptors run out and recovery when they free up, no descriptor left
-//! behind by aborted downloads, and an access log that never stops serving.
+//! descriptors run out (counted in the metrics) and recovery when they free
+//! up, no descriptor left behind by aborted downloads, and an access log
+//! that never stops serving.
 //!
 //! Every child runs on `127.0.0.1:0` and is killed by PID when its test ends,
 //! also when the test fails.
@@ -37,7 +38,9 @@ struct Process {
     child: Child,
     addr: SocketAddr,
     stdout: Option<BufReader<ChildStdout>>,
-    stderr: Option<ChildStderr>,
+    stderr: Option<BufReader<ChildStderr>>,
+    /// What [`Process::stderr_line`] already read.
+    stderr_seen: String,
 }
 
 impl Process {
@@ -83,12 +86,13 @@ impl Process {
                 let _ = child.kill();
                 panic!("no address in the start line: {line:?}")
             });
-        let stderr = child.stderr.take();
+        let stderr = child.stderr.take().map(BufReader::new);
         Process {
             child,
             addr,
             stdout: Some(stdout),
             stderr,
+            stderr_seen: String::new(),
         }
     }
 
@@ -136,11 +140,39 @@ impl Process {
     }
 
     fn stderr_text(&mut self) -> String {
-        let mut text = String::new();
+        let mut text = std::mem::take(&mut self.stderr_seen);
         if let Some(mut stderr) = self.stderr.take() {
             let _ = stderr.read_to_string(&mut text);
         }
         text
+    }
+
+    /// Reads stderr up to the first line containing `needle` (the start
+    /// lines come at once); the lines stay part of [`Self::stderr_text`].
+    fn stderr_line(&mut self, needle: &str) -> String {
+        let stderr = self.stderr.as_mut().expect("stderr not yet read to the end");
+        loop {
+            let mut line = String::new();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "no {needle:?} on stderr"
+            );
+            self.stderr_seen.push_str(&line);
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    /// The address of the metrics listener (`--metrics-listen`).
+    fn metrics_addr(&mut self) -> SocketAddr {
+        let line = self.stderr_line("metrics on http://");
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next());
+        addr.and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no metrics address in {line:?}"))
     }
 }
 
@@ -302,7 +334,8 @@ fn a_second_signal_exits_at_once() {
 fn running_out_of_descriptors_pauses_accepting_and_service_resumes() {
     const MAX_FILES: u32 = 64;
     for_each_engine(|engine| {
-        let mut server = Process::start(engine, &[], Some(MAX_FILES));
+        let mut server = Process::start(engine, &["--metrics-listen", "127.0.0.1:0"], Some(MAX_FILES));
+        let metrics = server.metrics_addr();
         // Fill the descriptor table with served keep-alive connections; the
         // ones beyond it stay in the listen backlog.
         let mut held = Vec::new();
@@ -346,6 +379,8 @@ fn running_out_of_descriptors_pauses_accepting_and_service_resumes() {
         }
         let mut fresh = server.connect();
         assert_eq!(get(&mut fresh, "/book").0, 200);
+        let backoffs = scrape_value(metrics, "ringserve_accept_backoffs_total");
+        assert!(backoffs >= 1.0, "the pauses are counted: {backoffs}");
         let stderr = {
             server.signal(libc::SIGTERM);
             server.wait_for_exit(Duration::from_secs(5)).expect("exits");
@@ -397,6 +432,20 @@ fn aborted_downloads_leave_no_descriptor_behind() {
     });
 }
 
+/// The value of one sample (`name{labels}` as written) in a scrape of `addr`.
+fn scrape_value(addr: SocketAddr, series: &str) -> f64 {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in {text}"))
+}
+
 fn wait_for_file(path: &Path, needle: &str) -> String {
     let started = Instant::now();
     loop {
@@ -429,11 +478,21 @@ fn the_access_log_writes_json_lines_to_a_file() {
             .unwrap();
         assert_eq!(read_response(&mut stream).0, 200);
         assert_eq!(get(&mut stream, "/missing").0, 404);
-        // Flushed within about a second, while the server keeps running.
+        // Handed over 100 ms after the first waiting line, while the server
+        // keeps running and gets no further traffic (an idle worker still
+        // wakes up for it).
         let text = wait_for_file(&path, "/missing");
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
         assert!(lines[0].starts_with("{\"time\":\""), "{}", lines[0]);
+        // RFC 3339 with milliseconds: "2026-12-03T12:34:56.789Z".
+        let time = &lines[0][9..33];
+        assert!(
+            time.as_bytes()[19] == b'.'
+                && time.ends_with('Z')
+                && time[20..23].bytes().all(|b| b.is_ascii_digit()),
+            "{time}"
+        );
         assert!(
             lines[0].contains(
                 "\"remote\":\"127.0.0.1\",\"method\":\"GET\",\"target\":\"/book\",\"protocol\":\"HTTP/1.1\",\

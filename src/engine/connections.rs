@@ -13,15 +13,19 @@
 //! aborts what is left (reset, so no write stays pending in the kernel).
 //!
 //! Worker-local (`Rc<RefCell<…>>`): it is touched twice per connection, never
-//! per request, and never from another thread.
+//! per request, and never from another thread. Those two touches are also
+//! where the worker's metrics, if on, count a connection accepted and closed.
 
 use std::cell::RefCell;
 use std::os::fd::RawFd;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
 use tokio::sync::Notify;
+
+use crate::metrics::WorkerMetrics;
 
 #[derive(Clone, Debug)]
 pub struct Connections {
@@ -34,6 +38,7 @@ struct Shared {
     max: usize,
     /// Woken when a connection leaves a full table.
     room: Notify,
+    metrics: Option<Arc<WorkerMetrics>>,
 }
 
 /// Keeps a socket in the table; dropping it removes the entry. Declare it
@@ -50,6 +55,9 @@ impl Drop for Registration {
         let mut sockets = self.shared.sockets.borrow_mut();
         let was_full = sockets.len() >= self.shared.max;
         sockets.remove(self.key);
+        if let Some(metrics) = &self.shared.metrics {
+            metrics.on_closed();
+        }
         if was_full {
             self.shared.room.notify_one();
         }
@@ -65,16 +73,25 @@ impl Default for Connections {
 impl Connections {
     /// A table that holds at most `max` connections.
     pub fn new(max: usize) -> Self {
+        Connections::counted(max, None)
+    }
+
+    /// A table that also counts connections in `metrics`.
+    pub fn counted(max: usize, metrics: Option<Arc<WorkerMetrics>>) -> Self {
         Connections {
             shared: Rc::new(Shared {
                 sockets: RefCell::new(Slab::new()),
                 max: max.max(1),
                 room: Notify::new(),
+                metrics,
             }),
         }
     }
 
     pub fn register(&self, fd: RawFd) -> Registration {
+        if let Some(metrics) = &self.shared.metrics {
+            metrics.on_accepted();
+        }
         let key = self.shared.sockets.borrow_mut().insert(fd);
         Registration {
             shared: Rc::clone(&self.shared),

@@ -33,6 +33,11 @@
 //! tokio worker's connections; [`AcceptBackoff`] pauses accepting when
 //! descriptors run out, in every engine.
 //!
+//! With metrics on (`--metrics-listen`), each worker counts into its own
+//! [`WorkerMetrics`] block (see [`crate::metrics`]): responses through the
+//! core's observer, connections, accept back-offs and timeouts where the
+//! engine meets them; [`Server`] runs the metrics listener's thread.
+//!
 //! What every engine must do with the core's output
 //! ([`crate::http::Output`]): send its pieces in order. A
 //! [`crate::http::response::Piece::Bytes`] is sent as it is; a
@@ -73,6 +78,7 @@ use crate::http::Limits;
 pub use crate::http::deadline::{
     DEFAULT_HEAD_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_LINGER_MS, DEFAULT_SEND_TIMEOUT_MS, Timeouts,
 };
+use crate::metrics::{self, Metrics, WorkerMetrics};
 
 pub use listener::BindError;
 pub use shutdown::Shutdown;
@@ -175,6 +181,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// `None`: no access log (the default, and what benchmarks use).
     pub access_log: Option<AccessLogConfig>,
+    /// Serve Prometheus metrics on this address (`None`: nothing is counted;
+    /// the default, and what benchmarks use).
+    pub metrics_listen: Option<SocketAddr>,
     /// For tests only: worker 0 fails, as if its event loop had broken,
     /// once it has accepted this many connections (see [`WorkerFailure`]).
     #[doc(hidden)]
@@ -199,6 +208,7 @@ impl ServerConfig {
             uring: UringOptions::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             access_log: None,
+            metrics_listen: None,
             fault_after_accepts: None,
         }
     }
@@ -221,6 +231,8 @@ pub struct Worker {
     pub max_connections: usize,
     /// This worker's access log buffer, if logging is on.
     pub access_log: Option<WorkerLog>,
+    /// This worker's counters, if metrics are on; only this worker writes them.
+    pub metrics: Option<Arc<WorkerMetrics>>,
     /// Test-only fault injection ([`ServerConfig::fault_after_accepts`]):
     /// fail once this many connections were accepted.
     #[doc(hidden)]
@@ -267,6 +279,8 @@ pub enum StartError {
     IoUringUnavailable(EngineKind, io::Error),
     Worker(io::Error),
     AccessLog(io::Error),
+    /// The metrics listener could not be bound or its thread started.
+    Metrics(SocketAddr, io::Error),
 }
 
 impl fmt::Display for StartError {
@@ -280,6 +294,7 @@ impl fmt::Display for StartError {
             ),
             StartError::Worker(e) => write!(f, "a worker failed to start: {e}"),
             StartError::AccessLog(e) => write!(f, "cannot open the {e}"),
+            StartError::Metrics(addr, e) => write!(f, "cannot serve metrics on {addr}: {e}"),
         }
     }
 }
@@ -294,6 +309,9 @@ pub struct Server {
     shutdown: Shutdown,
     workers: Vec<JoinHandle<()>>,
     access_log: Option<AccessLog>,
+    metrics: Option<Arc<Metrics>>,
+    metrics_addr: Option<SocketAddr>,
+    metrics_thread: Option<JoinHandle<()>>,
     /// The first worker failure, if any ([`WorkerFailure`]).
     failure: Arc<Mutex<Option<WorkerFailure>>>,
 }
@@ -314,6 +332,13 @@ impl Server {
             Some(log_config) => Some(AccessLog::open(log_config).map_err(StartError::AccessLog)?),
             None => None,
         };
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).map_err(|e| StartError::Metrics(addr, e))?),
+            None => None,
+        };
+        let metrics = metrics_listener
+            .as_ref()
+            .map(|_| Arc::new(Metrics::new(worker_count, config.engine, snapshot.clone())));
         let listeners = listener::bind_listeners(config.listen, worker_count, config.backlog)
             .map_err(StartError::Bind)?;
         listener::set_send_timeout(&listeners, config.timeouts.send).map_err(StartError::Worker)?;
@@ -332,6 +357,9 @@ impl Server {
             shutdown: shutdown.clone(),
             workers: Vec::with_capacity(worker_count),
             access_log: None,
+            metrics: metrics.clone(),
+            metrics_addr: None,
+            metrics_thread: None,
             failure: Arc::default(),
         };
         for (index, listener) in listeners.into_iter().enumerate() {
@@ -346,6 +374,7 @@ impl Server {
                 uring: config.uring,
                 max_connections: config.max_connections.max(1),
                 access_log: access_log.as_ref().map(AccessLog::worker_log),
+                metrics: metrics.as_ref().map(|m| Arc::clone(&m.workers()[index])),
                 fault_after_accepts: config.fault_after_accepts.filter(|_| index == 0),
             };
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
@@ -397,7 +426,37 @@ impl Server {
                 return Err(classify_start_error(config.engine, e));
             }
         }
+        if let (Some(listener), Some(metrics)) = (metrics_listener, metrics) {
+            let addr = listener.local_addr();
+            let started = addr.and_then(|addr| {
+                let thread = metrics::listener::spawn(listener, metrics, shutdown.clone())?;
+                Ok((addr, thread))
+            });
+            match started {
+                Ok((addr, thread)) => {
+                    server.metrics_addr = Some(addr);
+                    server.metrics_thread = Some(thread);
+                }
+                Err(e) => {
+                    server.stop();
+                    return Err(StartError::Metrics(
+                        config.metrics_listen.unwrap_or(config.listen),
+                        e,
+                    ));
+                }
+            }
+        }
         Ok(server)
+    }
+
+    /// Where the metrics are served, if they are on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The metrics, if they are on (what a scrape would report).
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.metrics.as_deref()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -423,6 +482,9 @@ impl Server {
     pub fn wait(mut self) -> Result<(), WorkerFailure> {
         for worker in self.workers.drain(..) {
             let _ = worker.join();
+        }
+        if let Some(thread) = self.metrics_thread.take() {
+            let _ = thread.join();
         }
         if let Some(log) = self.access_log.take() {
             log.finish();
@@ -537,16 +599,26 @@ pub fn shutdown_both(fd: std::os::fd::RawFd) {
 /// (EMFILE, ENFILE, ENOBUFS, ENOMEM) pause accepting for
 /// [`ACCEPT_BACKOFF_MS`] instead of spinning, and are reported once per
 /// episode rather than every retry.
+/// Each pause is counted in the worker's metrics, if they are on.
 #[derive(Debug, Default)]
 pub struct AcceptBackoff {
     failures: u64,
+    metrics: Option<Arc<WorkerMetrics>>,
 }
 
 impl AcceptBackoff {
+    /// A back-off that counts its pauses in `metrics`.
+    pub fn counted(metrics: Option<Arc<WorkerMetrics>>) -> AcceptBackoff {
+        AcceptBackoff { failures: 0, metrics }
+    }
+
     /// After a failed accept: how long to pause (`None`: retry at once).
     pub fn on_error(&mut self, worker: usize, error: &io::Error) -> Option<Duration> {
         if accept_error_is_transient(error) {
             return None;
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.on_accept_backoff();
         }
         if self.failures == 0 {
             eprintln!("ringserve: worker {worker}: accept failed: {error}; pausing accepts until it clears");

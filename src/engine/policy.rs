@@ -32,6 +32,7 @@ use crate::engine::LINGER_MAX_BYTES;
 use crate::engine::deadlines::{Millis, NEVER};
 use crate::files::Snapshot;
 use crate::http::{DeadlineClock, Expiry, Limits, Next, Output, Progress, Session, Timeouts};
+use crate::metrics::{ConnectionObserver, TimeoutKind, WorkerMetrics, count_timeout};
 
 /// What every connection of a worker shares when answering.
 #[derive(Debug)]
@@ -42,6 +43,8 @@ pub struct Serving {
     pub timeouts: Timeouts,
     /// The worker's access log, if logging is on.
     pub log: Option<RefCell<WorkerLog>>,
+    /// The worker's counters, if metrics are on.
+    pub metrics: Option<Arc<WorkerMetrics>>,
     /// The worker's clock: `now` is milliseconds since `epoch`, read once
     /// per loop iteration.
     pub epoch: Instant,
@@ -67,12 +70,14 @@ impl Serving {
         limits: Limits,
         timeouts: Timeouts,
         log: Option<WorkerLog>,
+        metrics: Option<Arc<WorkerMetrics>>,
     ) -> Serving {
         Serving {
             snapshot,
             limits,
             timeouts,
             log: log.map(RefCell::new),
+            metrics,
             epoch: Instant::now(),
             now: 0,
         }
@@ -91,9 +96,48 @@ impl Serving {
         millis(at.saturating_duration_since(self.epoch))
     }
 
-    /// The access log and the peer, when logging is on.
-    pub fn observer(&self, peer: Option<IpAddr>) -> Option<(&RefCell<WorkerLog>, IpAddr)> {
-        self.log.as_ref().zip(peer)
+    /// What observes a connection's responses (its `peer` is known when
+    /// the access log is on): the access log and the metrics, if either is
+    /// on.
+    pub fn observer(&self, peer: Option<IpAddr>) -> Option<ConnectionObserver<'_>> {
+        let log = self
+            .log
+            .as_ref()
+            .zip(peer)
+            .map(|(log, peer)| ConnectionLog { log, peer });
+        ConnectionObserver::new(log, self.metrics.as_deref())
+    }
+
+    /// Counts a connection's deadline passing (in the metrics, if on).
+    pub fn count_timeout(&self, kind: impl Into<TimeoutKind>) {
+        count_timeout(self.metrics.as_deref(), kind);
+    }
+
+    /// Counts a connection opened or closed (in the metrics, if on).
+    pub fn count_connection(&self, opened: bool) {
+        if let Some(metrics) = &self.metrics {
+            if opened {
+                metrics.on_accepted();
+            } else {
+                metrics.on_closed();
+            }
+        }
+    }
+
+    /// When the access log's waiting lines are due to be handed over, on
+    /// the worker's clock (rounded up); `None` if none are waiting.
+    pub fn log_flush_due(&self) -> Option<Millis> {
+        let due = self.log.as_ref()?.borrow().flush_due_at()?;
+        Some(self.millis(due) + 1)
+    }
+
+    /// Hands the access log's lines over if they have waited long enough.
+    pub fn flush_log_if_due(&self) {
+        if self.log_flush_due().is_some_and(|at| at <= self.now) {
+            if let Some(log) = &self.log {
+                log.borrow_mut().flush();
+            }
+        }
     }
 
     /// The deadline of a connection `waiting` (`NEVER`: none) and what its
@@ -289,38 +333,32 @@ pub fn request_limit(input: &[u8], batch: bool) -> usize {
     memchr::memmem::find(&input[start..], b"\r\n\r\n").map_or(input.len(), |end| start + end + 4)
 }
 
-/// Runs the session over `input`, telling the access log (`log`, with the
-/// connection's `peer`) if there is one.
+/// Runs the session over `input`, telling the `observer` (access log,
+/// metrics) if there is one.
 pub fn run_session(
     session: &mut Session,
     input: &[u8],
     snapshot: &Snapshot,
     limits: &Limits,
-    log: Option<(&RefCell<WorkerLog>, IpAddr)>,
+    observer: Option<ConnectionObserver<'_>>,
     output: &mut Output,
 ) -> Progress {
-    match log {
-        Some((log, peer)) => {
-            let mut observer = ConnectionLog { log, peer };
-            session.on_input_observed(input, snapshot, limits, output, &mut observer)
-        }
+    match observer {
+        Some(mut observer) => session.on_input_observed(input, snapshot, limits, output, &mut observer),
         None => session.on_input(input, snapshot, limits, output),
     }
 }
 
 /// The request deadline passed with `partial` (a head not yet complete):
-/// the session's `408` goes into `output`, logged; returns what follows it.
+/// the session's `408` goes into `output`, observed; returns what follows it.
 pub fn head_timeout(
     session: &mut Session,
     partial: &[u8],
-    log: Option<(&RefCell<WorkerLog>, IpAddr)>,
+    observer: Option<ConnectionObserver<'_>>,
     output: &mut Output,
 ) -> Next {
-    match log {
-        Some((log, peer)) => {
-            let mut observer = ConnectionLog { log, peer };
-            session.on_head_timeout(partial, output, &mut observer)
-        }
+    match observer {
+        Some(mut observer) => session.on_head_timeout(partial, output, &mut observer),
         None => session.on_head_timeout(partial, output, &mut ()),
     }
 }

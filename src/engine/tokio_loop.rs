@@ -7,9 +7,9 @@
 //!
 //! The worker loop: wait for room under the connection cap
 //! ([`Connections::wait_for_room`]), accept (pausing on EMFILE and the like,
-//! [`AcceptBackoff`]), spawn one local task per connection, and flush the
-//! access log once a second; on the stop signal, drain
-//! ([`Connections::drain`]).
+//! [`AcceptBackoff`]), spawn one local task per connection, and hand the
+//! access log's lines over when due ([`WorkerLog::flush_due_at`]); on the
+//! stop signal, drain ([`Connections::drain`]).
 //!
 //! The connection loop: load the current snapshot, hand received bytes to
 //! [`Session::on_input_observed`], drop what it consumed, write its output
@@ -39,7 +39,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use tokio::time::Sleep;
 
-use crate::access_log::{ConnectionLog, FLUSH_INTERVAL, WorkerLog};
+use crate::access_log::{ConnectionLog, MAX_FLUSH_DELAY, WorkerLog};
 use crate::engine::connections::{Connections, Registration};
 use crate::engine::timer::{self, connection_timer};
 use crate::engine::{
@@ -49,6 +49,7 @@ use crate::engine::{
 use crate::files::SnapshotHandle;
 use crate::http::response::{FileRange, Piece};
 use crate::http::{DeadlineClock, Expiry, Limits, Next, Observer, Output, Session, Timeouts};
+use crate::metrics::{ConnectionObserver, TimeoutKind, WorkerMetrics, count_timeout};
 
 /// What the connection tasks of one worker share (by `Rc`: never across threads).
 struct WorkerContext {
@@ -57,6 +58,7 @@ struct WorkerContext {
     timeouts: Timeouts,
     connections: Connections,
     access_log: Option<RefCell<WorkerLog>>,
+    metrics: Option<Arc<WorkerMetrics>>,
 }
 
 /// A listening socket of one engine.
@@ -159,13 +161,14 @@ pub(crate) async fn run_worker_loop<A: Acceptor>(
         snapshot: worker.snapshot,
         limits: worker.limits,
         timeouts: worker.timeouts,
-        connections: Connections::new(worker.max_connections),
+        connections: Connections::counted(worker.max_connections, worker.metrics.clone()),
         access_log: worker.access_log.take().map(RefCell::new),
+        metrics: worker.metrics.clone(),
     });
     if context.access_log.is_some() {
-        tokio::task::spawn_local(flush_log_every_second(Rc::clone(&context)));
+        tokio::task::spawn_local(flush_log_when_due(Rc::clone(&context)));
     }
-    let mut backoff = AcceptBackoff::default();
+    let mut backoff = AcceptBackoff::counted(worker.metrics.take());
     let mut fault = FaultCountdown::new(worker.fault_after_accepts);
     loop {
         let accepted = tokio::select! {
@@ -205,14 +208,20 @@ pub(crate) async fn run_worker_loop<A: Acceptor>(
     }
 }
 
-async fn flush_log_every_second(context: Rc<WorkerContext>) {
-    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Hands the access log's lines over [`MAX_FLUSH_DELAY`] after the first of
+/// them. With nothing waiting it looks again after that delay, so a line
+/// written meanwhile is found in time: it waits at most the delay.
+async fn flush_log_when_due(context: Rc<WorkerContext>) {
+    let Some(log) = &context.access_log else {
+        return;
+    };
     loop {
-        tick.tick().await;
-        if let Some(log) = &context.access_log {
-            log.borrow_mut().flush_if_due();
+        let due = log.borrow().flush_due_at();
+        match due {
+            Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+            None => tokio::time::sleep(MAX_FLUSH_DELAY).await,
         }
+        log.borrow_mut().flush_if_due(Instant::now());
     }
 }
 
@@ -224,14 +233,16 @@ async fn serve_connection<C: ConnectionIo>(
     peer: SocketAddr,
     context: Rc<WorkerContext>,
 ) {
-    let ending = match &context.access_log {
+    let log = context
+        .access_log
+        .as_ref()
+        .map(|log| ConnectionLog { log, peer: peer.ip() });
+    let ending = match ConnectionObserver::new(log, context.metrics.as_deref()) {
         None => run_connection(&mut connection, &context, &mut ()).await,
-        Some(log) => {
-            let mut observer = ConnectionLog { log, peer: peer.ip() };
-            run_connection(&mut connection, &context, &mut observer).await
-        }
+        Some(mut observer) => run_connection(&mut connection, &context, &mut observer).await,
     };
     if ending == Ending::Stalled {
+        count_timeout(context.metrics.as_deref(), TimeoutKind::Send);
         set_reset_on_close(connection.raw_fd());
     }
     if ending != Ending::Clean {
@@ -285,6 +296,7 @@ async fn run_connection<C: ConnectionIo, O: Observer>(
                 Some(Ok(0) | Err(_)) => return Ending::Clean,
                 Some(Ok(_)) => input.extend_from_slice(&spare),
                 None => {
+                    count_timeout(context.metrics.as_deref(), TimeoutKind::Head);
                     session.on_head_timeout(&input, &mut output, observer);
                     return match connection
                         .write_output(&mut output, timer.as_mut(), timeouts)
@@ -305,7 +317,10 @@ async fn run_connection<C: ConnectionIo, O: Observer>(
         match timer::before(timer.as_mut(), deadline.at, connection.read_more(&mut input)).await {
             Some(Ok(0) | Err(_)) => return Ending::Clean,
             Some(Ok(_)) => {}
-            None => return Ending::Abandoned,
+            None => {
+                count_timeout(context.metrics.as_deref(), deadline.expiry);
+                return Ending::Abandoned;
+            }
         }
     }
 }

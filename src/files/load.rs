@@ -81,6 +81,9 @@ pub struct LoadOptions {
     pub config_file: Option<PathBuf>,
     /// Threads that read and compress (0: one per CPU the process may use).
     pub threads: usize,
+    /// Answer health checks on this path (`--health`, `--health-path`):
+    /// see [`crate::http::health`].
+    pub health_path: Option<String>,
 }
 
 impl LoadOptions {
@@ -98,6 +101,7 @@ impl LoadOptions {
             cache_control: None,
             config_file: None,
             threads: 0,
+            health_path: None,
         }
     }
 }
@@ -276,6 +280,7 @@ pub(super) fn load_snapshot(
         routes,
         fallback,
         not_found_page,
+        health_path: options.health_path.as_deref().map(|path| path.as_bytes().into()),
         stats,
     })
 }
@@ -769,6 +774,7 @@ pub(super) fn snapshot_from_memory(files: &[(&str, &[u8])], modified_secs: u64) 
         routes,
         fallback: None,
         not_found_page,
+        health_path: None,
     }
 }
 

@@ -210,6 +210,8 @@ pub struct Snapshot {
     fallback: Option<usize>,
     /// `404.html` from the root, rendered with status 404.
     not_found_page: Option<FileEntry>,
+    /// The health-check path (`--health`), answered before any lookup.
+    health_path: Option<Box<[u8]>>,
     stats: SnapshotStats,
 }
 
@@ -273,5 +275,17 @@ impl Snapshot {
 
     pub fn stats(&self) -> SnapshotStats {
         self.stats
+    }
+
+    /// The path the health check answers on, if it is on
+    /// ([`crate::http::health`]).
+    pub fn health_path(&self) -> Option<&[u8]> {
+        self.health_path.as_deref()
+    }
+
+    /// The same snapshot answering health checks on `path` (or not).
+    pub fn with_health_path(mut self, path: Option<&str>) -> Snapshot {
+        self.health_path = path.map(|p| p.as_bytes().into());
+        self
     }
 }

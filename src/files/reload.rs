@@ -24,12 +24,16 @@
 //!
 //! While a reload runs, the old and the new snapshot both exist: peak memory
 //! is up to twice the budget.
+//!
+//! Every outcome is counted next to the handle ([`ReloadStats`]: succeeded,
+//! failed, time of the last success), for the metrics.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
@@ -39,31 +43,85 @@ use super::{LoadError, LoadOptions, Snapshot, SnapshotStats};
 /// reloading: a deploy writes many files in a burst.
 pub const WATCH_DEBOUNCE_MS: u64 = 300;
 
-/// The current snapshot, shared by every worker, replaceable atomically.
+/// The current snapshot, shared by every worker, replaceable atomically,
+/// and the count of reloads that replaced it (or failed to).
 #[derive(Debug, Clone)]
-pub struct SnapshotHandle(Arc<ArcSwap<Snapshot>>);
+pub struct SnapshotHandle {
+    current: Arc<ArcSwap<Snapshot>>,
+    reloads: Arc<ReloadStats>,
+}
 
 impl SnapshotHandle {
+    /// A handle to `snapshot`, just loaded: the last successful load is now.
     pub fn new(snapshot: Arc<Snapshot>) -> Self {
-        SnapshotHandle(Arc::new(ArcSwap::new(snapshot)))
+        let reloads = ReloadStats::default();
+        reloads.last_success.store(unix_secs_now(), Ordering::Relaxed);
+        SnapshotHandle {
+            current: Arc::new(ArcSwap::new(snapshot)),
+            reloads: Arc::new(reloads),
+        }
     }
 
     /// The current snapshot, for a short synchronous use (one batch of
     /// input). Do not hold it across an `.await`: take [`Self::current`].
     pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
-        self.0.load()
+        self.current.load()
     }
 
     /// The current snapshot, as an owned reference.
     pub fn current(&self) -> Arc<Snapshot> {
-        self.0.load_full()
+        self.current.load_full()
     }
 
     /// Makes `snapshot` current; requests already answered keep the old one
     /// alive until their responses are written.
     pub fn replace(&self, snapshot: Arc<Snapshot>) {
-        self.0.store(snapshot);
+        self.current.store(snapshot);
     }
+
+    /// How reloads went so far.
+    pub fn reloads(&self) -> &ReloadStats {
+        &self.reloads
+    }
+}
+
+/// Reload outcomes, counted by whoever reloads (the reload thread), read by
+/// the metrics thread. Reloads are rare: plain shared atomics.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    /// Unix seconds of the last successful load (the first load included).
+    last_success: AtomicU64,
+}
+
+impl ReloadStats {
+    pub fn succeeded(&self) -> u64 {
+        self.succeeded.load(Ordering::Relaxed)
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    pub fn last_success_unix_secs(&self) -> u64 {
+        self.last_success.load(Ordering::Relaxed)
+    }
+
+    fn record(&self, ok: bool) {
+        if ok {
+            self.succeeded.fetch_add(1, Ordering::Relaxed);
+            self.last_success.store(unix_secs_now(), Ordering::Relaxed);
+        } else {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn unix_secs_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// One thread's view of the current snapshot, for an event loop that owns
@@ -83,7 +141,7 @@ impl SnapshotCache {
 impl SnapshotHandle {
     /// A per-thread cache of the current snapshot.
     pub fn cache(&self) -> SnapshotCache {
-        SnapshotCache(arc_swap::cache::Cache::new(Arc::clone(&self.0)))
+        SnapshotCache(arc_swap::cache::Cache::new(Arc::clone(&self.current)))
     }
 }
 
@@ -106,10 +164,13 @@ impl Reloader {
         Reloader { options, handle }
     }
 
-    /// Loads a new snapshot and, if that succeeds, makes it current.
+    /// Loads a new snapshot and, if that succeeds, makes it current; counts
+    /// the outcome in the handle's [`ReloadStats`].
     pub fn reload(&self) -> Result<ReloadReport, LoadError> {
         let started = Instant::now();
-        let snapshot = self.handle.current().reload(&self.options)?;
+        let loaded = self.handle.current().reload(&self.options);
+        self.handle.reloads.record(loaded.is_ok());
+        let snapshot = loaded?;
         let stats = snapshot.stats();
         self.handle.replace(Arc::new(snapshot));
         release_freed_memory();
@@ -138,6 +199,7 @@ impl Reloader {
                                 .map(|s| (*s).to_owned())
                                 .or_else(|| panic.downcast_ref::<String>().cloned())
                                 .unwrap_or_default();
+                            self.handle.reloads.record(false);
                             Err(LoadError::Panicked(message))
                         });
                     match outcome {
@@ -287,6 +349,9 @@ mod tests {
         assert!(err.to_string().contains("memory budget"), "{err}");
         assert_eq!(body_of(&handle, "/a.txt").unwrap(), b"new");
         assert!(body_of(&handle, "/big.txt").is_none());
+        let reloads = handle.reloads();
+        assert_eq!((reloads.succeeded(), reloads.failed()), (1, 1));
+        assert!(reloads.last_success_unix_secs() > 1_700_000_000);
         std::fs::remove_dir_all(&root).unwrap();
     }
 

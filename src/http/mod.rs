@@ -9,11 +9,13 @@
 //! [`selection`]), [`response`] (append precomputed heads and bodies to an
 //! [`response::Output`]), [`status`] (codes and error pages) and [`date`]
 //! (the per-thread `Date` cache). [`deadline`] holds the timeout rules every
-//! engine applies around its reads and writes.
+//! engine applies around its reads and writes; [`health`] answers the health
+//! check.
 
 pub mod conditional;
 pub mod date;
 pub mod deadline;
+pub mod health;
 pub mod negotiate;
 pub mod range;
 pub mod request;

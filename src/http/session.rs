@@ -33,8 +33,10 @@
 //! precomputed head and the body.
 //!
 //! Every response (errors included) is also reported to an [`Observer`] as an
-//! [`Exchange`]: what an access log needs, borrowed from the input. Engines
-//! that do not log pass `()`, whose calls compile to nothing.
+//! [`Exchange`]: what an access log and the metrics need, borrowed from the
+//! input; a health check is reported apart ([`Observer::on_health_check`]).
+//! Engines that neither log nor count pass `()`, whose calls compile to
+//! nothing.
 //!
 //! One refused request gets exactly one response: after an error the session
 //! consumes everything it was given and asks the engine to end the
@@ -46,6 +48,7 @@
 
 use crate::files::{Resolved, Snapshot};
 use crate::http::date::{self, DateLine};
+use crate::http::health;
 use crate::http::request::{self, Limits, Method, RequestHead, Version};
 use crate::http::resource;
 use crate::http::response::{self, ConnectionHeader, Output};
@@ -87,6 +90,11 @@ pub struct Exchange<'a> {
 /// Told about every response the session writes.
 pub trait Observer {
     fn on_response(&mut self, exchange: &Exchange<'_>);
+
+    /// A health check was answered ([`crate::http::health`]); it is not
+    /// reported as a response, so it never reaches the access log.
+    #[inline(always)]
+    fn on_health_check(&mut self) {}
 }
 
 /// No observer: logging off, nothing to do.
@@ -297,6 +305,14 @@ impl Session {
                 Status::MethodNotAllowed,
                 error_page(Status::MethodNotAllowed).body.len(),
             );
+            return keep_going;
+        }
+        if snapshot
+            .health_path()
+            .is_some_and(|path| health::is_health_target(head.target, path))
+        {
+            health::write_health(out, with_body, date, connection(head.close));
+            observer.on_health_check();
             return keep_going;
         }
         if let Err(error) = normalize_target(head.target, &mut self.key) {
@@ -681,9 +697,13 @@ mod tests {
     type Logged = (String, u16, u64, Option<String>, Option<String>);
 
     #[derive(Default)]
-    struct Recorder(Vec<Logged>);
+    struct Recorder(Vec<Logged>, usize);
 
     impl Observer for Recorder {
+        fn on_health_check(&mut self) {
+            self.1 += 1;
+        }
+
         fn on_response(&mut self, e: &Exchange<'_>) {
             let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
             self.0.push((
@@ -730,6 +750,35 @@ GET /%zz HTTP/1.1\r\nHost: a\r\n\r\n";
         );
         assert_eq!(refused.0[0].0, "GET / HTTP/1.1");
         assert_eq!(refused.0[0].1, 400);
+    }
+
+    #[test]
+    fn health_checks_are_answered_first_and_reported_apart() {
+        let snapshot = Snapshot::from_memory(&[("/healthz", b"shadowed"), ("/a", b"x")], 0)
+            .with_health_path(Some("/healthz"));
+        let mut session = Session::new();
+        let mut out = Output::new();
+        let mut seen = Recorder::default();
+        let raw = b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\nHEAD /healthz?x HTTP/1.1\r\nHost: a\r\n\r\n\
+GET /a HTTP/1.1\r\nHost: a\r\n\r\nPOST /healthz HTTP/1.1\r\nHost: a\r\n\r\n\
+GET /healthz HTTP/1.0\r\n\r\n";
+        let progress = session.on_input_observed(raw, &snapshot, &Limits::default(), &mut out, &mut seen);
+        assert_eq!(progress.next, Next::Close, "HTTP/1.0 without keep-alive closes");
+        let text = String::from_utf8(out.to_vec_blocking().unwrap()).unwrap();
+        assert_eq!(statuses(&text), [200, 200, 200, 405, 200]);
+        assert_eq!(text.matches("Cache-Control: no-store\r\n").count(), 3);
+        assert_eq!(
+            text.matches("\r\n\r\nok\n").count(),
+            2,
+            "no body for HEAD: {text}"
+        );
+        assert!(!text.contains("shadowed"));
+        assert_eq!(seen.1, 3, "three health checks");
+        let reported: Vec<u16> = seen.0.iter().map(|logged| logged.1).collect();
+        assert_eq!(reported, [200, 405], "only the others are reported as responses");
+        let off = Snapshot::from_memory(&[("/healthz", b"a file")], 0);
+        let (text, _) = drive(&off, b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n", 4096);
+        assert!(text.ends_with("a file"), "off: the file is served: {text}");
     }
 
     #[test]

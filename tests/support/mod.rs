@@ -117,6 +117,18 @@ impl TestServer {
         &self.root
     }
 
+    /// Where the server serves its metrics (`metrics_listen` in its config).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.server.as_ref().unwrap().metrics_addr()
+    }
+
+    /// Stops the server and waits for it (and its access log) to finish.
+    pub fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop();
+        }
+    }
+
     /// Tells the workers to stop (without waiting): they stop accepting, let
     /// responses in flight finish, and close idle connections.
     pub fn trigger_shutdown(&self) {
@@ -649,6 +661,27 @@ pub fn http_agent() -> ureq::Agent {
         .timeout_global(Some(IO_TIMEOUT))
         .build();
     ureq::Agent::new_with_config(config)
+}
+
+/// One scrape of the metrics endpoint at `addr`: every sample, keyed by
+/// its name and labels as written (`name{label="value"}`).
+pub fn scrape(addr: SocketAddr) -> std::collections::HashMap<String, f64> {
+    let mut client = RawClient::connect(addr);
+    let response = client.request(&get("/metrics"));
+    assert_eq!(response.status, 200, "{}", response.describe());
+    assert_eq!(
+        response.header("Content-Type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    response
+        .body_text()
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("a sample line");
+            (series.to_owned(), value.parse().expect("a number"))
+        })
+        .collect()
 }
 
 /// Connections in state ESTABLISHED whose local port is `port`: the server's

@@ -64,7 +64,6 @@ use std::time::Duration;
 use self::conn::{Conn, InputState, OutputState, Phase, Reaction};
 use self::outbox::OutboxPool;
 use self::sys::Epoll;
-use crate::access_log::FLUSH_INTERVAL;
 use crate::engine::deadlines::{Deadlines, Due, Millis, NEVER};
 use crate::engine::policy::{Serving, millis};
 use crate::engine::slots::{SlotKey, Slots};
@@ -163,8 +162,6 @@ struct Driver {
     worker_index: usize,
     grace: Duration,
     stopping: Stopping,
-    /// When to hand the access log's buffer over next.
-    next_log_flush: Millis,
     /// Test-only fault injection ([`crate::engine::FaultCountdown`]) ...
     fault: FaultCountdown,
     /// ... and whether it is due: the loop fails as a broken one would.
@@ -195,6 +192,7 @@ impl Driver {
                 worker.limits,
                 worker.timeouts,
                 worker.access_log.take(),
+                worker.metrics.clone(),
             ),
             pool: OutboxPool::default(),
             snapshots: worker.snapshot.cache(),
@@ -204,12 +202,11 @@ impl Driver {
             ready: Vec::new(),
             // Clients may have connected before the listener joined the set.
             accept: AcceptState::Pending,
-            backoff: AcceptBackoff::default(),
+            backoff: AcceptBackoff::counted(worker.metrics.take()),
             max_connections: worker.max_connections.max(1),
             worker_index: worker.index,
             grace: worker.shutdown_grace,
             stopping: Stopping::Running,
-            next_log_flush: millis(FLUSH_INTERVAL),
             fault: FaultCountdown::new(worker.fault_after_accepts),
             fault_due: false,
         })
@@ -269,8 +266,9 @@ impl Driver {
         if let Stopping::Grace { until } = self.stopping {
             next = next.min(until);
         }
-        if self.serving.log.is_some() {
-            next = next.min(self.next_log_flush);
+        if let Some(at) = self.serving.log_flush_due() {
+            // An idle worker still hands waiting lines over in time.
+            next = next.min(at);
         }
         if next == NEVER {
             return -1;
@@ -349,6 +347,7 @@ impl Driver {
             .map(Box::new);
         let fd = socket.as_raw_fd();
         let key = self.conns.insert(Conn::new(socket, peer, &self.serving));
+        self.serving.count_connection(true);
         // Registering reports what is already there (a request that came
         // with the handshake) as the first event.
         if self.epoll.add(fd, CONNECTION_EVENTS, token(key)).is_err() {
@@ -486,6 +485,7 @@ impl Driver {
             set_reset_on_close(conn.fd());
         }
         conn.release(&mut self.pool);
+        self.serving.count_connection(false);
         if self.deadlines.is_sparse(self.conns.len()) {
             let conns = &self.conns;
             self.deadlines
@@ -511,6 +511,11 @@ impl Driver {
             if self.deadlines.on_popped(&mut conn.timer, key, at, now) != Due::Expired {
                 continue;
             }
+            if !matches!(conn.phase, Phase::Lingering(_)) {
+                // A linger running out is how a refusal normally ends, not
+                // a timeout (the other engines do not count it either).
+                self.serving.count_timeout(conn.expiry);
+            }
             match conn.expiry {
                 Expiry::Close => self.close(key, false),
                 Expiry::Abort => self.close(key, true),
@@ -527,12 +532,7 @@ impl Driver {
             self.stopping = Stopping::Aborted;
             self.reset_all();
         }
-        if now >= self.next_log_flush {
-            self.next_log_flush = now + millis(FLUSH_INTERVAL);
-            if let Some(log) = &self.serving.log {
-                log.borrow_mut().flush_if_due();
-            }
-        }
+        self.serving.flush_log_if_due();
     }
 
     // ---- stop ----

@@ -121,7 +121,6 @@ use self::conn::{
     Conn, Input, InputState, OutboxPool, OutputState, Phase, Reaction, RecvState, ServeContext,
 };
 use self::op::{Op, OpKind};
-use crate::access_log::FLUSH_INTERVAL;
 use crate::engine::deadlines::{Deadlines, Due, Millis, NEVER};
 use crate::engine::policy::Serving;
 use crate::engine::slots::{SlotKey, Slots};
@@ -383,8 +382,6 @@ struct Driver {
     snapshots: SnapshotCache,
     grace: Duration,
     max_connections: usize,
-    /// When to hand the access log's buffer over next.
-    next_log_flush: Millis,
     worker_index: usize,
     /// Closed once the stop signal came and the accept has ended.
     listener: Option<TcpListener>,
@@ -483,6 +480,7 @@ impl Driver {
                     worker.limits,
                     worker.timeouts,
                     worker.access_log.take(),
+                    worker.metrics.clone(),
                 ),
                 batch: options.batch_sends,
                 own_buffers: mode == RecvMode::SingleOwned,
@@ -490,12 +488,11 @@ impl Driver {
             snapshots: worker.snapshot.cache(),
             grace: worker.shutdown_grace,
             max_connections: worker.max_connections.max(1),
-            next_log_flush: millis(FLUSH_INTERVAL),
             worker_index: worker.index,
             listener: Some(worker.listener),
             shutdown: worker.shutdown,
             accept: AcceptState::Idle,
-            backoff: AcceptBackoff::default(),
+            backoff: AcceptBackoff::counted(worker.metrics.take()),
             accept_resume_at: NEVER,
             stopping: Stopping::Running,
             timer_at: NEVER,
@@ -692,6 +689,7 @@ impl Driver {
         let peer = self.cx.log.as_ref().and_then(|_| peer_ip(fd)).map(Box::new);
         let conn = Conn::new(fd, peer, &self.cx);
         let key = self.conns.insert(conn);
+        self.cx.count_connection(true);
         self.settle(key);
     }
 
@@ -991,6 +989,7 @@ impl Driver {
                 if let Some(conn) = self.conns.remove(key) {
                     conn.release(&mut self.pool);
                 }
+                self.cx.count_connection(false);
                 self.ring.push_close(fd, Op::conn(OpKind::Close, key));
                 if self.deadlines.is_sparse(self.conns.len()) {
                     let conns = &self.conns;
@@ -1036,6 +1035,11 @@ impl Driver {
             if self.deadlines.on_popped(&mut conn.timer, key, at, self.cx.now) != Due::Expired {
                 continue;
             }
+            if !matches!(conn.phase, Phase::Lingering { .. }) {
+                // A linger running out is how a refusal normally ends, not
+                // a timeout (the tokio engines do not count it either).
+                cx.count_timeout(conn.expiry);
+            }
             match conn.expiry {
                 Expiry::Close => self.abort(key, false),
                 Expiry::Abort => self.abort(key, true),
@@ -1056,12 +1060,7 @@ impl Driver {
                 self.abort(key, true);
             }
         }
-        if self.cx.now >= self.next_log_flush {
-            self.next_log_flush = self.cx.now + millis(FLUSH_INTERVAL);
-            if let Some(log) = &self.cx.log {
-                log.borrow_mut().flush_if_due();
-            }
-        }
+        self.cx.flush_log_if_due();
     }
 
     /// Arms (or moves earlier) the one timeout that wakes the loop for the
@@ -1075,8 +1074,9 @@ impl Driver {
         if let Stopping::Grace { until } = self.stopping {
             next = next.min(until);
         }
-        if self.cx.log.is_some() {
-            next = next.min(self.next_log_flush);
+        if let Some(at) = self.cx.log_flush_due() {
+            // An idle worker still hands waiting lines over in time.
+            next = next.min(at);
         }
         if next == NEVER || next >= self.timer_at {
             return;
