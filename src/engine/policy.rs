@@ -18,6 +18,10 @@
 //! - [`Serving::deadline`]: which deadline governs a connection in each of
 //!   its states ([`Waiting`]), by the core's rules
 //!   ([`crate::http::deadline`]), on the worker's millisecond clock.
+//! - [`Stopping`]: drain on stop: after the stop signal, the grace period
+//!   during which responses in flight finish, then one reset of the rest.
+//! - the metrics hooks ([`Serving::count_connection`],
+//!   [`Serving::count_timeout`]) and the access log's flush timing.
 //! - the lazy deadline queue ([`crate::engine::deadlines`]), the connection
 //!   table ([`crate::engine::slots`]), the cap and the accept back-off
 //!   ([`crate::engine::AcceptBackoff`]) are their own modules, used by both.
@@ -166,6 +170,52 @@ impl Serving {
                 (self.millis(deadline.at), deadline.expiry)
             }
         }
+    }
+}
+
+/// A worker's stop: the stop signal starts the grace period (the loop closes
+/// its listener and shuts down the read side of every open connection, so
+/// one waiting for a request sees end-of-file and closes, and one
+/// mid-response finishes it); when it is over, what is left is reset, once;
+/// the loop returns once no connection is left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopping {
+    Running,
+    Grace { until: Millis },
+    Aborted,
+}
+
+impl Stopping {
+    /// The stop signal came at `now`: `true` the first time (start draining).
+    pub fn begin(&mut self, now: Millis, grace: Duration) -> bool {
+        if *self != Stopping::Running {
+            return false;
+        }
+        *self = Stopping::Grace {
+            until: now.saturating_add(millis(grace)),
+        };
+        true
+    }
+
+    pub fn is_running(&self) -> bool {
+        *self == Stopping::Running
+    }
+
+    /// When the loop must wake for the end of the grace period.
+    pub fn wake_at(&self) -> Option<Millis> {
+        match *self {
+            Stopping::Grace { until } => Some(until),
+            Stopping::Running | Stopping::Aborted => None,
+        }
+    }
+
+    /// `true` once, when the grace period is over at `now`: reset what is left.
+    pub fn grace_over(&mut self, now: Millis) -> bool {
+        if self.wake_at().is_some_and(|until| until <= now) {
+            *self = Stopping::Aborted;
+            return true;
+        }
+        false
     }
 }
 

@@ -65,7 +65,7 @@ use self::conn::{Conn, InputState, OutputState, Phase, Reaction};
 use self::outbox::OutboxPool;
 use self::sys::Epoll;
 use crate::engine::deadlines::{Deadlines, Due, Millis, NEVER};
-use crate::engine::policy::{Serving, millis};
+use crate::engine::policy::{Serving, Stopping, millis};
 use crate::engine::slots::{SlotKey, Slots};
 use crate::engine::{AcceptBackoff, FaultCountdown, Ready, Shutdown, Worker, set_reset_on_close};
 use crate::files::SnapshotCache;
@@ -124,14 +124,6 @@ enum AcceptState {
     Pending,
     /// An accept failed for lack of descriptors or memory: try again then.
     Paused { until: Millis },
-}
-
-/// After the stop signal: the grace period, then one reset of what is left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stopping {
-    Running,
-    Grace { until: Millis },
-    Aborted,
 }
 
 /// One worker's loop and everything it owns.
@@ -216,7 +208,7 @@ impl Driver {
     fn run(&mut self) -> io::Result<()> {
         loop {
             self.accept_connections();
-            if self.stopping != Stopping::Running && self.conns.is_empty() {
+            if !self.stopping.is_running() && self.conns.is_empty() {
                 break;
             }
             if self.fault_due {
@@ -263,7 +255,7 @@ impl Driver {
         if let AcceptState::Paused { until } = self.accept {
             next = next.min(until);
         }
-        if let Stopping::Grace { until } = self.stopping {
+        if let Some(until) = self.stopping.wake_at() {
             next = next.min(until);
         }
         if let Some(at) = self.serving.log_flush_due() {
@@ -527,9 +519,8 @@ impl Driver {
                 }
             }
         }
-        if matches!(self.stopping, Stopping::Grace { until } if until <= now) {
-            // Grace is over: reset whatever is left.
-            self.stopping = Stopping::Aborted;
+        if self.stopping.grace_over(now) {
+            // Grace is over: reset whatever is left, once.
             self.reset_all();
         }
         self.serving.flush_log_if_due();
@@ -538,12 +529,9 @@ impl Driver {
     // ---- stop ----
 
     fn on_stop_signal(&mut self) {
-        if self.stopping != Stopping::Running {
+        if !self.stopping.begin(self.serving.now, self.grace) {
             return;
         }
-        self.stopping = Stopping::Grace {
-            until: self.serving.now.saturating_add(millis(self.grace)),
-        };
         if let Some(listener) = self.listener.take() {
             self.epoll.delete(listener.as_raw_fd());
         }

@@ -122,7 +122,7 @@ use self::conn::{
 };
 use self::op::{Op, OpKind};
 use crate::engine::deadlines::{Deadlines, Due, Millis, NEVER};
-use crate::engine::policy::Serving;
+use crate::engine::policy::{Serving, Stopping, millis};
 use crate::engine::slots::{SlotKey, Slots};
 use crate::engine::{
     AcceptBackoff, FaultCountdown, READ_BUFFER_BYTES, Ready, Shutdown, Worker, set_reset_on_close,
@@ -405,16 +405,6 @@ struct Driver {
     fault_due: bool,
 }
 
-/// After the stop signal: the grace period, then one reset of whatever is
-/// left (once: the resets' cancels complete on their own, and the loop waits
-/// for them in the kernel, not by waking every millisecond).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stopping {
-    Running,
-    Grace { until: Millis },
-    Aborted,
-}
-
 impl Driver {
     fn new(mut worker: Worker) -> io::Result<Driver> {
         let options = worker.uring;
@@ -557,7 +547,7 @@ impl Driver {
             debug_assert_eq!(buffers.lent_count(), 0);
             buffers.publish();
         }
-        if self.stopping != Stopping::Running && self.conns.is_empty() && self.accept == AcceptState::Idle {
+        if !self.stopping.is_running() && self.conns.is_empty() && self.accept == AcceptState::Idle {
             self.cancel_timer();
         } else {
             self.arm_timer();
@@ -565,7 +555,7 @@ impl Driver {
     }
 
     fn finished(&self) -> bool {
-        self.stopping != Stopping::Running && self.conns.is_empty() && self.ring.in_flight == 0
+        !self.stopping.is_running() && self.conns.is_empty() && self.ring.in_flight == 0
     }
 
     fn handle_completions(&mut self) {
@@ -617,7 +607,7 @@ impl Driver {
     /// after the stop signal, closes the listener once the accept has ended
     /// (new clients are refused while responses in flight finish).
     fn maintain_accept(&mut self) {
-        if self.stopping != Stopping::Running && self.accept == AcceptState::Idle {
+        if !self.stopping.is_running() && self.accept == AcceptState::Idle {
             if let Some(listener) = self.listener.take() {
                 self.ring
                     .push_close(listener.into_raw_fd(), Op::worker(OpKind::Close));
@@ -626,7 +616,7 @@ impl Driver {
         let Some(listener_fd) = self.listener.as_ref().map(AsRawFd::as_raw_fd) else {
             return;
         };
-        let paused = self.stopping != Stopping::Running || self.accept_resume_at != NEVER;
+        let paused = !self.stopping.is_running() || self.accept_resume_at != NEVER;
         let room = self.max_connections.saturating_sub(self.open_connections());
         let multishot = room > SINGLE_SHOT_ACCEPT_ROOM;
         match self.accept {
@@ -667,7 +657,7 @@ impl Driver {
             let fd = result;
             self.backoff.on_success(self.worker_index);
             self.fault_due |= self.fault.on_accept();
-            if self.stopping != Stopping::Running {
+            if !self.stopping.is_running() {
                 self.ring.push_close(fd, Op::worker(OpKind::Close));
             } else if self.conns.len() >= self.max_connections {
                 self.waiting.push_back(fd);
@@ -1053,9 +1043,8 @@ impl Driver {
         if self.accept_resume_at <= self.cx.now {
             self.accept_resume_at = NEVER;
         }
-        if matches!(self.stopping, Stopping::Grace { until } if until <= self.cx.now) {
+        if self.stopping.grace_over(self.cx.now) {
             // Grace is over: reset whatever is left, once.
-            self.stopping = Stopping::Aborted;
             for key in self.conns.keys() {
                 self.abort(key, true);
             }
@@ -1071,7 +1060,7 @@ impl Driver {
             .next_due()
             .unwrap_or(NEVER)
             .min(self.accept_resume_at);
-        if let Stopping::Grace { until } = self.stopping {
+        if let Some(until) = self.stopping.wake_at() {
             next = next.min(until);
         }
         if let Some(at) = self.cx.log_flush_due() {
@@ -1113,12 +1102,9 @@ impl Driver {
     // ---- stop ----
 
     fn on_stop_signal(&mut self) {
-        if self.stopping != Stopping::Running {
+        if !self.stopping.begin(self.cx.now, self.grace) {
             return;
         }
-        self.stopping = Stopping::Grace {
-            until: self.cx.now.saturating_add(millis(self.grace)),
-        };
         self.maintain_accept();
         while let Some(fd) = self.waiting.pop_front() {
             self.ring.push_close(fd, Op::worker(OpKind::Close));
@@ -1136,10 +1122,6 @@ impl Driver {
             }
         }
     }
-}
-
-fn millis(duration: Duration) -> Millis {
-    u64::try_from(duration.as_millis()).unwrap_or(NEVER - 1)
 }
 
 /// The peer's address of an accepted socket.
