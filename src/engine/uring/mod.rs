@@ -39,7 +39,7 @@
 //!    operations in flight, so responses stay in order. A file too large for
 //!    memory is streamed: an io_uring `read` at an offset into a chunk buffer
 //!    of at most [`FILE_CHUNK_BYTES`](crate::engine::FILE_CHUNK_BYTES), sent
-//!    (with what follows it) before the next chunk is read ([`conn::Outbox`]).
+//!    (with what follows it) before the next chunk is read ([`outbox::Outbox`]).
 //!    Every iteration answers from one snapshot, refreshed from the worker's
 //!    [`SnapshotCache`] so a reload takes effect at the next iteration.
 //! 5. **Timeouts without syscalls of their own**: which deadline applies
@@ -66,11 +66,13 @@
 //! ([`op`]): slot index and generation ([`slots`]), so a late completion can
 //! never touch a connection that reused the slot.
 //!
-//! **Memory handed to the kernel** is never moved or freed while an
+//! **Memory handed to the kernel** is audited in three small files: [`ring`]
+//! (every submission, and the count of what is in flight), [`buffers`]
+//! (receive buffers) and [`outbox`] (send memory). It is never moved or freed while an
 //! operation that uses it is in flight: provided buffers live in one
 //! allocation for the worker's lifetime (and are read only while lent to us,
 //! see [`buffers`]); a send's bytes, iovecs and `msghdr` live in a boxed
-//! [`conn::Outbox`] that its connection keeps until the send's completion;
+//! [`outbox::Outbox`] that its connection keeps until the send's completion;
 //! a connection's slot (and its `carry`, which a single-shot receive may be
 //! writing into) is freed only after every operation of the connection has
 //! delivered its final completion; and the loop returns only when no
@@ -105,6 +107,8 @@
 mod buffers;
 mod conn;
 mod op;
+mod outbox;
+mod ring;
 
 use std::collections::VecDeque;
 use std::io;
@@ -117,10 +121,10 @@ use std::time::Duration;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use self::buffers::{BUFFER_GROUP, BufRing};
-use self::conn::{
-    Conn, Input, InputState, OutboxPool, OutputState, Phase, Reaction, RecvState, ServeContext,
-};
+use self::conn::{Conn, Input, InputState, OutputState, Phase, Reaction, RecvState, ServeContext};
 use self::op::{Op, OpKind};
+use self::outbox::OutboxPool;
+use self::ring::Ring;
 use crate::engine::deadlines::{Deadlines, Due, Millis, NEVER};
 use crate::engine::policy::{Serving, Stopping, millis};
 use crate::engine::slots::{SlotKey, Slots};
@@ -229,114 +233,6 @@ pub fn run_worker(worker: Worker, ready: Ready) -> io::Result<()> {
     };
     ready.report(Ok(()));
     driver.run()
-}
-
-/// The submission side of the ring, and the count of operations whose final
-/// completion has not arrived.
-struct Ring {
-    ring: IoUring,
-    /// Operations submitted (or queued) whose last completion is still to
-    /// come. The loop returns only when this is zero.
-    in_flight: usize,
-}
-
-impl Ring {
-    /// Queues `entry`, submitting early if the queue is full.
-    ///
-    /// # Safety
-    ///
-    /// Everything `entry` points to must stay valid, unmoved and (for what
-    /// the kernel reads) unchanged until the operation's final completion.
-    unsafe fn push(&mut self, entry: &squeue::Entry) {
-        loop {
-            // SAFETY: the caller keeps what the entry points to alive until
-            // its completion.
-            if unsafe { self.ring.submission().push(entry) }.is_ok() {
-                self.in_flight += 1;
-                return;
-            }
-            match self.ring.submit() {
-                Ok(_) => {}
-                Err(e) if retry_enter(&e) => std::thread::yield_now(),
-                Err(e) => panic!("io_uring submission failed: {e}"),
-            }
-        }
-    }
-
-    /// Queues a cancel of the operation `target` (the cancelled operation
-    /// reports on its own).
-    fn push_cancel(&mut self, target: Op) {
-        let entry = opcode::AsyncCancel::new(target.encode())
-            .build()
-            .user_data(Op::worker(OpKind::Cancel).encode());
-        // SAFETY: a cancel names its target by `user_data`, a number: it
-        // references no memory.
-        unsafe { self.push_unacknowledged(&entry) };
-    }
-
-    /// Queues the close of `fd`, which nothing of ours uses any more.
-    fn push_close(&mut self, fd: RawFd, op: Op) {
-        let entry = opcode::Close::new(types::Fd(fd)).build().user_data(op.encode());
-        // SAFETY: a close takes a descriptor number and references no memory.
-        unsafe { self.push_unacknowledged(&entry) };
-    }
-
-    /// Queues `shutdown(fd, SHUT_WR)`: the peer sees end-of-file once what
-    /// was sent before is delivered.
-    fn push_shutdown_write(&mut self, fd: RawFd, op: Op) {
-        let entry = opcode::Shutdown::new(types::Fd(fd), libc::SHUT_WR)
-            .build()
-            .user_data(op.encode());
-        // SAFETY: a shutdown takes a descriptor and a number: no memory.
-        unsafe { self.push_unacknowledged(&entry) };
-    }
-
-    /// Queues `entry` with `IOSQE_CQE_SKIP_SUCCESS`: it completes silently
-    /// unless it fails, so it is not counted in flight (closes, cancels and
-    /// shutdowns, whose success tells nothing; what is queued is submitted
-    /// before the loop returns).
-    ///
-    /// # Safety
-    ///
-    /// `entry` must reference no memory of ours: nothing would keep it alive.
-    unsafe fn push_unacknowledged(&mut self, entry: &squeue::Entry) {
-        let entry = entry.clone().flags(squeue::Flags::SKIP_SUCCESS);
-        // SAFETY: the entry references no memory (this function's contract).
-        unsafe { self.push(&entry) };
-        self.in_flight -= 1;
-    }
-
-    /// Whether a completion of `kind` is counted in `in_flight`.
-    fn counted(kind: OpKind) -> bool {
-        !matches!(kind, OpKind::Close | OpKind::Cancel | OpKind::Shutdown)
-    }
-
-    /// The loop's one syscall: submits what is queued and, if `wait`, waits
-    /// for at least one completion; otherwise only collects what is ready
-    /// (deferred task work runs only in an enter that asks for completions).
-    fn enter(&mut self, wait: bool) -> io::Result<()> {
-        let result = if wait {
-            self.ring.submit_and_wait(1)
-        } else {
-            let no_wait = types::Timespec::new();
-            let args = types::SubmitArgs::new().timespec(&no_wait);
-            self.ring.submitter().submit_with_args(1, &args)
-        };
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if retry_enter(&e) || e.raw_os_error() == Some(libc::ETIME) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-/// Errors after which entering the ring again is right: a signal, a
-/// completion queue overflow the next drain clears, a transient shortage.
-fn retry_enter(error: &io::Error) -> bool {
-    matches!(
-        error.raw_os_error(),
-        Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
-    )
 }
 
 /// The listener's accept: multishot while there is room under the connection
