@@ -12,9 +12,10 @@
 //! - [`answer`]: running the sans-I/O core over carried and fresh input,
 //!   keeping only what it did not consume, with the access-log hook
 //!   ([`ConnectionLog`]) when logging is on; [`head_timeout`] for the 408.
-//! - [`ends_after_output`] and [`Lingering`]: what a session's [`Next`]
-//!   means once its output is written (read on, or shut down the sending
-//!   side and linger: read and discard within bounds, then close).
+//! - [`after_output`], [`ends_after_output`] and [`Lingering`]: what a
+//!   session's [`Next`] means once its output is written (answer what is
+//!   carried and read on, or shut down the sending side and linger: read and
+//!   discard within bounds, then close).
 //! - [`Serving::deadline`]: which deadline governs a connection in each of
 //!   its states ([`Waiting`]), by the core's rules
 //!   ([`crate::http::deadline`]), on the worker's millisecond clock.
@@ -345,6 +346,35 @@ pub fn answer(
 /// output that asks to end is closed at once.
 pub fn ends_after_output(next: Next) -> bool {
     matches!(next, Next::Close | Next::Linger)
+}
+
+/// What follows once all of a connection's output is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterOutput {
+    /// The session ended the connection ([`ends_after_output`]): shut down
+    /// the sending side and linger, counting what was carried as discarded.
+    Linger(Lingering),
+    /// Keep-alive: answer what is carried (input left by back-pressure), if
+    /// anything, then read on.
+    Continue,
+}
+
+/// The rule for the end of an output, the same in both native engines:
+/// `after_send` is what the session said when it was produced, `carry` what
+/// was received meanwhile (dropped when lingering: never answered; its
+/// buffer kept if `keep_buffer`, for an engine that may be receiving into it).
+pub fn after_output(after_send: &mut Next, carry: &mut Carry, keep_buffer: bool) -> AfterOutput {
+    if ends_after_output(*after_send) {
+        let lingering = Lingering::new(carry.len());
+        if keep_buffer {
+            carry.clear();
+        } else {
+            carry.release();
+        }
+        return AfterOutput::Linger(lingering);
+    }
+    *after_send = Next::Read;
+    AfterOutput::Continue
 }
 
 /// Input discarded while lingering, bounded by [`LINGER_MAX_BYTES`].

@@ -29,7 +29,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use super::outbox::{Outbox, OutboxPool};
 use crate::engine::deadlines::{Millis, TimerSlot};
-use crate::engine::policy::{self, Carry, Lingering, Serving, Waiting};
+use crate::engine::policy::{self, AfterOutput, Carry, Lingering, Serving, Waiting};
 use crate::http::{DeadlineClock, Expiry, Next, Session};
 
 /// What the socket is known to hold for us.
@@ -238,14 +238,13 @@ impl Conn {
             if let Some(outbox) = self.outbox.take() {
                 pool.give(outbox);
             }
-            if policy::ends_after_output(self.after_send) {
-                self.phase = Phase::Lingering(Lingering::new(self.carry.len()));
-                self.carry.release();
-                return Reaction::StartLinger;
-            }
-            self.after_send = Next::Read;
-            if self.carry.is_empty() {
-                return Reaction::Nothing;
+            match policy::after_output(&mut self.after_send, &mut self.carry, false) {
+                AfterOutput::Linger(lingering) => {
+                    self.phase = Phase::Lingering(lingering);
+                    return Reaction::StartLinger;
+                }
+                AfterOutput::Continue if self.carry.is_empty() => return Reaction::Nothing,
+                AfterOutput::Continue => {}
             }
             // Input left by back-pressure: answer it, write again.
             if self.answer(None, serving, pool) == Reaction::Close {

@@ -31,7 +31,7 @@ use super::op::OpKind;
 use super::outbox::{Outbox, OutboxPool};
 use crate::engine::READ_BUFFER_BYTES;
 use crate::engine::deadlines::{Millis, TimerSlot};
-use crate::engine::policy::{self, Carry, Lingering, Serving, Waiting};
+use crate::engine::policy::{self, AfterOutput, Carry, Lingering, Serving, Waiting};
 use crate::http::{DeadlineClock, Expiry, Next, Session};
 
 /// Input waiting in `carry` beyond which a connection stops receiving until
@@ -357,23 +357,16 @@ impl Conn {
         if let Some(outbox) = self.outbox.take() {
             pool.give(outbox);
         }
-        if policy::ends_after_output(self.after_send) {
-            self.phase = Phase::Lingering(Lingering::new(self.carry.len()));
-            if cx.own_buffers {
-                // A single-shot receive into `carry` may be armed (a 408 is
-                // sent while the head is still awaited): empty it, never
-                // free it under the kernel.
-                self.carry.clear();
-            } else {
-                self.carry.release();
+        // With own buffers a single-shot receive into `carry` may be armed
+        // (a 408 is sent while the head is still awaited): emptied, never
+        // freed under the kernel.
+        match policy::after_output(&mut self.after_send, &mut self.carry, cx.own_buffers) {
+            AfterOutput::Linger(lingering) => {
+                self.phase = Phase::Lingering(lingering);
+                Reaction::StartLinger
             }
-            return Reaction::StartLinger;
-        }
-        self.after_send = Next::Read;
-        if self.carry.is_empty() {
-            Reaction::Nothing
-        } else {
-            self.answer(None, cx, pool)
+            AfterOutput::Continue if self.carry.is_empty() => Reaction::Nothing,
+            AfterOutput::Continue => self.answer(None, cx, pool),
         }
     }
 
