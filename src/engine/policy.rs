@@ -56,6 +56,17 @@ pub struct Serving {
     pub now: Millis,
 }
 
+/// What the loop does when a connection's deadline passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// Close without a word.
+    Close,
+    /// Close with a reset (`SO_LINGER` 0).
+    Reset,
+    /// Answer 408 (the connection's `on_head_timeout`), then linger.
+    RequestTimeout,
+}
+
 /// What a connection is waiting for, which decides its deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Waiting {
@@ -116,6 +127,21 @@ impl Serving {
     /// Counts a connection's deadline passing (in the metrics, if on).
     pub fn count_timeout(&self, kind: impl Into<TimeoutKind>) {
         count_timeout(self.metrics.as_deref(), kind);
+    }
+
+    /// A connection's deadline passed: counts it (a linger running out is
+    /// how a refusal normally ends, not a timeout, and is not counted) and
+    /// says what the loop does.
+    pub fn on_expired(&self, expiry: Expiry, lingering: bool) -> Expired {
+        if !lingering {
+            self.count_timeout(expiry);
+        }
+        match expiry {
+            Expiry::Close => Expired::Close,
+            // A write made no progress: its unsent data is useless.
+            Expiry::Abort => Expired::Reset,
+            Expiry::RequestTimeout => Expired::RequestTimeout,
+        }
     }
 
     /// Counts a connection opened or closed (in the metrics, if on).

@@ -65,11 +65,10 @@ use self::conn::{Conn, InputState, OutputState, Phase, Reaction};
 use self::outbox::OutboxPool;
 use self::sys::Epoll;
 use crate::engine::deadlines::{Deadlines, Due, Millis, NEVER};
-use crate::engine::policy::{Serving, Stopping, millis};
+use crate::engine::policy::{Expired, Serving, Stopping, millis};
 use crate::engine::slots::{SlotKey, Slots};
 use crate::engine::{AcceptBackoff, FaultCountdown, Ready, Shutdown, Worker, set_reset_on_close};
 use crate::files::SnapshotCache;
-use crate::http::Expiry;
 
 /// The worker's one receive buffer: every connection reads into it, and a
 /// pipelined burst of up to this much is answered from one read.
@@ -503,15 +502,11 @@ impl Driver {
             if self.deadlines.on_popped(&mut conn.timer, key, at, now) != Due::Expired {
                 continue;
             }
-            if !matches!(conn.phase, Phase::Lingering(_)) {
-                // A linger running out is how a refusal normally ends, not
-                // a timeout (the other engines do not count it either).
-                self.serving.count_timeout(conn.expiry);
-            }
-            match conn.expiry {
-                Expiry::Close => self.close(key, false),
-                Expiry::Abort => self.close(key, true),
-                Expiry::RequestTimeout => {
+            let lingering = matches!(conn.phase, Phase::Lingering(_));
+            match self.serving.on_expired(conn.expiry, lingering) {
+                Expired::Close => self.close(key, false),
+                Expired::Reset => self.close(key, true),
+                Expired::RequestTimeout => {
                     let reaction = conn.on_head_timeout(&self.serving, &mut self.pool);
                     if self.react(key, reaction) {
                         self.settle(key);

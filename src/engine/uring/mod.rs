@@ -126,13 +126,12 @@ use self::op::{Op, OpKind};
 use self::outbox::OutboxPool;
 use self::ring::Ring;
 use crate::engine::deadlines::{Deadlines, Due, Millis, NEVER};
-use crate::engine::policy::{Serving, Stopping, millis};
+use crate::engine::policy::{Expired, Serving, Stopping, millis};
 use crate::engine::slots::{SlotKey, Slots};
 use crate::engine::{
     AcceptBackoff, FaultCountdown, READ_BUFFER_BYTES, Ready, Shutdown, Worker, set_reset_on_close,
 };
 use crate::files::SnapshotCache;
-use crate::http::Expiry;
 
 /// Submission queue entries per worker. When the queue fills mid-iteration
 /// the loop submits early (rare: one iteration queues about one entry per
@@ -921,15 +920,11 @@ impl Driver {
             if self.deadlines.on_popped(&mut conn.timer, key, at, self.cx.now) != Due::Expired {
                 continue;
             }
-            if !matches!(conn.phase, Phase::Lingering { .. }) {
-                // A linger running out is how a refusal normally ends, not
-                // a timeout (the tokio engines do not count it either).
-                cx.count_timeout(conn.expiry);
-            }
-            match conn.expiry {
-                Expiry::Close => self.abort(key, false),
-                Expiry::Abort => self.abort(key, true),
-                Expiry::RequestTimeout => {
+            let lingering = matches!(conn.phase, Phase::Lingering { .. });
+            match cx.on_expired(conn.expiry, lingering) {
+                Expired::Close => self.abort(key, false),
+                Expired::Reset => self.abort(key, true),
+                Expired::RequestTimeout => {
                     let reaction = conn.on_head_timeout(cx, &mut self.pool);
                     self.react(key, reaction);
                     self.settle(key);
