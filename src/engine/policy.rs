@@ -468,3 +468,126 @@ pub fn head_timeout(
         None => session.on_head_timeout(partial, output, &mut ()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serving() -> Serving {
+        Serving::new(
+            Arc::new(Snapshot::default()),
+            Limits::default(),
+            Timeouts::default(),
+            None,
+            None,
+        )
+    }
+
+    #[test]
+    fn only_the_start_of_a_head_spanning_reads_is_carried() {
+        let serving = serving();
+        let mut session = Session::new();
+        let mut carry = Carry::default();
+        let mut output = Output::new();
+        let first = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HT";
+        let progress = answer(
+            &mut session,
+            &mut carry,
+            Some(first),
+            &serving,
+            None,
+            &mut output,
+            true,
+            false,
+        );
+        assert_eq!(progress.next, Next::Read);
+        assert_eq!(&carry[..], b"GET /b HT", "the answered request is not copied");
+        assert!(!output.is_empty());
+        output.clear();
+        let rest = b"TP/1.1\r\nHost: a\r\n\r\n";
+        answer(
+            &mut session,
+            &mut carry,
+            Some(rest),
+            &serving,
+            None,
+            &mut output,
+            true,
+            false,
+        );
+        assert!(carry.is_empty());
+        assert!(carry.0.is_none(), "an emptied carry frees its buffer");
+        assert!(!output.is_empty(), "the head completed across reads is answered");
+    }
+
+    #[test]
+    fn without_batching_one_head_is_answered_at_a_time() {
+        let input = b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\nGET /x HTTP/1.1\r\n\r\n";
+        assert_eq!(request_limit(input, false), 2 + 27);
+        assert_eq!(request_limit(input, true), input.len());
+    }
+
+    #[test]
+    fn after_an_ending_output_the_connection_lingers_and_drops_what_it_carried() {
+        let mut carry = Carry::default();
+        carry.extend_from_slice(b"GET /smuggled HTTP/1.1\r\n");
+        let mut next = Next::Linger;
+        let AfterOutput::Linger(mut lingering) = after_output(&mut next, &mut carry, false) else {
+            panic!("a refusal ends in lingering")
+        };
+        assert!(carry.is_empty());
+        assert!(lingering.discard(LINGER_MAX_BYTES - 25));
+        assert!(!lingering.discard(1), "the linger bound counts what was carried");
+        let mut next = Next::Write;
+        assert_eq!(after_output(&mut next, &mut carry, false), AfterOutput::Continue);
+        assert_eq!(next, Next::Read);
+    }
+
+    #[test]
+    fn the_grace_period_ends_once() {
+        let mut stopping = Stopping::Running;
+        assert!(stopping.is_running() && stopping.wake_at().is_none());
+        assert!(stopping.begin(100, Duration::from_millis(50)));
+        assert!(
+            !stopping.begin(120, Duration::from_millis(50)),
+            "a second signal changes nothing"
+        );
+        assert_eq!(stopping.wake_at(), Some(150));
+        assert!(!stopping.grace_over(149));
+        assert!(stopping.grace_over(150));
+        assert!(!stopping.grace_over(10_000), "what is left is reset once");
+        assert!(!stopping.is_running() && stopping.wake_at().is_none());
+    }
+
+    #[test]
+    fn deadlines_follow_what_the_connection_waits_for() {
+        let mut serving = serving();
+        serving.now = 1_000;
+        let timeouts = serving.timeouts;
+        let session = Session::new();
+        let mut clock = DeadlineClock::new(serving.instant(0));
+        let ms = |d: Duration| d.as_millis() as u64;
+        assert_eq!(
+            serving.deadline(Waiting::Input, &mut clock, &session, 0),
+            (ms(timeouts.head), Expiry::Close),
+            "a fresh connection: the head deadline from accept"
+        );
+        assert_eq!(
+            serving.deadline(Waiting::Output { since: 500 }, &mut clock, &session, 0),
+            (500 + ms(timeouts.send), Expiry::Abort)
+        );
+        assert_eq!(
+            serving.deadline(Waiting::Lingering { since: 700 }, &mut clock, &session, 0),
+            (700 + ms(timeouts.linger), Expiry::Close)
+        );
+        assert_eq!(
+            serving.deadline(Waiting::Nothing, &mut clock, &session, 0).0,
+            NEVER
+        );
+        assert_eq!(serving.on_expired(Expiry::Abort, false), Expired::Reset);
+        assert_eq!(
+            serving.on_expired(Expiry::RequestTimeout, false),
+            Expired::RequestTimeout
+        );
+    }
+}
