@@ -19,6 +19,8 @@
 //! - [`Serving::deadline`]: which deadline governs a connection in each of
 //!   its states ([`Waiting`]), by the core's rules
 //!   ([`crate::http::deadline`]), on the worker's millisecond clock.
+//! - [`Pool`]: the outboxes a worker reuses, so idle connections hold no
+//!   output buffer.
 //! - [`Stopping`]: drain on stop: after the stop signal, the grace period
 //!   during which responses in flight finish, then one reset of the rest.
 //! - the metrics hooks ([`Serving::count_connection`],
@@ -28,13 +30,14 @@
 //!   ([`crate::engine::AcceptBackoff`]) are their own modules, used by both.
 
 use std::cell::RefCell;
+use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::access_log::{ConnectionLog, WorkerLog};
-use crate::engine::LINGER_MAX_BYTES;
 use crate::engine::deadlines::{Millis, NEVER};
+use crate::engine::{LINGER_MAX_BYTES, Ready, Worker};
 use crate::files::Snapshot;
 use crate::http::{DeadlineClock, Expiry, Limits, Next, Output, Progress, Session, Timeouts};
 use crate::metrics::{ConnectionObserver, TimeoutKind, WorkerMetrics, count_timeout};
@@ -97,6 +100,17 @@ impl Serving {
             epoch: Instant::now(),
             now: 0,
         }
+    }
+
+    /// The serving context of `worker` (taking its access log).
+    pub fn for_worker(worker: &mut Worker) -> Serving {
+        Serving::new(
+            worker.snapshot.current(),
+            worker.limits,
+            worker.timeouts,
+            worker.access_log.take(),
+            worker.metrics.clone(),
+        )
     }
 
     /// Reads the clock (once per loop iteration).
@@ -243,6 +257,28 @@ impl Stopping {
             return true;
         }
         false
+    }
+}
+
+/// How a native engine's worker runs: build its loop with `new` on the
+/// worker's thread (a failure, such as a kernel refusing io_uring, is
+/// reported through `ready` as a start error), report that it is up, then
+/// `run` it until the stop signal (an error is a worker failure).
+pub fn start_loop<D>(
+    worker: Worker,
+    ready: Ready,
+    new: impl FnOnce(Worker) -> io::Result<D>,
+    run: impl FnOnce(D) -> io::Result<()>,
+) -> io::Result<()> {
+    match new(worker) {
+        Ok(driver) => {
+            ready.report(Ok(()));
+            run(driver)
+        }
+        Err(e) => {
+            ready.report(Err(e));
+            Ok(())
+        }
     }
 }
 
@@ -437,6 +473,79 @@ pub fn request_limit(input: &[u8], batch: bool) -> usize {
     // too, or they would be taken for the end of a head.
     let start = input.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
     memchr::memmem::find(&input[start..], b"\r\n\r\n").map_or(input.len(), |end| start + end + 4)
+}
+
+/// Outboxes kept for reuse per worker, and the largest staging buffer kept:
+/// enough for every connection of a busy worker to have a response in
+/// flight without allocating, and at most 16 MiB kept (usually 4 KiB each).
+pub const MAX_POOLED_OUTBOXES: usize = 512;
+pub const MAX_POOLED_OUTPUT_BYTES: usize = 32 * 1024;
+
+/// An engine's outbox: the output a connection is sending, and the engine's
+/// own bookkeeping about it.
+pub trait Pooled: Default {
+    fn output(&self) -> &Output;
+    /// Empties it for its next connection.
+    fn reset(&mut self);
+}
+
+/// Outboxes of connections that have nothing to send, for reuse: taken when
+/// a request is answered, given back when the last byte is sent, so an idle
+/// connection holds no output buffer. One that grew large is dropped.
+#[derive(Debug)]
+pub struct Pool<T> {
+    /// Boxed on purpose: connections hold outboxes by `Box` (one word each;
+    /// for io_uring, memory lent to the kernel must not move).
+    #[allow(clippy::vec_box)]
+    free: Vec<Box<T>>,
+}
+
+impl<T> Default for Pool<T> {
+    fn default() -> Self {
+        Pool { free: Vec::new() }
+    }
+}
+
+impl<T: Pooled> Pool<T> {
+    pub fn take(&mut self) -> Box<T> {
+        self.free.pop().unwrap_or_default()
+    }
+
+    pub fn give(&mut self, mut outbox: Box<T>) {
+        if self.free.len() >= MAX_POOLED_OUTBOXES
+            || outbox.output().staged_capacity() > MAX_POOLED_OUTPUT_BYTES
+        {
+            return;
+        }
+        outbox.reset();
+        self.free.push(outbox);
+    }
+}
+
+/// For the engines' outbox tests: appends to `output` a mix of every kind
+/// of piece (staged heads, a shared in-memory body of `shared` bytes, all
+/// of the file `body`, then 10 bytes of it from offset 1000) and returns
+/// the bytes it must send; `content` is the file's content.
+#[cfg(test)]
+pub(crate) fn mixed_output_for_tests(
+    output: &mut Output,
+    body: &crate::files::Body,
+    content: &[u8],
+    shared: &bytes::Bytes,
+) -> Vec<u8> {
+    output.push(b"HEAD1\r\n\r\n");
+    output.push_whole_body(body);
+    output.push(b"HEAD2\r\n\r\n");
+    output.push_body(shared);
+    output.push(b"HEAD3\r\n\r\n");
+    output.push_body_range(body, 1000, 10);
+    let mut expected = b"HEAD1\r\n\r\n".to_vec();
+    expected.extend_from_slice(content);
+    expected.extend_from_slice(b"HEAD2\r\n\r\n");
+    expected.extend_from_slice(shared);
+    expected.extend_from_slice(b"HEAD3\r\n\r\n");
+    expected.extend_from_slice(&content[1000..1010]);
+    expected
 }
 
 /// Runs the session over `input`, telling the `observer` (access log,

@@ -65,7 +65,7 @@ use self::conn::{Conn, InputState, OutputState, Phase, Reaction};
 use self::outbox::OutboxPool;
 use self::sys::Epoll;
 use crate::engine::deadlines::{Deadlines, Due, Millis, NEVER};
-use crate::engine::policy::{Expired, Serving, Stopping, millis};
+use crate::engine::policy::{self, Expired, Serving, Stopping, millis};
 use crate::engine::slots::{SlotKey, Slots};
 use crate::engine::{AcceptBackoff, FaultCountdown, Ready, Shutdown, Worker, set_reset_on_close};
 use crate::files::SnapshotCache;
@@ -103,15 +103,7 @@ fn key_of(token: u64) -> SlotKey {
 /// Runs one worker until the stop signal. An error means the loop broke
 /// (see [`crate::engine::WorkerFailure`] for what happens then).
 pub fn run_worker(worker: Worker, ready: Ready) -> io::Result<()> {
-    let mut driver = match Driver::new(worker) {
-        Ok(driver) => driver,
-        Err(e) => {
-            ready.report(Err(e));
-            return Ok(());
-        }
-    };
-    ready.report(Ok(()));
-    driver.run()
+    policy::start_loop(worker, ready, Driver::new, |mut driver| driver.run())
 }
 
 /// Whether connections may be waiting in the listener's backlog.
@@ -172,19 +164,14 @@ impl Driver {
             (libc::EPOLLIN | libc::EPOLLET) as u32,
             STOP_SIGNAL,
         )?;
+        let serving = Serving::for_worker(&mut worker);
         Ok(Driver {
             epoll,
             listener: Some(worker.listener),
             shutdown: worker.shutdown,
             conns: Slots::default(),
             deadlines: Deadlines::default(),
-            serving: Serving::new(
-                worker.snapshot.current(),
-                worker.limits,
-                worker.timeouts,
-                worker.access_log.take(),
-                worker.metrics.clone(),
-            ),
+            serving,
             pool: OutboxPool::default(),
             snapshots: worker.snapshot.cache(),
             recv_buffer: vec![0; RECV_BUFFER_BYTES].into_boxed_slice(),

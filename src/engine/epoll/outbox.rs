@@ -20,8 +20,9 @@ use std::io::{self, IoSlice};
 use std::os::fd::RawFd;
 
 use super::sys;
+use crate::engine::policy::{Pool, Pooled};
 use crate::http::Output;
-use crate::http::response::PieceRef;
+use crate::http::response::{PieceAt, PieceRef};
 
 /// Most slices one `sendmsg` carries (Linux's `IOV_MAX`); the rest goes in
 /// the next write.
@@ -30,9 +31,6 @@ const MAX_IOVECS: usize = 1024;
 /// client is written in several calls, so other connections of the worker
 /// get their turn in between (the socket's buffer bounds a call anyway).
 const MAX_SENDFILE_BYTES: usize = 1 << 20;
-/// Outboxes kept for reuse per worker, and the largest staging buffer kept.
-const MAX_POOLED_OUTBOXES: usize = 512;
-const MAX_POOLED_OUTPUT_BYTES: usize = 32 * 1024;
 
 #[derive(Debug, Default)]
 pub struct Outbox {
@@ -71,23 +69,13 @@ impl Outbox {
     /// `sendmsg`, or, when the next bytes are in a file, one `sendfile`.
     fn write_pieces(&self, socket: RawFd) -> io::Result<usize> {
         let mut slices: Vec<IoSlice<'_>> = Vec::new();
-        let mut start = 0;
-        for piece in self.output.pieces() {
-            let piece_len = match piece {
-                PieceRef::Bytes(bytes) => bytes.len(),
-                PieceRef::File(range) => usize::try_from(range.len).unwrap_or(usize::MAX),
-            };
-            let end = start + piece_len;
-            if end <= self.sent {
-                start = end;
-                continue;
-            }
+        for PieceAt { piece, start, len } in self.output.pieces_after(self.sent) {
             let skip = self.sent.max(start) - start;
             match piece {
                 PieceRef::Bytes(bytes) => slices.push(IoSlice::new(&bytes[skip..])),
                 PieceRef::File(_) if !slices.is_empty() => break,
                 PieceRef::File(range) => {
-                    let want = (piece_len - skip).min(MAX_SENDFILE_BYTES);
+                    let want = (len - skip).min(MAX_SENDFILE_BYTES);
                     let n = sys::sendfile(socket, &range.file, range.offset + skip as u64, want)?;
                     if n == 0 {
                         return Err(io::ErrorKind::UnexpectedEof.into());
@@ -98,7 +86,6 @@ impl Outbox {
             if slices.len() == MAX_IOVECS {
                 break;
             }
-            start = end;
         }
         match slices[..] {
             [single] => sys::send(socket, &single),
@@ -108,27 +95,16 @@ impl Outbox {
 }
 
 /// Outboxes of connections that have nothing to send, for reuse.
-#[derive(Debug, Default)]
-pub struct OutboxPool {
-    /// Boxed on purpose: connections hold outboxes by `Box` (one word in
-    /// every connection), and pooling the boxes saves an allocation.
-    #[allow(clippy::vec_box)]
-    free: Vec<Box<Outbox>>,
-}
+pub type OutboxPool = Pool<Outbox>;
 
-impl OutboxPool {
-    pub fn take(&mut self) -> Box<Outbox> {
-        self.free.pop().unwrap_or_default()
+impl Pooled for Outbox {
+    fn output(&self) -> &Output {
+        &self.output
     }
 
-    pub fn give(&mut self, mut outbox: Box<Outbox>) {
-        if self.free.len() >= MAX_POOLED_OUTBOXES || outbox.output.staged_capacity() > MAX_POOLED_OUTPUT_BYTES
-        {
-            return;
-        }
-        outbox.output.clear();
-        outbox.sent = 0;
-        self.free.push(outbox);
+    fn reset(&mut self) {
+        self.output.clear();
+        self.sent = 0;
     }
 }
 
@@ -136,31 +112,13 @@ impl OutboxPool {
 mod tests {
     use super::*;
 
-    use std::io::{Read, Write as _};
+    use std::io::Read;
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
 
     use bytes::Bytes;
 
-    use crate::files::{Body, DiskFile, FileIdentity};
-
-    fn disk_body(bytes: &[u8]) -> (Body, std::path::PathBuf) {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "ringserve-epoll-outbox-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        std::fs::File::create(&path).unwrap().write_all(bytes).unwrap();
-        let file = std::fs::File::open(&path).unwrap();
-        let identity = FileIdentity::of(&file.metadata().unwrap());
-        let body = Body::Disk(DiskFile {
-            file: std::sync::Arc::new(file),
-            len: bytes.len() as u64,
-            identity,
-        });
-        (body, path)
-    }
+    use crate::files::DiskFile;
 
     /// Writes the whole outbox into a socket pair, reading the other end as
     /// it goes (a small socket buffer makes every write short).
@@ -189,21 +147,11 @@ mod tests {
     #[test]
     fn pieces_and_file_ranges_go_out_in_order() {
         let content: Vec<u8> = (0..3 * 1024 * 1024 + 17).map(|i| (i % 251) as u8).collect();
-        let (body, path) = disk_body(&content);
+        let (body, path) = DiskFile::body_for_tests(&content);
         let shared = Bytes::from(vec![b's'; 20_000]);
         let mut outbox = OutboxPool::default().take();
-        outbox.output.push(b"HEAD1\r\n\r\n");
-        outbox.output.push_whole_body(&body);
-        outbox.output.push(b"HEAD2\r\n\r\n");
-        outbox.output.push_body(&shared);
-        outbox.output.push(b"HEAD3\r\n\r\n");
-        outbox.output.push_body_range(&body, 1000, 10);
-        let mut expected = b"HEAD1\r\n\r\n".to_vec();
-        expected.extend_from_slice(&content);
-        expected.extend_from_slice(b"HEAD2\r\n\r\n");
-        expected.extend_from_slice(&shared);
-        expected.extend_from_slice(b"HEAD3\r\n\r\n");
-        expected.extend_from_slice(&content[1000..1010]);
+        let expected =
+            crate::engine::policy::mixed_output_for_tests(&mut outbox.output, &body, &content, &shared);
         let sent = drain(&mut outbox).unwrap();
         assert!(
             sent == expected,
@@ -216,13 +164,7 @@ mod tests {
 
     #[test]
     fn a_file_cut_short_fails_the_response() {
-        let (body, path) = disk_body(&[1u8; 1000]);
-        let Body::Disk(disk) = &body else { unreachable!() };
-        let longer = Body::Disk(DiskFile {
-            file: disk.file.clone(),
-            len: 5000,
-            identity: disk.identity,
-        });
+        let (longer, path) = DiskFile::shrunk_body_for_tests();
         let mut outbox = Outbox::default();
         outbox.output.push_whole_body(&longer);
         let error = drain(&mut outbox).unwrap_err();

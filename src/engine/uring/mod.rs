@@ -126,7 +126,7 @@ use self::op::{Op, OpKind};
 use self::outbox::OutboxPool;
 use self::ring::Ring;
 use crate::engine::deadlines::{Deadlines, Due, Millis, NEVER};
-use crate::engine::policy::{Expired, Serving, Stopping, millis};
+use crate::engine::policy::{self, Expired, Serving, Stopping, millis};
 use crate::engine::slots::{SlotKey, Slots};
 use crate::engine::{
     AcceptBackoff, FaultCountdown, READ_BUFFER_BYTES, Ready, Shutdown, Worker, set_reset_on_close,
@@ -223,15 +223,7 @@ enum RecvMode {
 /// Runs one worker until the stop signal. An error means the ring broke
 /// (see [`crate::engine::WorkerFailure`] for what happens then).
 pub fn run_worker(worker: Worker, ready: Ready) -> io::Result<()> {
-    let mut driver = match Driver::new(worker) {
-        Ok(driver) => driver,
-        Err(e) => {
-            ready.report(Err(e));
-            return Ok(());
-        }
-    };
-    ready.report(Ok(()));
-    driver.run()
+    policy::start_loop(worker, ready, Driver::new, |mut driver| driver.run())
 }
 
 /// The listener's accept: multishot while there is room under the connection
@@ -360,13 +352,7 @@ impl Driver {
             completions: Vec::with_capacity(1024),
             mode,
             cx: ServeContext {
-                serving: Serving::new(
-                    worker.snapshot.current(),
-                    worker.limits,
-                    worker.timeouts,
-                    worker.access_log.take(),
-                    worker.metrics.clone(),
-                ),
+                serving: Serving::for_worker(&mut worker),
                 batch: options.batch_sends,
                 own_buffers: mode == RecvMode::SingleOwned,
             },

@@ -16,14 +16,10 @@ use io_uring::{opcode, squeue, types};
 
 use super::op::OpKind;
 use crate::engine::FILE_CHUNK_BYTES;
+use crate::engine::policy::{Pool, Pooled};
 use crate::http::Output;
-use crate::http::response::PieceRef;
+use crate::http::response::{PieceAt, PieceRef};
 
-/// Outboxes kept for reuse per worker, and the largest staging buffer kept:
-/// enough for every connection of a busy worker to have a response in
-/// flight without allocating, and at most 16 MiB kept (usually 4 KiB each).
-const MAX_POOLED_OUTBOXES: usize = 512;
-const MAX_POOLED_OUTPUT_BYTES: usize = 32 * 1024;
 /// Most pieces one sendmsg carries (Linux's `IOV_MAX`); the rest goes in the
 /// next send.
 const MAX_IOVECS: usize = 1024;
@@ -154,17 +150,8 @@ impl Outbox {
         }
         self.iovecs.clear();
         let chunk_end = self.chunk_at + self.chunk.len();
-        let mut start = 0;
-        for piece in self.output.pieces() {
-            let piece_len = match piece {
-                PieceRef::Bytes(bytes) => bytes.len(),
-                PieceRef::File(range) => usize::try_from(range.len).unwrap_or(usize::MAX),
-            };
-            let end = start + piece_len;
-            if end <= self.sent {
-                start = end;
-                continue;
-            }
+        for PieceAt { piece, start, len } in self.output.pieces_after(self.sent) {
+            let end = start + len;
             let cursor = self.sent.max(start);
             match piece {
                 PieceRef::Bytes(bytes) => push_iovec(&mut self.iovecs, &bytes[cursor - start..]),
@@ -194,7 +181,6 @@ impl Outbox {
             if self.iovecs.len() == MAX_IOVECS {
                 break;
             }
-            start = end;
         }
         if let [single] = self.iovecs[..] {
             return OutputOp::Send {
@@ -241,32 +227,29 @@ fn push_iovec(iovecs: &mut Vec<libc::iovec>, bytes: &[u8]) {
     }
 }
 
-/// Outboxes of connections that have nothing to send, for reuse.
-#[derive(Debug, Default)]
-pub struct OutboxPool {
-    /// Boxed on purpose: connections hold outboxes by `Box` (a send's
-    /// `msghdr` must not move), and pooling the boxes saves an allocation.
-    #[allow(clippy::vec_box)]
-    free: Vec<Box<Outbox>>,
+/// Outboxes of connections that have nothing to send, for reuse (boxed:
+/// a send's `msghdr` must not move, and pooling the boxes saves an
+/// allocation).
+pub type OutboxPool = Pool<Outbox>;
+
+impl Default for Outbox {
+    fn default() -> Outbox {
+        Outbox::new()
+    }
 }
 
-impl OutboxPool {
-    pub fn take(&mut self) -> Box<Outbox> {
-        self.free.pop().unwrap_or_else(|| Box::new(Outbox::new()))
+impl Pooled for Outbox {
+    fn output(&self) -> &Output {
+        &self.output
     }
 
-    pub fn give(&mut self, mut outbox: Box<Outbox>) {
-        if self.free.len() >= MAX_POOLED_OUTBOXES || outbox.output.staged_capacity() > MAX_POOLED_OUTPUT_BYTES
-        {
-            return;
-        }
-        outbox.output.clear();
-        outbox.sent = 0;
+    fn reset(&mut self) {
+        self.output.clear();
+        self.sent = 0;
         // A file chunk buffer is large and rare: not kept.
-        outbox.chunk = Vec::new();
-        outbox.chunk_at = 0;
-        outbox.iovecs.clear();
-        self.free.push(outbox);
+        self.chunk = Vec::new();
+        self.chunk_at = 0;
+        self.iovecs.clear();
     }
 }
 
@@ -274,11 +257,9 @@ impl OutboxPool {
 mod tests {
     use super::*;
 
-    use std::io::Write as _;
-
     use bytes::Bytes;
 
-    use crate::files::{Body, DiskFile, FileIdentity};
+    use crate::files::DiskFile;
 
     /// Plays the kernel: runs the outbox's operations until it is done,
     /// sending at most `max_send` bytes per send; returns what was sent and
@@ -328,44 +309,16 @@ mod tests {
         (sent, reads)
     }
 
-    fn disk_file(bytes: &[u8]) -> (Body, std::path::PathBuf) {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "ringserve-outbox-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        std::fs::File::create(&path).unwrap().write_all(bytes).unwrap();
-        let file = std::fs::File::open(&path).unwrap();
-        let identity = FileIdentity::of(&file.metadata().unwrap());
-        let body = Body::Disk(DiskFile {
-            file: std::sync::Arc::new(file),
-            len: bytes.len() as u64,
-            identity,
-        });
-        (body, path)
-    }
-
     #[test]
     fn file_ranges_stream_in_bounded_chunks_between_in_memory_pieces() {
         let content: Vec<u8> = (0..300 * 1024 + 17).map(|i| (i % 251) as u8).collect();
-        let (body, path) = disk_file(&content);
+        let (body, path) = DiskFile::body_for_tests(&content);
         let shared = Bytes::from(vec![b's'; 20_000]);
         let mut pool = OutboxPool::default();
         for max_send in [usize::MAX, 50_000, 7] {
             let mut outbox = pool.take();
-            outbox.output.push(b"HEAD1\r\n\r\n");
-            outbox.output.push_whole_body(&body);
-            outbox.output.push(b"HEAD2\r\n\r\n");
-            outbox.output.push_body(&shared);
-            outbox.output.push(b"HEAD3\r\n\r\n");
-            outbox.output.push_body_range(&body, 1000, 10);
-            let mut expected = b"HEAD1\r\n\r\n".to_vec();
-            expected.extend_from_slice(&content);
-            expected.extend_from_slice(b"HEAD2\r\n\r\n");
-            expected.extend_from_slice(&shared);
-            expected.extend_from_slice(b"HEAD3\r\n\r\n");
-            expected.extend_from_slice(&content[1000..1010]);
+            let expected =
+                crate::engine::policy::mixed_output_for_tests(&mut outbox.output, &body, &content, &shared);
             let (sent, reads) = run_outbox(&mut outbox, max_send);
             assert!(sent == expected, "max_send {max_send}: bytes differ");
             // 300 KiB in 128 KiB chunks, then the 10-byte range.
@@ -378,14 +331,7 @@ mod tests {
 
     #[test]
     fn a_file_cut_short_fails_the_response() {
-        let (body, path) = disk_file(&[1u8; 1000]);
-        // The snapshot believes the file is longer than it now is.
-        let Body::Disk(disk) = &body else { unreachable!() };
-        let longer = Body::Disk(DiskFile {
-            file: disk.file.clone(),
-            len: 5000,
-            identity: disk.identity,
-        });
+        let (longer, path) = DiskFile::shrunk_body_for_tests();
         let mut outbox = OutboxPool::default().take();
         outbox.output.push_whole_body(&longer);
         let OutputOp::Read {
