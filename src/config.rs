@@ -1,12 +1,16 @@
 //! Command line → settings.
 //!
-//! `main` is a thin shell around [`Cli`]: it parses, loads the snapshot with
-//! [`Cli::load_options`], and starts the engine with [`Cli::server_config`].
-//! Every flag has a default that serves the bundled site on
-//! `http://127.0.0.1:8080`.
+//! `main` is a thin shell around [`Cli`]: it gathers the settings with
+//! [`Cli::from_all_sources`] (command line, `RINGSERVE_*` environment
+//! variables, the `[server]` table of the `--config` file, defaults: see
+//! [`sources`]), loads the snapshot with [`Cli::load_options`], and starts
+//! the engine with [`Cli::server_config`]. With no settings at all it serves
+//! the bundled site on `http://127.0.0.1:8080`.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+pub mod sources;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
@@ -15,8 +19,8 @@ use crate::access_log::{AccessLogConfig, LogDestination, LogFormat};
 use crate::engine::uring::{DEFAULT_BUFFERS, DEFAULT_RING_ENTRIES};
 use crate::engine::{
     DEFAULT_BACKLOG, DEFAULT_HEAD_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_LINGER_MS,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_SEND_TIMEOUT_MS, DEFAULT_SHUTDOWN_GRACE_MS, EngineKind, ServerConfig,
-    Timeouts, UringOptions,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_SEND_TIMEOUT_MS, DEFAULT_SHUTDOWN_GRACE_MS, EngineChoice, EngineKind,
+    ServerConfig, Timeouts, UringOptions,
 };
 use crate::files::LoadOptions;
 use crate::files::load::DEFAULT_MAX_CACHED_FILE_BYTES;
@@ -29,30 +33,52 @@ use crate::http::request::{
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
+/// The address `-p PORT` listens on: loopback, so a quick start never
+/// exposes a folder to the network by accident.
+pub const PORT_HOST: [u8; 4] = [127, 0, 0, 1];
+
 /// A static-file HTTP/1.1 server, thread-per-core, on io_uring.
+///
+/// Every option can also be given as an environment variable
+/// RINGSERVE_<OPTION> (RINGSERVE_PORT=9000) and in the [server] table of the
+/// --config file (port = 9000); a flag beats the environment, which beats the
+/// file, which beats the default.
 #[derive(Debug, Parser)]
-#[command(name = "ringserve", version, about)]
+#[command(name = "ringserve", version, about, long_about)]
 pub struct Cli {
-    /// Directory to serve.
-    #[arg(long, default_value = default_root())]
+    /// Directory to serve (the same as --root) [default: the working
+    /// directory; the bundled static/ under `cargo run`].
+    #[arg(value_name = "ROOT")]
+    pub root_arg: Option<PathBuf>,
+
+    /// Directory to serve [default: the working directory; the bundled
+    /// static/ under `cargo run`].
+    #[arg(long, value_name = "DIR", default_value = default_root(), hide_default_value = true)]
     pub root: PathBuf,
 
-    /// Address and port to listen on (port 0 picks a free port).
-    #[arg(long, default_value = DEFAULT_LISTEN)]
-    pub listen: SocketAddr,
+    /// Port to listen on, on 127.0.0.1 (for another address use --listen).
+    #[arg(short = 'p', long, value_name = "PORT")]
+    pub port: Option<u16>,
+
+    /// Address to listen on: HOST:PORT, [IPv6]:PORT, localhost:PORT (127.0.0.1),
+    /// or :PORT for every IPv4 interface (0.0.0.0, like nginx's `listen PORT`);
+    /// port 0 picks a free port [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
+    pub listen: Option<SocketAddr>,
 
     /// Worker threads, one event loop and one listener each [default: the CPUs this process may use].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
 
-    /// I/O engine: uring (native io_uring: multishot accept and receive,
-    /// provided buffers, batched sends; the default because it measured the
+    /// I/O engine: auto (uring where the kernel allows io_uring, else epoll,
+    /// and the start line says why), uring (native io_uring: multishot
+    /// accept and receive, provided buffers, batched sends; it measured the
     /// least CPU per request in every scenario of bench-results/2026-11-22),
     /// epoll (native epoll loop, uring's readiness twin; needs no io_uring),
     /// tokio-uring (the stock tokio-uring 0.5 runtime), or tokio (a tokio
     /// runtime on epoll, tokio-uring's twin).
-    #[arg(long, default_value = "uring")]
-    pub engine: EngineKind,
+    #[arg(long, default_value = "auto")]
+    pub engine: EngineChoice,
 
     /// Listen backlog (pending connections per listener).
     #[arg(long, default_value_t = DEFAULT_BACKLOG)]
@@ -65,6 +91,11 @@ pub struct Cli {
     /// Serve files and directories whose names start with a dot.
     #[arg(long)]
     pub serve_dotfiles: bool,
+
+    /// Serve symlinks whose targets lie outside the root (resolved and loaded
+    /// when the snapshot is built; by default they are left out).
+    #[arg(long)]
+    pub follow_symlinks: bool,
 
     /// Longest request line accepted (longer: 414).
     #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_LINE_BYTES)]
@@ -157,9 +188,15 @@ pub struct Cli {
     #[arg(long, value_name = "VALUE")]
     pub cache_control: Option<String>,
 
-    /// TOML file with Cache-Control and extra-header rules by glob (see the README).
+    /// TOML file: settings in its [server] table (any option, by its long
+    /// name), Cache-Control and extra-header rules by glob (see the README).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// Print the settings in effect (as a [server] table, with where each
+    /// came from) and exit.
+    #[arg(long)]
+    pub print_config: bool,
 
     /// Reload the snapshot when files under the root change (inotify). SIGHUP
     /// always reloads.
@@ -178,7 +215,7 @@ pub struct Cli {
     /// Serve Prometheus metrics at `http://ADDR/metrics`, on a listener and
     /// thread of their own (port 0 picks a free port). Off by default: then
     /// nothing is counted.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
     pub metrics_listen: Option<SocketAddr>,
 
     // Switches of the uring engine, for measuring what each technique
@@ -208,6 +245,14 @@ pub struct Cli {
     /// accepted N connections (the server must then stop and exit 1).
     #[arg(long, hide = true, value_name = "N")]
     pub fault_after_accepts: Option<u64>,
+
+    /// Where each setting came from (option id, description), for
+    /// `--print-config`; filled by [`Cli::from_all_sources`].
+    #[arg(skip)]
+    pub sources: Vec<(String, String)>,
+    /// The merged matches the settings were read from, for `--print-config`.
+    #[arg(skip)]
+    pub matches: Option<clap::ArgMatches>,
 }
 
 fn parse_health_path(value: &str) -> Result<String, String> {
@@ -243,21 +288,84 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
-/// `static/` next to the crate when run from a checkout (`cargo run`),
-/// otherwise `static/` in the working directory.
+/// The directory served when none is named: the bundled `static/` when
+/// the server runs under Cargo from its own checkout (`cargo run`, `cargo
+/// test`: Cargo sets `CARGO_MANIFEST_DIR` for the process it runs), so the
+/// demo works out of the box; otherwise the working directory, as
+/// `python3 -m http.server` does (`cd site && ringserve -p 9000`).
 fn default_root() -> &'static str {
     const BUNDLED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/static");
-    if std::path::Path::new(BUNDLED).is_dir() {
+    let under_cargo =
+        std::env::var_os("CARGO_MANIFEST_DIR").is_some_and(|dir| dir == env!("CARGO_MANIFEST_DIR"));
+    if under_cargo && Path::new(BUNDLED).is_dir() {
         BUNDLED
     } else {
-        "static"
+        "."
     }
 }
 
+/// Parses a `--listen` address: `HOST:PORT` with an IPv4 address,
+/// `[IPv6]:PORT`, `localhost:PORT` (127.0.0.1), or `:PORT` / `*:PORT` (every
+/// IPv4 interface, 0.0.0.0, as nginx's `listen PORT`). Other host names are
+/// refused rather than resolved: a server's address should not depend on DNS.
+pub fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let hint = "use HOST:PORT, [IPv6]:PORT, localhost:PORT or :PORT";
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(if text.parse::<u16>().is_ok() {
+            format!("{text:?} has no host: use :{text} for every interface or -p {text} for 127.0.0.1")
+        } else {
+            format!("{text:?} is not an address ({hint})")
+        });
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{text:?}: {port:?} is not a port number (0-65535)"))?;
+    let ip: IpAddr = match host {
+        "" | "*" => Ipv4Addr::UNSPECIFIED.into(),
+        "localhost" => Ipv4Addr::LOCALHOST.into(),
+        _ if host.starts_with('[') => {
+            let inner = host.trim_start_matches('[').trim_end_matches(']');
+            inner
+                .parse::<std::net::Ipv6Addr>()
+                .map_err(|_| format!("{text:?}: {host} is not an IPv6 address"))?
+                .into()
+        }
+        _ if host.contains(':') => {
+            return Err(format!(
+                "{text:?}: put an IPv6 address in brackets: [{host}]:{port}"
+            ));
+        }
+        _ => host
+            .parse::<IpAddr>()
+            .map_err(|_| format!("{text:?}: {host:?} is not an IP address ({hint})"))?,
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
 impl Cli {
+    /// The directory to serve: the positional `ROOT` if given, else `--root`.
+    pub fn root(&self) -> &Path {
+        self.root_arg.as_deref().unwrap_or(&self.root)
+    }
+
+    /// The address to listen on: `--listen`, else `-p` on 127.0.0.1, else
+    /// the default.
+    pub fn listen_addr(&self) -> SocketAddr {
+        match (self.listen, self.port) {
+            (Some(addr), _) => addr,
+            (None, Some(port)) => SocketAddr::from((PORT_HOST, port)),
+            (None, None) => DEFAULT_LISTEN.parse().expect("the default address parses"),
+        }
+    }
+
     pub fn load_options(&self) -> LoadOptions {
         LoadOptions {
             serve_dotfiles: self.serve_dotfiles,
+            follow_symlinks: self.follow_symlinks,
             index_names: self.index_names.clone(),
             redirect_directories: !self.no_directory_redirect,
             fallback: self.fallback.clone(),
@@ -268,7 +376,7 @@ impl Cli {
             cache_control: self.cache_control.clone(),
             config_file: self.config.clone(),
             health_path: self.health_path().map(str::to_owned),
-            ..LoadOptions::new(&self.root)
+            ..LoadOptions::new(self.root())
         }
     }
 
@@ -286,9 +394,14 @@ impl Cli {
             .map(usize::from)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         ServerConfig {
-            listen: self.listen,
+            listen: self.listen_addr(),
             workers,
-            engine: self.engine,
+            // `auto` is settled by probing ([`EngineChoice::resolve`]), which
+            // `main` does once; until then, the engine `auto` prefers.
+            engine: match self.engine {
+                EngineChoice::Only(kind) => kind,
+                EngineChoice::Auto => EngineKind::Uring,
+            },
             backlog: self.backlog,
             pin_workers: !self.no_pin,
             limits: Limits {
@@ -319,6 +432,7 @@ impl Cli {
                 buffers: self.uring_buffers,
                 ring_entries: self.uring_ring_entries,
             },
+            inherited_listener: None,
         }
     }
 }
@@ -330,9 +444,9 @@ mod tests {
     #[test]
     fn defaults_serve_the_bundled_site_on_8080() {
         let cli = Cli::try_parse_from(["ringserve"]).unwrap();
-        assert_eq!(cli.listen.to_string(), DEFAULT_LISTEN);
-        assert!(cli.root.ends_with("static"));
-        assert_eq!(cli.engine, EngineKind::Uring);
+        assert_eq!(cli.listen_addr().to_string(), DEFAULT_LISTEN);
+        assert!(cli.root().ends_with("static"));
+        assert_eq!(cli.engine, EngineChoice::Auto);
         assert!(cli.server_config().workers >= 1);
     }
 
@@ -355,7 +469,7 @@ mod tests {
     #[test]
     fn uring_switches_reach_the_engine_options() {
         let cli = Cli::try_parse_from(["ringserve", "--engine", "uring"]).unwrap();
-        assert_eq!(cli.engine, EngineKind::Uring);
+        assert_eq!(cli.engine, EngineChoice::Only(EngineKind::Uring));
         assert_eq!(cli.server_config().uring, UringOptions::default());
         let cli = Cli::try_parse_from([
             "ringserve",
@@ -492,5 +606,48 @@ mod tests {
         assert_eq!(defaults.index_names, ["index.html"]);
         assert!(defaults.redirect_directories && defaults.precompress);
         assert_eq!(defaults.max_cached_file_bytes, DEFAULT_MAX_CACHED_FILE_BYTES);
+    }
+
+    #[test]
+    fn listen_addresses_people_write() {
+        let ok = |text: &str| parse_listen_addr(text).unwrap().to_string();
+        assert_eq!(ok("127.0.0.1:8080"), "127.0.0.1:8080");
+        assert_eq!(ok("localhost:9000"), "127.0.0.1:9000");
+        assert_eq!(ok(":8080"), "0.0.0.0:8080");
+        assert_eq!(ok("*:8080"), "0.0.0.0:8080");
+        assert_eq!(ok("[::1]:8080"), "[::1]:8080");
+        assert_eq!(ok("[::]:80"), "[::]:80");
+        assert_eq!(ok("0.0.0.0:0"), "0.0.0.0:0");
+        for bad in [
+            "localhost",
+            "8080",
+            "example.com:80",
+            "::1:80",
+            "127.0.0.1:99999",
+            "[nope]:1",
+            "",
+        ] {
+            assert!(parse_listen_addr(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert!(parse_listen_addr("8080").unwrap_err().contains("-p 8080"));
+    }
+
+    #[test]
+    fn positional_root_and_port() {
+        let cli = Cli::try_parse_from(["ringserve", "site", "-p", "9000"]).unwrap();
+        assert_eq!(cli.root(), Path::new("site"));
+        assert_eq!(cli.load_options().root, Path::new("site"));
+        assert_eq!(cli.listen_addr().to_string(), "127.0.0.1:9000");
+        let cli = Cli::try_parse_from(["ringserve", "--port", "9001", "--follow-symlinks"]).unwrap();
+        assert_eq!(cli.listen_addr().to_string(), "127.0.0.1:9001");
+        assert!(cli.load_options().follow_symlinks);
+        assert!(
+            !Cli::try_parse_from(["ringserve"])
+                .unwrap()
+                .load_options()
+                .follow_symlinks
+        );
+        let cli = Cli::try_parse_from(["ringserve", "--listen", ":8081"]).unwrap();
+        assert_eq!(cli.listen_addr().to_string(), "0.0.0.0:8081");
     }
 }

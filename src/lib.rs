@@ -15,10 +15,12 @@
 //! `SO_REUSEPORT` listener and its own event loop (an io_uring ring or an
 //! epoll instance), and moves bytes between sockets and the core. Engines
 //! differ only in how they do I/O, so comparing them compares I/O models.
-//! [`config`] turns the command line into the settings the rest takes,
-//! [`access_log`] writes one line per response when asked to, off the hot
-//! path, and [`metrics`] counts per worker and serves the sums to Prometheus
-//! from a thread of its own, when asked to.
+//! [`config`] turns the command line, `RINGSERVE_*` environment variables and
+//! the config file into the settings the rest takes, [`access_log`] writes
+//! one line per response when asked to, off the hot path, [`metrics`] counts
+//! per worker and serves the sums to Prometheus from a thread of its own,
+//! when asked to, and [`systemd`] takes a socket from systemd and tells it
+//! when the server is ready.
 
 pub mod access_log;
 pub mod config;
@@ -28,3 +30,4 @@ pub mod files;
 pub mod fuzzing;
 pub mod http;
 pub mod metrics;
+pub mod systemd;

@@ -480,3 +480,48 @@ fn memory_budget_and_failed_reloads_are_reported_and_the_old_snapshot_kept() {
     let _ = std::fs::remove_file(&config);
     let _ = std::fs::remove_file(&log_path);
 }
+
+/// `--follow-symlinks`: links to files and directories outside the root are
+/// served under the link's path; without it they are not; a path that
+/// climbs out of the root is still refused either way.
+#[test]
+fn follow_symlinks_serves_targets_outside_the_root() {
+    let site = TempSite::new();
+    let outside = TempSite::new();
+    site.write("index.html", b"<p>docs</p>");
+    outside.write("jquery.js", b"window.jQuery = 1;");
+    outside.write("underscore/underscore.js", b"window._ = 1;");
+    std::os::unix::fs::symlink(outside.path().join("jquery.js"), site.path().join("jquery.js")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("underscore"), site.path().join("_static")).unwrap();
+    let outside_name = outside.path().file_name().unwrap().to_str().unwrap().to_owned();
+    for_each_engine(|engine| {
+        let config = ServerConfig::loopback(engine);
+        let options = LoadOptions {
+            follow_symlinks: true,
+            ..LoadOptions::new(site.path())
+        };
+        let server = TestServer::with_options(config.clone(), &options);
+        let mut client = server.connect();
+        let reply = client.request(&request("GET", "/jquery.js", ""));
+        assert_eq!(reply.status, 200, "{}", reply.describe());
+        assert_eq!(reply.body, b"window.jQuery = 1;");
+        let reply = client.request(&request("GET", "/_static/underscore.js", ""));
+        assert_eq!(reply.status, 200, "{}", reply.describe());
+        assert_eq!(reply.body, b"window._ = 1;");
+        let climb = format!("/../{outside_name}/jquery.js");
+        let reply = client.request(&request("GET", &climb, ""));
+        assert!(matches!(reply.status, 400 | 404), "{climb}: {}", reply.describe());
+        drop(server);
+
+        let server = TestServer::with_options(config, &LoadOptions::new(site.path()));
+        let mut client = server.connect();
+        assert_eq!(client.request(&request("GET", "/jquery.js", "")).status, 404);
+        assert_eq!(
+            client
+                .request(&request("GET", "/_static/underscore.js", ""))
+                .status,
+            404
+        );
+        assert_eq!(client.request(&request("GET", "/", "")).status, 200);
+    });
+}

@@ -141,6 +141,66 @@ impl EngineKind {
     }
 }
 
+/// What `--engine` asks for: one engine, or `auto` (the default): the
+/// `uring` engine where io_uring works, else `epoll`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineChoice {
+    Auto,
+    Only(EngineKind),
+}
+
+/// The engine a [`EngineChoice`] settled on, and for `auto` why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChosenEngine {
+    pub kind: EngineKind,
+    /// For `auto`: what the io_uring probe found, for the start line.
+    pub reason: Option<String>,
+}
+
+impl EngineChoice {
+    /// Settles `auto` by probing io_uring once ([`uring::probe`]) with the
+    /// options the `uring` engine would use; an explicit engine is taken as
+    /// it is (and fails at start if the kernel refuses it).
+    pub fn resolve(self, uring_options: &UringOptions) -> ChosenEngine {
+        match self {
+            EngineChoice::Only(kind) => ChosenEngine { kind, reason: None },
+            EngineChoice::Auto => match uring::probe(uring_options) {
+                Ok(()) => ChosenEngine {
+                    kind: EngineKind::Uring,
+                    reason: Some("auto: io_uring available".to_owned()),
+                },
+                Err(why) => ChosenEngine {
+                    kind: EngineKind::Epoll,
+                    reason: Some(format!("auto: io_uring refused, {why}")),
+                },
+            },
+        }
+    }
+}
+
+impl fmt::Display for EngineChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineChoice::Auto => f.write_str("auto"),
+            EngineChoice::Only(kind) => kind.fmt(f),
+        }
+    }
+}
+
+impl FromStr for EngineChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "auto" {
+            return Ok(EngineChoice::Auto);
+        }
+        s.parse().map(EngineChoice::Only).map_err(|_| {
+            let names: Vec<_> = EngineKind::ALL.iter().map(|k| k.name()).collect();
+            format!("unknown engine {s:?} (choose one of: auto, {})", names.join(", "))
+        })
+    }
+}
+
 impl fmt::Display for EngineKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -181,6 +241,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// `None`: no access log (the default, and what benchmarks use).
     pub access_log: Option<AccessLogConfig>,
+    /// A listening socket inherited from systemd (socket activation): every
+    /// worker accepts on a duplicate of it, and `listen` is not bound.
+    pub inherited_listener: Option<Arc<TcpListener>>,
     /// Serve Prometheus metrics on this address (`None`: nothing is counted;
     /// the default, and what benchmarks use).
     pub metrics_listen: Option<SocketAddr>,
@@ -208,6 +271,7 @@ impl ServerConfig {
             uring: UringOptions::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             access_log: None,
+            inherited_listener: None,
             metrics_listen: None,
             fault_after_accepts: None,
         }
@@ -309,6 +373,8 @@ pub struct Server {
     shutdown: Shutdown,
     workers: Vec<JoinHandle<()>>,
     access_log: Option<AccessLog>,
+    /// Keeps other ringserve processes off this address while we serve it.
+    _port_claim: Option<listener::PortClaim>,
     metrics: Option<Arc<Metrics>>,
     metrics_addr: Option<SocketAddr>,
     metrics_thread: Option<JoinHandle<()>>,
@@ -339,8 +405,18 @@ impl Server {
         let metrics = metrics_listener
             .as_ref()
             .map(|_| Arc::new(Metrics::new(worker_count, config.engine, snapshot.clone())));
-        let listeners = listener::bind_listeners(config.listen, worker_count, config.backlog)
-            .map_err(StartError::Bind)?;
+        let mut port_claim = None;
+        let listeners = match &config.inherited_listener {
+            Some(inherited) => {
+                listener::share_inherited(inherited, worker_count).map_err(StartError::Worker)?
+            }
+            None => {
+                let bound = listener::bind_listeners(config.listen, worker_count, config.backlog)
+                    .map_err(StartError::Bind)?;
+                port_claim = bound.claim;
+                bound.sockets
+            }
+        };
         listener::set_send_timeout(&listeners, config.timeouts.send).map_err(StartError::Worker)?;
         let local_addr = listeners[0].local_addr().map_err(StartError::Worker)?;
         let shutdown = Shutdown::new().map_err(StartError::Worker)?;
@@ -357,6 +433,7 @@ impl Server {
             shutdown: shutdown.clone(),
             workers: Vec::with_capacity(worker_count),
             access_log: None,
+            _port_claim: port_claim,
             metrics: metrics.clone(),
             metrics_addr: None,
             metrics_thread: None,

@@ -93,6 +93,9 @@ struct ConfigFile {
     cache_control: Option<String>,
     #[serde(default)]
     rules: Vec<RuleFile>,
+    /// Server settings, read once at start by `config::sources`, not here.
+    #[serde(default, rename = "server")]
+    _server: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,6 +145,7 @@ impl HeaderPolicy {
             None => ConfigFile {
                 cache_control: None,
                 rules: Vec::new(),
+                _server: None,
             },
         };
         let default_cache_control = cli_default

@@ -58,6 +58,9 @@ pub struct LoadOptions {
     pub root: PathBuf,
     /// Serve files and directories whose name starts with `.`.
     pub serve_dotfiles: bool,
+    /// Load symlinks whose targets lie outside the root (their target's
+    /// content, under the link's path); by default they are left out.
+    pub follow_symlinks: bool,
     /// File names that a directory's `/` serves, in order of preference.
     pub index_names: Vec<String>,
     /// `/dir` → `301` to `/dir/` (otherwise `/dir` is not found).
@@ -91,6 +94,7 @@ impl LoadOptions {
         LoadOptions {
             root: root.into(),
             serve_dotfiles: false,
+            follow_symlinks: false,
             index_names: vec!["index.html".to_owned()],
             redirect_directories: true,
             fallback: None,
@@ -211,7 +215,7 @@ pub(super) fn load_snapshot(
     if !root.is_dir() {
         return Err(LoadError::RootNotDirectory(options.root.clone()));
     }
-    let (found, directories) = walk(&root, options.serve_dotfiles);
+    let (found, directories) = walk(&root, options.serve_dotfiles, options.follow_symlinks);
     let threads = match options.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -286,20 +290,25 @@ pub(super) fn load_snapshot(
 }
 
 /// Steps 1–2: the files and directories the snapshot may serve, sorted by path.
-fn walk(root: &Path, serve_dotfiles: bool) -> (Vec<FoundFile>, Vec<Vec<u8>>) {
+fn walk(root: &Path, serve_dotfiles: bool, follow_symlinks: bool) -> (Vec<FoundFile>, Vec<Vec<u8>>) {
     let mut files = Vec::new();
     let mut directories = Vec::new();
+    let mut outside = Vec::new();
+    let mut unreadable = Vec::new();
     let walker = walkdir::WalkDir::new(root)
         .follow_links(true)
         .sort_by_file_name()
         .into_iter()
-        .filter_entry(|entry| entry.depth() == 0 || admissible(entry, root, serve_dotfiles));
+        .filter_entry(|entry| {
+            entry.depth() == 0 || admissible(entry, root, serve_dotfiles, follow_symlinks, &mut outside)
+        });
     for entry in walker {
         let entry = match entry {
             Ok(entry) => entry,
-            // A symlink loop or a directory we may not list: leave it out, say so.
+            // A dangling link, a symlink loop or a directory we may not
+            // list: leave it out, and say so below.
             Err(e) => {
-                eprintln!("ringserve: skipping {}", e);
+                unreadable.push(describe_walk_error(&e));
                 continue;
             }
         };
@@ -317,7 +326,59 @@ fn walk(root: &Path, serve_dotfiles: bool) -> (Vec<FoundFile>, Vec<Vec<u8>>) {
             });
         }
     }
+    if !outside.is_empty() {
+        eprintln!(
+            "ringserve: left out {} that lead{} outside the root (--follow-symlinks serves them): {}",
+            count_of(outside.len(), "symlink"),
+            if outside.len() == 1 { "s" } else { "" },
+            summarise(&outside)
+        );
+    }
+    if !unreadable.is_empty() {
+        eprintln!(
+            "ringserve: left out {} that cannot be read: {}",
+            count_of(unreadable.len(), "entry"),
+            summarise(&unreadable)
+        );
+    }
     (files, directories)
+}
+
+/// How many names a skip warning lists before it summarises the rest.
+const WARNING_NAMES: usize = 5;
+
+/// `names` joined, or the first [`WARNING_NAMES`] and how many more: one
+/// readable line whatever the count.
+fn summarise(names: &[String]) -> String {
+    let shown = names[..names.len().min(WARNING_NAMES)].join(", ");
+    match names.len().saturating_sub(WARNING_NAMES) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
+}
+
+fn count_of(count: usize, noun: &str) -> String {
+    match (count, noun) {
+        (1, _) => format!("1 {noun}"),
+        (_, "entry") => format!("{count} entries"),
+        _ => format!("{count} {noun}s"),
+    }
+}
+
+fn describe_walk_error(error: &walkdir::Error) -> String {
+    let path = error.path().map_or_else(String::new, |p| p.display().to_string());
+    if error.loop_ancestor().is_some() {
+        return format!("{path} (symlink loop)");
+    }
+    let is_link = error
+        .path()
+        .and_then(|p| p.symlink_metadata().ok())
+        .is_some_and(|m| m.file_type().is_symlink());
+    match error.io_error() {
+        Some(io) if is_link && io.kind() == io::ErrorKind::NotFound => format!("{path} (dangling symlink)"),
+        Some(io) => format!("{path} ({io})"),
+        None => format!("{path} ({error})"),
+    }
 }
 
 /// Runs `f` over `items` on `threads` threads; results keep the items'
@@ -683,16 +744,21 @@ fn not_found_entry(file: &RawFile, entry: &FileEntry, policy: &HeaderPolicy) -> 
 }
 
 /// Whether the walk may enter or load `entry`. Pruning here (not after) keeps
-/// the walk from ever descending into a symlinked directory outside the root.
-fn admissible(entry: &walkdir::DirEntry, root: &Path, serve_dotfiles: bool) -> bool {
+/// the walk from ever descending into a symlinked directory outside the root
+/// (unless `follow_symlinks`); such links are noted in `outside`. A dangling
+/// link is let through, for the walk to report as unreadable.
+fn admissible(
+    entry: &walkdir::DirEntry,
+    root: &Path,
+    serve_dotfiles: bool,
+    follow_symlinks: bool,
+    outside: &mut Vec<String>,
+) -> bool {
     if !serve_dotfiles && is_dotted(entry.file_name()) {
         return false;
     }
-    if entry.path_is_symlink() && !resolves_inside(entry.path(), root) {
-        eprintln!(
-            "ringserve: skipping {}: symlink leads outside the root",
-            entry.path().display()
-        );
+    if entry.path_is_symlink() && !follow_symlinks && !resolves_inside(entry.path(), root) {
+        outside.push(entry.path().display().to_string());
         return false;
     }
     true
@@ -918,6 +984,48 @@ mod tests {
         );
         std::fs::remove_dir_all(&root).unwrap();
         std::fs::remove_dir_all(&outside).unwrap();
+    }
+
+    #[test]
+    fn follow_symlinks_loads_targets_outside_the_root() {
+        let root = temp_root("follow");
+        let outside = temp_root("follow-outside");
+        std::fs::write(outside.join("jquery.js"), "jq").unwrap();
+        std::fs::create_dir_all(outside.join("lib")).unwrap();
+        std::fs::write(outside.join("lib/underscore.js"), "us").unwrap();
+        std::os::unix::fs::symlink(outside.join("jquery.js"), root.join("jquery.js")).unwrap();
+        std::os::unix::fs::symlink(outside.join("lib"), root.join("lib")).unwrap();
+        std::os::unix::fs::symlink(root.join("missing"), root.join("dangling.js")).unwrap();
+        let following = LoadOptions {
+            follow_symlinks: true,
+            ..options(&root)
+        };
+        let snapshot = Snapshot::load(&following).unwrap();
+        assert_eq!(
+            resolved_path(&snapshot, "/jquery.js").as_deref(),
+            Some("/jquery.js")
+        );
+        assert_eq!(
+            resolved_path(&snapshot, "/lib/underscore.js").as_deref(),
+            Some("/lib/underscore.js")
+        );
+        assert_eq!(resolved_path(&snapshot, "/dangling.js"), None);
+        assert_eq!(snapshot.file_count(), 2);
+        let without = Snapshot::load(&options(&root)).unwrap();
+        assert_eq!(without.file_count(), 0, "the default leaves them out");
+        std::fs::remove_dir_all(&root).unwrap();
+        std::fs::remove_dir_all(&outside).unwrap();
+    }
+
+    #[test]
+    fn skip_warnings_summarise_long_lists() {
+        let names: Vec<String> = (0..8).map(|i| format!("/r/link{i}")).collect();
+        assert_eq!(summarise(&names[..2]), "/r/link0, /r/link1");
+        let line = summarise(&names);
+        assert!(line.ends_with("/r/link4 and 3 more"), "{line}");
+        assert_eq!(count_of(1, "entry"), "1 entry");
+        assert_eq!(count_of(3, "entry"), "3 entries");
+        assert_eq!(count_of(2, "symlink"), "2 symlinks");
     }
 
     #[test]

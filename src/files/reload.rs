@@ -152,6 +152,14 @@ pub struct ReloadReport {
     pub elapsed: Duration,
 }
 
+/// Where a reload is, for [`Reloader::spawn_reporting`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadPhase {
+    Started,
+    /// Succeeded or failed: either way a snapshot is being served.
+    Finished,
+}
+
 /// Builds new snapshots with fixed options and swaps them in.
 #[derive(Debug, Clone)]
 pub struct Reloader {
@@ -185,12 +193,22 @@ impl Reloader {
     /// exactly one more. Each outcome is logged to stderr. The thread ends
     /// when every sender is dropped.
     pub fn spawn(self) -> std::io::Result<(Sender<()>, JoinHandle<()>)> {
+        self.spawn_reporting(|_| {})
+    }
+
+    /// Like [`Reloader::spawn`], calling `report` when each reload starts and
+    /// ends (for the service manager: `RELOADING=1`, then `READY=1`).
+    pub fn spawn_reporting(
+        self,
+        report: impl Fn(ReloadPhase) + Send + 'static,
+    ) -> std::io::Result<(Sender<()>, JoinHandle<()>)> {
         let (requests, received) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("ringserve-reload".to_owned())
             .spawn(move || {
                 while received.recv().is_ok() {
                     while received.try_recv().is_ok() {}
+                    report(ReloadPhase::Started);
                     // A panic while loading must not end reloading for good.
                     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.reload()))
                         .unwrap_or_else(|panic| {
@@ -213,6 +231,7 @@ impl Reloader {
                             eprintln!("ringserve: reload failed, still serving the previous snapshot: {e}")
                         }
                     }
+                    report(ReloadPhase::Finished);
                 }
             })?;
         Ok((requests, thread))

@@ -108,6 +108,7 @@ mod buffers;
 mod conn;
 mod op;
 mod outbox;
+mod probe;
 mod ring;
 
 use std::collections::VecDeque;
@@ -132,6 +133,8 @@ use crate::engine::{
     AcceptBackoff, FaultCountdown, READ_BUFFER_BYTES, Ready, Shutdown, Worker, set_reset_on_close,
 };
 use crate::files::SnapshotCache;
+
+pub use self::probe::probe;
 
 /// Submission queue entries per worker. When the queue fills mid-iteration
 /// the loop submits early (rare: one iteration queues about one entry per
