@@ -8,7 +8,11 @@ What it does, in order:
  3. writes the test files (1 KiB, 16 KiB, 1 MiB) into a temporary docroot;
  4. starts every ringserve engine the binary accepts (tries each name in
     CANDIDATE_ENGINES, says which it skipped and why) and an nginx configured
-    as a fair, tuned peer, each pinned to CPU 0 with one worker;
+    as a fair, tuned peer, each pinned to CPU 0 with one worker. The engines
+    come in two pairs that differ only in the I/O model (PAIRS): the
+    hand-built loops `uring` and `epoll`, and the runtimes `tokio-uring` and
+    `tokio`; the report gives both pairs' ratios and each engine against
+    nginx;
  5. runs interleaved rounds: for each round, for each scenario, every server
     in turn (A B C D, A B C D, ...), with wrk pinned to the other CPU(s);
     measures requests/s, p50/p99 latency, server CPU time per request,
@@ -67,8 +71,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CANDIDATE_ENGINES = ["tokio-uring", "epoll", "uring"]
-REFERENCE_ENGINE = "epoll"
+CANDIDATE_ENGINES = ["uring", "epoll", "tokio-uring", "tokio"]
+# (io_uring engine, its readiness twin): each pair differs only in the I/O model.
+PAIRS = [("uring", "epoll"), ("tokio-uring", "tokio")]
+TWIN = {a: b for a, b in PAIRS}
 NGINX = "nginx"
 SERVER_CPU = 0
 # Debian package that provides each tool.
@@ -807,7 +813,7 @@ def write_report(out_dir: Path, meta: dict, servers: list[str], results: dict, i
               "for reasons outside the server.",
               ""]
     lines += ["## Main table", ""]
-    header = ("| scenario | server | req/s | p50 ms | p99 ms | CPU µs/req | CPU vs nginx | CPU vs epoll "
+    header = ("| scenario | server | req/s | p50 ms | p99 ms | CPU µs/req | CPU vs nginx | CPU vs twin "
               "| req/s vs nginx | syscalls/req | RSS MiB | errors |")
     lines += [header, "|---" * (header.count("|") - 1) + "|"]
     for s in scenarios:
@@ -832,10 +838,11 @@ def write_report(out_dir: Path, meta: dict, servers: list[str], results: dict, i
             lines.append(
                 f"| {s.title} | {name} | {col('rps', 0)} | {fmt(median([r.get('p50_ms') for r in ok]), 2)} "
                 f"| {fmt(median([r.get('p99_ms') for r in ok]), 2)} | {col('cpu_us_per_req', 2)} "
-                f"| {ratio(NGINX, 'cpu_us_per_req')} | {ratio(REFERENCE_ENGINE, 'cpu_us_per_req')} "
+                f"| {ratio(NGINX, 'cpu_us_per_req')} | {ratio(TWIN.get(name, name), 'cpu_us_per_req')} "
                 f"| {ratio(NGINX, 'rps')} | {syscalls} "
                 f"| {fmt(rss / 1024 if rss else None, 1)} | {errors} |")
     lines.append("")
+    lines += pair_table(scenarios, servers, results, idle, meta)
     if idle:
         lines += ["## Idle keep-alive connections", "",
                   "Connections opened, one request each, then held; server RSS read before opening and "
@@ -876,6 +883,42 @@ def write_report(out_dir: Path, meta: dict, servers: list[str], results: dict, i
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def pair_table(scenarios, servers, results, idle, meta) -> list[str]:
+    """Both pairs side by side: what io_uring changes against epoll, for the
+    hand-built loops and for the runtimes, per scenario (paired per-round CPU
+    ratios; syscalls and idle memory as plain ratios of medians)."""
+    pairs = [(a, b) for a, b in PAIRS if a in servers and b in servers]
+    if not pairs:
+        return []
+    names = [f"{a} ÷ {b}" for a, b in pairs]
+    lines = ["## The two pairs", "",
+             "Each ratio is the io_uring engine over its readiness twin: below 1, io_uring costs less. "
+             "CPU: median of per-round ratios (min–max); syscalls/req and idle bytes: ratio of medians.", "",
+             "| scenario | " + " | ".join(f"CPU {n}" for n in names) + " | "
+             + " | ".join(f"syscalls {n}" for n in names) + " |",
+             "|---" * (1 + 2 * len(pairs)) + "|"]
+
+    def plain(a, b, values_of):
+        va, vb = median(values_of(a)), median(values_of(b))
+        return "n/a" if not va or not vb else f"{va / vb:.2f} ({va:.2f} / {vb:.2f})"
+
+    for s in scenarios:
+        cpu = []
+        for a, b in pairs:
+            value, (low, high) = paired_ratio(results, a, b, s.key, "cpu_us_per_req")
+            cpu.append("n/a" if value is None else f"{value:.2f} ({low:.2f}–{high:.2f})")
+        sys_ = [plain(a, b, lambda n: [r.get("syscalls_per_req") for r in results[n].get(s.key, [])
+                                       if "error" not in r]) for a, b in pairs]
+        lines.append(f"| {s.title} | " + " | ".join(cpu) + " | " + " | ".join(sys_) + " |")
+    if idle:
+        row = [plain(a, b, lambda n: [r.get("bytes_per_conn") for r in idle.get(n, []) if "error" not in r])
+               for a, b in pairs]
+        lines.append("| idle keep-alive, bytes per connection | " + " | ".join(row) + " | "
+                     + " | ".join("" for _ in pairs) + " |")
+    lines.append("")
+    return lines
 
 
 COLOURS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]

@@ -66,7 +66,7 @@ chromium_run() {
 
 engines=("$@")
 if [ ${#engines[@]} -eq 0 ]; then
-    engines=(tokio-uring epoll uring)
+    engines=(uring epoll tokio-uring tokio)
 fi
 
 # The test PKI for the HTTPS runs.

@@ -56,7 +56,7 @@ wait_for_line() {
     return 1
 }
 
-for engine in uring tokio-uring epoll; do
+for engine in uring epoll tokio-uring tokio; do
     echo "== engine $engine"
     "$BIN" --root "$WORK/site" --listen 127.0.0.1:0 --workers 2 --no-pin --engine "$engine" \
         --health --metrics-listen 127.0.0.1:0 >"$WORK/out" 2>"$WORK/err" &

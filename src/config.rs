@@ -102,7 +102,9 @@ pub struct Cli {
     /// and the start line says why), uring (native io_uring: multishot
     /// accept and receive, provided buffers, batched sends; it measured the
     /// least CPU per request in every scenario of bench-results/2026-11-22),
-    /// tokio-uring (the stock tokio-uring 0.5 runtime), or epoll.
+    /// epoll (native epoll loop, uring's readiness twin; needs no io_uring),
+    /// tokio-uring (the stock tokio-uring 0.5 runtime), or tokio (a tokio
+    /// runtime on epoll, tokio-uring's twin).
     #[arg(long, default_value = "auto")]
     pub engine: EngineChoice,
 

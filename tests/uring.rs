@@ -3,7 +3,8 @@
 //! buffers, large bodies through `sendmsg`, the `ENOBUFS` path with a tiny
 //! buffer ring, aborted connections, timeouts and graceful stop. The engine
 //! variants with a technique switched off (see `engine::uring`) run the core
-//! cases too, since they take different code paths.
+//! cases too, since they take different code paths, and so does the native
+//! `epoll` engine, `uring`'s readiness twin, which must behave the same.
 //!
 //! The shared suite (`tests/e2e.rs`) covers HTTP behaviour on every engine.
 
@@ -147,9 +148,19 @@ fn expect_file(response: &Response, site: &Site, name: &str) {
     assert!(response.body == site.files[name], "body of {name} differs");
 }
 
-/// The variants of the engine, each with one technique off.
-fn variants() -> Vec<(&'static str, UringOptions)> {
+/// The variants of the engine, each with one technique off, and its
+/// readiness twin (the native `epoll` engine), which must behave the same.
+fn variants() -> Vec<(&'static str, ServerConfig)> {
     let all = UringOptions::default();
+    let mut variants: Vec<(&'static str, ServerConfig)> = uring_variants(all)
+        .into_iter()
+        .map(|(name, options)| (name, config(options)))
+        .collect();
+    variants.push(("epoll", ServerConfig::loopback(EngineKind::Epoll)));
+    variants
+}
+
+fn uring_variants(all: UringOptions) -> Vec<(&'static str, UringOptions)> {
     vec![
         ("default", all),
         (
@@ -186,8 +197,8 @@ fn variants() -> Vec<(&'static str, UringOptions)> {
 
 #[test]
 fn connection_close_gets_the_response_then_fin() {
-    for (name, options) in variants() {
-        let (server, site) = start(&config(options));
+    for (name, config) in variants() {
+        let (server, site) = start(&config);
         let mut stream = connect(server.local_addr());
         stream
             .write_all(b"GET /k1.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
@@ -204,8 +215,8 @@ fn connection_close_gets_the_response_then_fin() {
 
 #[test]
 fn fifty_pipelined_requests_in_one_write_are_answered_in_order() {
-    for (name, options) in variants() {
-        let (server, site) = start(&config(options));
+    for (name, config) in variants() {
+        let (server, site) = start(&config);
         let mut stream = connect(server.local_addr());
         let mut burst = Vec::new();
         for i in 0..50 {
@@ -227,8 +238,8 @@ fn fifty_pipelined_requests_in_one_write_are_answered_in_order() {
 
 #[test]
 fn requests_split_into_single_bytes() {
-    for (name, options) in variants() {
-        let (server, site) = start(&config(options));
+    for (name, config) in variants() {
+        let (server, site) = start(&config);
         let mut stream = connect(server.local_addr());
         let mut pending = Vec::new();
         for _ in 0..3 {
@@ -258,8 +269,8 @@ fn requests_split_into_single_bytes() {
 
 #[test]
 fn large_bodies_arrive_intact_and_keep_alive_continues() {
-    for (name, options) in variants() {
-        let (server, site) = start(&config(options));
+    for (name, config) in variants() {
+        let (server, site) = start(&config);
         let mut stream = connect(server.local_addr());
         let mut burst = get("big.bin");
         burst.extend(get("mid.bin"));
@@ -296,8 +307,8 @@ fn a_slow_reader_of_a_large_body_is_served_completely() {
 
 #[test]
 fn many_concurrent_connections_each_get_every_byte() {
-    for (name, options) in variants() {
-        let (server, site) = start(&config(options));
+    for (name, config) in variants() {
+        let (server, site) = start(&config);
         let addr = server.local_addr();
         let site = Arc::new(site);
         let clients: Vec<_> = (0..100)
@@ -471,8 +482,7 @@ fn aborted_connections_free_everything() {
 
 #[test]
 fn head_timeout_answers_408_and_idle_timeout_closes() {
-    for (name, options) in variants() {
-        let mut config = config(options);
+    for (name, mut config) in variants() {
         config.timeouts.head = Duration::from_millis(300);
         config.timeouts.idle = Duration::from_millis(600);
         let (server, site) = start(&config);

@@ -14,20 +14,29 @@
 //! input and answers that batch from it. Every engine drives the same sans-I/O core
 //! ([`crate::http::Session`]); they differ only in how bytes move:
 //!
-//! - [`tokio_uring`]: the stock `tokio-uring` 0.5 runtime, one ring per
-//!   worker; accept, read and write are io_uring completions.
-//! - [`epoll`]: a tokio current-thread runtime per worker (readiness, epoll),
-//!   the same structure otherwise, so the two compare fairly.
+//! Two pairs, each differing only in the I/O model:
+//!
 //! - [`uring`]: a native io_uring loop per worker on the `io-uring` crate:
 //!   one `io_uring_enter` per iteration, multishot accept and receive,
 //!   provided buffers, batched sends, async close.
+//! - [`epoll`]: a native epoll loop per worker on `libc`, `uring`'s readiness
+//!   twin: edge-triggered, one receive buffer per worker, batched writes,
+//!   `sendfile` for files too large for memory.
+//! - [`tokio_uring`]: the stock `tokio-uring` 0.5 runtime, one ring per
+//!   worker; accept, read and write are io_uring completions.
+//! - [`tokio_epoll`] (`--engine tokio`): a tokio current-thread runtime per
+//!   worker (readiness, epoll), the same structure otherwise, so the two
+//!   compare fairly.
 //!
 //! An engine is a module with one entry point, `run_worker(Worker, Ready)`.
-//! The two tokio-based engines share their worker and connection loops
-//! ([`tokio_loop`]) and implement only its I/O traits; both wait for the
-//! core's deadlines ([`crate::http::deadline`]) with one tokio timer per
-//! connection ([`timer`]). [`connections`] caps and drains a worker's
-//! connections; [`AcceptBackoff`] pauses accepting when descriptors run out.
+//! The two native engines share their connection policy ([`policy`]), the
+//! lazy deadline queue ([`deadlines`]) and the connection table
+//! ([`slots`]). The two tokio-based engines share their worker and
+//! connection loops ([`tokio_loop`]) and implement only its I/O traits; both
+//! wait for the core's deadlines ([`crate::http::deadline`]) with one tokio
+//! timer per connection ([`timer`]). [`connections`] caps and drains a
+//! tokio worker's connections; [`AcceptBackoff`] pauses accepting when
+//! descriptors run out, in every engine.
 //!
 //! With metrics on (`--metrics-listen`), each worker counts into its own
 //! [`WorkerMetrics`] block (see [`crate::metrics`]): responses through the
@@ -40,14 +49,20 @@
 //! [`crate::http::response::Piece::File`] (the body, or part of it, of a file
 //! too large for memory) is read from its file at its offset in chunks of at
 //! most [`FILE_CHUNK_BYTES`], each chunk sent before the next is read, so a
-//! connection holds at most one chunk; a read of 0 bytes before the range's
-//! end is an error that closes the connection.
+//! connection holds at most one chunk (the `epoll` engine instead hands the
+//! range to `sendfile(2)`, which copies from the page cache in the kernel and
+//! holds no chunk at all); a read of 0 bytes before the range's end is an
+//! error that closes the connection.
 
 pub mod connections;
+pub(crate) mod deadlines;
 pub mod epoll;
 pub mod listener;
+pub(crate) mod policy;
 pub mod shutdown;
+pub(crate) mod slots;
 pub mod timer;
+pub mod tokio_epoll;
 mod tokio_loop;
 pub mod tokio_uring;
 pub mod uring;
@@ -98,20 +113,33 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EngineKind {
-    TokioUring,
-    Epoll,
     /// The native io_uring engine ([`uring`]).
     Uring,
+    /// The native epoll engine ([`epoll`]): `uring`'s readiness twin.
+    Epoll,
+    /// The stock `tokio-uring` runtime ([`tokio_uring`]).
+    TokioUring,
+    /// A tokio current-thread runtime on epoll ([`tokio_epoll`]):
+    /// `tokio-uring`'s readiness twin.
+    Tokio,
 }
 
 impl EngineKind {
-    pub const ALL: [EngineKind; 3] = [EngineKind::TokioUring, EngineKind::Epoll, EngineKind::Uring];
+    /// Two pairs that differ only in the I/O model: the hand-built loops
+    /// (`uring`, `epoll`) and the runtimes (`tokio-uring`, `tokio`).
+    pub const ALL: [EngineKind; 4] = [
+        EngineKind::Uring,
+        EngineKind::Epoll,
+        EngineKind::TokioUring,
+        EngineKind::Tokio,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
-            EngineKind::TokioUring => "tokio-uring",
-            EngineKind::Epoll => "epoll",
             EngineKind::Uring => "uring",
+            EngineKind::Epoll => "epoll",
+            EngineKind::TokioUring => "tokio-uring",
+            EngineKind::Tokio => "tokio",
         }
     }
 
@@ -644,9 +672,10 @@ impl Server {
 /// panic, caught by the caller) is a [`WorkerFailure`].
 fn run_worker(engine: EngineKind, worker: Worker, ready: Ready) -> io::Result<()> {
     match engine {
-        EngineKind::TokioUring => tokio_uring::run_worker(worker, ready),
-        EngineKind::Epoll => epoll::run_worker(worker, ready),
         EngineKind::Uring => uring::run_worker(worker, ready),
+        EngineKind::Epoll => epoll::run_worker(worker, ready),
+        EngineKind::TokioUring => tokio_uring::run_worker(worker, ready),
+        EngineKind::Tokio => tokio_epoll::run_worker(worker, ready),
     }
 }
 
@@ -788,9 +817,7 @@ mod tests {
         }
         let err = "iocp".parse::<EngineKind>().unwrap_err();
         assert!(
-            err.contains("tokio-uring")
-                && err.contains("epoll")
-                && err.contains("uring,") | err.ends_with("uring)"),
+            err.ends_with("(choose one of: uring, epoll, tokio-uring, tokio)"),
             "{err}"
         );
     }

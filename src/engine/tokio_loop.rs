@@ -1,6 +1,6 @@
 //! The worker and connection loops shared by the tokio-based engines.
 //!
-//! `tokio-uring` and `epoll` run the same loops; they differ only in the two
+//! `tokio-uring` and `tokio` run the same loops; they differ only in the two
 //! traits below, which say how a socket is accepted, read, written and
 //! half-closed. Keeping the loops here, once, is what makes comparing the two
 //! engines compare I/O models and nothing else.

@@ -8,7 +8,7 @@
 //! response bytes (or refcounted pieces of the snapshot for large bodies, in
 //! one `writev`). Files too large for memory are read with io_uring reads at
 //! an offset into one chunk buffer per connection. The loops themselves are
-//! [`super::tokio_loop`]'s, shared with the epoll engine.
+//! [`super::tokio_loop`]'s, shared with the tokio engine.
 //!
 //! This is the baseline for comparisons: tokio-uring parks in epoll with the
 //! ring's descriptor registered there and enters the ring on every park, and

@@ -75,6 +75,40 @@ pub struct DiskFile {
     pub identity: FileIdentity,
 }
 
+impl DiskFile {
+    /// For tests: `bytes` written to a new temporary file, opened as a body
+    /// streamed from disk; the path is returned for the caller to remove.
+    #[cfg(test)]
+    pub(crate) fn body_for_tests(bytes: &[u8]) -> (Body, std::path::PathBuf) {
+        use std::io::Write as _;
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "ringserve-disk-body-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        File::create(&path).unwrap().write_all(bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        let identity = FileIdentity::of(&file.metadata().unwrap());
+        let body = Body::Disk(DiskFile {
+            file: Arc::new(file),
+            len: bytes.len() as u64,
+            identity,
+        });
+        (body, path)
+    }
+
+    /// For tests: a body the snapshot believes is 5000 bytes long, on a file
+    /// of 1000 (one truncated in place after the snapshot was built).
+    #[cfg(test)]
+    pub(crate) fn shrunk_body_for_tests() -> (Body, std::path::PathBuf) {
+        let (body, path) = DiskFile::body_for_tests(&[1u8; 1000]);
+        let Body::Disk(disk) = body else { unreachable!() };
+        let longer = Body::Disk(DiskFile { len: 5000, ..disk });
+        (longer, path)
+    }
+}
+
 /// What tells one file on disk from another without reading it: a reload
 /// keeps the descriptor and hash of a file whose identity did not change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -72,6 +72,23 @@ pub enum PieceRef<'a> {
     File(&'a FileRange),
 }
 
+/// One piece of output and where it lies in the output
+/// ([`Output::pieces_after`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PieceAt<'a> {
+    pub piece: PieceRef<'a>,
+    /// Offset of its first byte in the output.
+    pub start: usize,
+    pub len: usize,
+}
+
+impl PieceAt<'_> {
+    /// Offset just past its last byte.
+    pub fn end(&self) -> usize {
+        self.start + self.len
+    }
+}
+
 #[derive(Debug)]
 enum Spliced {
     Bytes(Bytes),
@@ -203,6 +220,23 @@ impl Output {
         pieces
             .into_iter()
             .filter(|piece| !matches!(piece, PieceRef::Bytes(bytes) if bytes.is_empty()))
+    }
+
+    /// The pieces not yet wholly written once `sent` bytes of the output
+    /// are, each with where it starts in the output: what an engine resuming
+    /// a short write goes on from (the first one's bytes before `sent` are
+    /// already written).
+    pub fn pieces_after(&self, sent: usize) -> impl Iterator<Item = PieceAt<'_>> {
+        let mut start = 0;
+        self.pieces().filter_map(move |piece| {
+            let len = match piece {
+                PieceRef::Bytes(bytes) => bytes.len(),
+                PieceRef::File(range) => usize::try_from(range.len).unwrap_or(usize::MAX),
+            };
+            let at = PieceAt { piece, start, len };
+            start += len;
+            (start > sent).then_some(at)
+        })
     }
 
     /// The whole output as one slice, when nothing is shared (the common case).

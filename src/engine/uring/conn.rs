@@ -4,10 +4,11 @@
 //! returned [`Reaction`]s and the connection's state into submissions. What a
 //! connection holds, and why:
 //!
-//! - `protocol`: the sans-I/O HTTP state ([`Protocol`]: a [`Session`], a
-//!   few words, or for HTTPS a boxed TLS session around one). For HTTPS,
-//!   `carry` holds ciphertext and the outbox's output is ciphertext pulled
-//!   from the protocol ([`Outbox::pull`]), file chunks included.
+//! - `protocol`: the sans-I/O HTTP state ([`Protocol`]: a
+//!   [`Session`](crate::http::Session), a few words, or for HTTPS a boxed
+//!   TLS session around one). For HTTPS, `carry` holds ciphertext and the
+//!   outbox's output is ciphertext pulled from the protocol
+//!   ([`Outbox::pull`]), file chunks included.
 //! - `carry`: received bytes that could not be answered yet: the start of a
 //!   head that spans receive buffers, or input that arrived while a response
 //!   was being sent (responses go out in order, one send at a time). Empty,
@@ -27,35 +28,20 @@
 //! after every event: the send deadline while output is pending, otherwise
 //! the read deadline for the session's state and what is in `carry`.
 
-use std::cell::RefCell;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, RawFd};
-use std::time::{Duration, Instant};
+use std::os::fd::RawFd;
 
-use io_uring::{opcode, squeue, types};
-
-use super::deadlines::{Millis, NEVER, TimerSlot};
 use super::op::OpKind;
-use crate::access_log::{ConnectionLog, WorkerLog};
-use crate::engine::{FILE_CHUNK_BYTES, LINGER_MAX_BYTES, READ_BUFFER_BYTES};
-use crate::files::Snapshot;
-use crate::http::response::PieceRef;
-use crate::http::{DeadlineClock, Expiry, Limits, Next, Output, Progress, Timeouts};
-use crate::metrics::{ConnectionObserver, WorkerMetrics};
+use super::outbox::{Outbox, OutboxPool};
+use crate::engine::READ_BUFFER_BYTES;
+use crate::engine::deadlines::{Millis, TimerSlot};
+use crate::engine::policy::{self, AfterOutput, Carry, Lingering, Serving, Waiting};
+use crate::http::{DeadlineClock, Expiry, Next};
 use crate::protocol::Protocol;
-use crate::tls::{FileChunk, Pull};
 
 /// Input waiting in `carry` beyond which a connection stops receiving until
 /// its responses are sent (a client pipelining faster than it reads).
 pub const MAX_CARRY_BYTES: usize = 64 * 1024;
-/// Outboxes kept for reuse per worker, and the largest staging buffer kept:
-/// enough for every connection of a busy worker to have a response in
-/// flight without allocating, and at most 16 MiB kept (usually 4 KiB each).
-const MAX_POOLED_OUTBOXES: usize = 512;
-const MAX_POOLED_OUTPUT_BYTES: usize = 32 * 1024;
-/// Most pieces one sendmsg carries (Linux's `IOV_MAX`); the rest goes in the
-/// next send.
-const MAX_IOVECS: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecvState {
@@ -74,12 +60,15 @@ pub enum Phase {
     /// Reading requests and answering them.
     Open,
     /// Refused request answered and sending side shut down: input is read
-    /// and discarded until the peer closes, [`LINGER_MAX_BYTES`] or the
-    /// linger deadline (counted from the last send's completion).
-    Lingering { discarded: u32 },
-    /// Waiting for in-flight operations to end before the descriptor is
-    /// closed (closing while a receive is armed would not send FIN).
-    Closing,
+    /// and discarded until the peer closes, the bound of [`Lingering`] or
+    /// the linger deadline (counted from the last send's completion).
+    Lingering(Lingering),
+    /// Nothing more will happen but closing (an error, a reset, a timeout,
+    /// a refusal, or the peer is done): in-flight operations are cancelled
+    /// (`cancelled` once the cancels are queued) and the descriptor is closed
+    /// once their final completions arrived (closing while a receive is
+    /// armed would not send FIN).
+    Closing { cancelled: bool },
 }
 
 /// Received bytes, either in a kernel buffer or already appended to `carry`
@@ -107,35 +96,60 @@ pub enum Reaction {
     Close,
 }
 
-/// What every connection of a worker shares when answering.
+/// What every connection of a worker shares when answering: the shared
+/// [`Serving`] and the engine's switches. One field of the driver, lent to
+/// a connection for one event.
 #[derive(Debug)]
-pub struct ServeContext<'a> {
-    pub snapshot: &'a Snapshot,
-    pub limits: &'a Limits,
-    pub timeouts: &'a Timeouts,
-    /// The worker's access log, if logging is on.
-    pub log: Option<&'a RefCell<WorkerLog>>,
-    /// The worker's counters, if metrics are on.
-    pub metrics: Option<&'a WorkerMetrics>,
+pub struct ServeContext {
+    pub serving: Serving,
     /// One send for all answered requests (`false`: one per request, to
     /// measure what batching is worth).
     pub batch: bool,
     /// The connection receives into `carry` (no provided buffers): keep its
     /// allocation.
     pub own_buffers: bool,
-    /// The worker's clock: `now` is milliseconds since `epoch`.
-    pub epoch: Instant,
-    pub now: Millis,
 }
 
-impl ServeContext<'_> {
-    fn instant(&self, at: Millis) -> Instant {
-        self.epoch + Duration::from_millis(at)
-    }
+impl std::ops::Deref for ServeContext {
+    type Target = Serving;
 
-    fn millis(&self, at: Instant) -> Millis {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(NEVER - 1)
+    fn deref(&self) -> &Serving {
+        &self.serving
     }
+}
+
+impl std::ops::DerefMut for ServeContext {
+    fn deref_mut(&mut self) -> &mut Serving {
+        &mut self.serving
+    }
+}
+
+/// What the connection may still receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputState {
+    /// Nothing received yet: the first receive is single-shot (most
+    /// `Connection: close` clients send one request, and a receive still
+    /// armed at close must be cancelled first); later ones multishot.
+    Fresh,
+    Open,
+    /// Too much input is carried (a client pipelining faster than it reads):
+    /// no receive until the responses are sent and little is carried.
+    Paused,
+    /// The peer sent end-of-file (or shutdown(SHUT_RD) during stop).
+    Eof,
+}
+
+/// Where the connection's output stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputState {
+    /// No operation in flight and none queued (an outbox may be waiting to
+    /// be queued by the driver's `settle`).
+    Idle,
+    /// Listed in the driver's flush list for this loop iteration.
+    Queued,
+    /// An operation of the outbox (a send, or the read of a file chunk) is
+    /// in flight.
+    InFlight(OpKind),
 }
 
 #[derive(Debug)]
@@ -143,21 +157,8 @@ pub struct Conn {
     pub fd: RawFd,
     pub phase: Phase,
     pub recv: RecvState,
-    /// Some input has arrived: the connection's first receive is single-shot
-    /// (most `Connection: close` clients send one request, and a receive
-    /// still armed at close must be cancelled first); later ones multishot.
-    pub received: bool,
-    /// An operation of the outbox (a send, or the read of a file chunk) is
-    /// in flight; `output_op` says which.
-    pub output_in_flight: bool,
-    pub output_op: OpKind,
-    /// Listed in the driver's flush list for this loop iteration.
-    pub queued_for_flush: bool,
-    /// The peer sent end-of-file (or shutdown(SHUT_RD) during stop).
-    pub eof: bool,
-    /// Close as soon as possible: an error, a reset, a timeout, a refusal.
-    pub close_requested: bool,
-    pub reads_paused: bool,
+    pub input: InputState,
+    pub output: OutputState,
     /// What the session said to do once the outbox is sent.
     pub after_send: Next,
     protocol: Protocol,
@@ -177,18 +178,13 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(fd: RawFd, peer: Option<Box<IpAddr>>, protocol: Protocol, cx: &ServeContext<'_>) -> Conn {
+    pub fn new(fd: RawFd, peer: Option<Box<IpAddr>>, protocol: Protocol, cx: &ServeContext) -> Conn {
         Conn {
             fd,
             phase: Phase::Open,
             recv: RecvState::Idle,
-            received: false,
-            output_in_flight: false,
-            output_op: OpKind::Send,
-            queued_for_flush: false,
-            eof: false,
-            close_requested: false,
-            reads_paused: false,
+            input: InputState::Fresh,
+            output: OutputState::Idle,
             after_send: Next::Read,
             protocol,
             carry: if cx.own_buffers {
@@ -211,86 +207,80 @@ impl Conn {
     /// after it would be read. A single-shot receive is armed only while
     /// waiting for a request.
     pub fn wants_recv(&self, multishot: bool) -> bool {
-        if self.recv != RecvState::Idle || self.eof || self.reads_paused || self.close_requested {
+        if self.recv != RecvState::Idle || matches!(self.input, InputState::Paused | InputState::Eof) {
             return false;
         }
         match self.phase {
-            Phase::Closing => false,
-            Phase::Lingering { .. } => true,
+            Phase::Closing { .. } => false,
+            Phase::Lingering(_) => true,
             Phase::Open => {
                 (multishot && self.after_send != Next::Close)
-                    || (!self.output_in_flight && self.outbox.is_none() && self.after_send == Next::Read)
+                    || (!self.output_in_flight() && self.outbox.is_none() && self.after_send == Next::Read)
             }
         }
     }
 
-    /// Whether nothing more will happen but closing.
-    pub fn should_close(&self) -> bool {
-        self.close_requested || (self.eof && self.outbox.is_none() && !self.output_in_flight)
+    /// Whether an operation of the outbox is in flight.
+    pub fn output_in_flight(&self) -> bool {
+        matches!(self.output, OutputState::InFlight(_))
+    }
+
+    /// Whether nothing more will happen but closing: the peer is done and
+    /// nothing is left to send.
+    pub fn is_finished(&self) -> bool {
+        self.input == InputState::Eof && self.outbox.is_none() && !self.output_in_flight()
+    }
+
+    /// Ends the connection as soon as its operations are cancelled (an
+    /// error, a reset, a timeout, a refusal).
+    pub fn request_close(&mut self) {
+        if !matches!(self.phase, Phase::Closing { .. }) {
+            self.phase = Phase::Closing { cancelled: false };
+        }
     }
 
     /// The current deadline (`NEVER`: none) and what its passing means, by
-    /// the core's rules: while output is pending, the send deadline, counted
-    /// from the last progress; otherwise the read deadline.
-    pub fn deadline(&mut self, cx: &ServeContext<'_>) -> (Millis, Expiry) {
-        match self.phase {
-            Phase::Closing => (NEVER, Expiry::Close),
-            Phase::Lingering { .. } => (
-                cx.millis(cx.instant(self.send_progress) + cx.timeouts.linger),
-                Expiry::Close,
-            ),
-            Phase::Open if self.outbox.is_some() || self.output_in_flight => {
-                let deadline = DeadlineClock::for_write(cx.instant(self.send_progress), cx.timeouts);
-                (cx.millis(deadline.at), deadline.expiry)
-            }
-            Phase::Open => {
-                let now = cx.instant(cx.now);
-                let deadline = self.clock.for_read(
-                    self.protocol.session(),
-                    self.protocol.buffered(self.carry.len()),
-                    now,
-                    cx.timeouts,
-                );
-                (cx.millis(deadline.at), deadline.expiry)
-            }
-        }
+    /// the shared rules.
+    pub fn deadline(&mut self, cx: &ServeContext) -> (Millis, Expiry) {
+        let waiting = match self.phase {
+            Phase::Closing { .. } => Waiting::Nothing,
+            Phase::Lingering(_) => Waiting::Lingering {
+                since: self.send_progress,
+            },
+            Phase::Open if self.outbox.is_some() || self.output_in_flight() => Waiting::Output {
+                since: self.send_progress,
+            },
+            Phase::Open => Waiting::Input,
+        };
+        cx.deadline(waiting, &mut self.clock, &self.protocol, self.carry.len())
     }
 
     /// Records that an output operation of kind `op` is being submitted (the
     /// first one of an outbox starts the no-progress clock).
     pub fn on_output_submitted(&mut self, op: OpKind, now: Millis) {
-        if !self.output_in_flight
-            && self
-                .outbox
-                .as_ref()
-                .is_some_and(|o| o.sent == 0 && o.chunk.is_empty())
-        {
+        if !self.output_in_flight() && self.outbox.as_ref().is_some_and(|o| o.is_untouched()) {
             self.send_progress = now;
         }
-        self.output_in_flight = true;
-        self.output_op = op;
+        self.output = OutputState::InFlight(op);
     }
 
     /// Received bytes: answer what can be answered now, keep the rest.
-    pub fn on_received(
-        &mut self,
-        input: Input<'_>,
-        cx: &ServeContext<'_>,
-        pool: &mut OutboxPool,
-    ) -> Reaction {
+    pub fn on_received(&mut self, input: Input<'_>, cx: &ServeContext, pool: &mut OutboxPool) -> Reaction {
+        if self.input == InputState::Fresh {
+            self.input = InputState::Open;
+        }
         match &mut self.phase {
-            Phase::Closing => return Reaction::Nothing,
-            Phase::Lingering { discarded, .. } => {
+            Phase::Closing { .. } => return Reaction::Nothing,
+            Phase::Lingering(lingering) => {
                 let len = match input {
                     Input::Fresh(data) => data.len(),
                     Input::InCarry(len) => len,
                 };
-                *discarded = discarded.saturating_add(u32::try_from(len).unwrap_or(u32::MAX));
                 self.carry.clear();
-                return if *discarded as usize >= LINGER_MAX_BYTES {
-                    Reaction::Close
-                } else {
+                return if lingering.discard(len) {
                     Reaction::Nothing
+                } else {
+                    Reaction::Close
                 };
             }
             Phase::Open => {}
@@ -304,7 +294,7 @@ impl Conn {
             return Reaction::Nothing;
         }
         let can_answer_now =
-            !self.output_in_flight && self.after_send == Next::Read && (cx.batch || self.outbox.is_none());
+            !self.output_in_flight() && self.after_send == Next::Read && (cx.batch || self.outbox.is_none());
         if can_answer_now {
             let fresh = match input {
                 Input::Fresh(data) => Some(data),
@@ -324,55 +314,36 @@ impl Conn {
 
     /// Runs the session over `carry` followed by `fresh`, parsing straight
     /// out of `fresh` when nothing is carried.
-    fn answer(&mut self, fresh: Option<&[u8]>, cx: &ServeContext<'_>, pool: &mut OutboxPool) -> Reaction {
+    fn answer(&mut self, fresh: Option<&[u8]>, cx: &ServeContext, pool: &mut OutboxPool) -> Reaction {
         let mut outbox = self.outbox.take().unwrap_or_else(|| pool.take());
         let peer = self.peer();
-        let progress = match fresh {
-            Some(all) if self.carry.is_empty() => {
-                let data = &all[..request_limit(all, cx.batch, &self.protocol)];
-                let progress = run_session(&mut self.protocol, data, cx, peer, &mut outbox.output);
-                // Only the start of a head spanning buffers (or input left
-                // after back-pressure) is copied out of the kernel buffer.
-                self.carry.extend_from_slice(&data[progress.consumed..]);
-                self.carry.extend_from_slice(&all[data.len()..]);
-                progress
-            }
-            _ => {
-                if let Some(data) = fresh {
-                    self.carry.extend_from_slice(data);
-                }
-                let limit = request_limit(&self.carry, cx.batch, &self.protocol);
-                let progress = run_session(
-                    &mut self.protocol,
-                    &self.carry[..limit],
-                    cx,
-                    peer,
-                    &mut outbox.output,
-                );
-                self.carry.consume(progress.consumed);
-                progress
-            }
-        };
-        if self.carry.is_empty() && !cx.own_buffers {
-            // Idle connections own no buffer.
-            self.carry.release();
-        }
+        let progress = policy::answer(
+            &mut self.protocol,
+            &mut self.carry,
+            fresh,
+            cx,
+            peer,
+            &mut outbox.output,
+            cx.batch,
+            cx.own_buffers,
+        );
         self.after_send = progress.next;
         // Reads paused for back-pressure resume once little is carried, or
         // once the session wants more input than it has: a head larger than
         // half the carry limit (with `--max-head` above it) can only
         // complete with more bytes, and would otherwise wait for its 408.
-        if self.carry.len() <= MAX_CARRY_BYTES / 2
-            || (progress.next == Next::Read && outbox.output.is_empty())
+        if self.input == InputState::Paused
+            && (self.carry.len() <= MAX_CARRY_BYTES / 2
+                || (progress.next == Next::Read && outbox.output.is_empty()))
         {
-            self.reads_paused = false;
+            self.input = InputState::Open;
         }
         if !outbox.pull(&mut self.protocol) {
             pool.give(outbox);
-            return match progress.next {
-                Next::Read | Next::Write => Reaction::Nothing,
-                // The session always answers before closing; if not, close.
-                Next::Close | Next::Linger => Reaction::Close,
+            return if policy::ends_after_output(progress.next) {
+                Reaction::Close
+            } else {
+                Reaction::Nothing
             };
         }
         self.outbox = Some(outbox);
@@ -380,8 +351,8 @@ impl Conn {
     }
 
     /// A send completed with `sent` bytes.
-    pub fn on_sent(&mut self, sent: usize, cx: &ServeContext<'_>, pool: &mut OutboxPool) -> Reaction {
-        self.output_in_flight = false;
+    pub fn on_sent(&mut self, sent: usize, cx: &ServeContext, pool: &mut OutboxPool) -> Reaction {
+        self.output = OutputState::Idle;
         self.send_progress = cx.now;
         let outbox = self.outbox.as_mut().expect("a send completed without an outbox");
         outbox.on_sent(sent);
@@ -389,8 +360,9 @@ impl Conn {
             return Reaction::Resend;
         }
         if self.protocol.is_tls() {
-            outbox.output.clear();
-            outbox.sent = 0;
+            // More ciphertext (the rest of a large response, a file chunk
+            // to read and seal) may be waiting in the protocol.
+            outbox.reset_sent();
             if outbox.pull(&mut self.protocol) {
                 return Reaction::Resend;
             }
@@ -398,39 +370,25 @@ impl Conn {
         if let Some(outbox) = self.outbox.take() {
             pool.give(outbox);
         }
-        match self.after_send {
-            // Every end after a response is graceful: the client may still be
-            // sending (a body, more requests), and closing with its input
-            // unread would reset the connection under the response's end.
-            Next::Close | Next::Linger => {
-                self.phase = Phase::Lingering {
-                    discarded: u32::try_from(self.carry.len()).unwrap_or(u32::MAX),
-                };
-                if cx.own_buffers {
-                    // A single-shot receive into `carry` may be armed (a 408
-                    // is sent while the head is still awaited): empty it,
-                    // never free it under the kernel.
-                    self.carry.clear();
-                } else {
-                    self.carry.release();
-                }
+        // With own buffers a single-shot receive into `carry` may be armed
+        // (a 408 is sent while the head is still awaited): emptied, never
+        // freed under the kernel.
+        match policy::after_output(&mut self.after_send, &mut self.carry, cx.own_buffers) {
+            AfterOutput::Linger(lingering) => {
+                self.phase = Phase::Lingering(lingering);
                 Reaction::StartLinger
             }
-            Next::Read | Next::Write => {
-                self.after_send = Next::Read;
-                if self.carry.is_empty() && !self.protocol.has_unanswered_input() {
-                    Reaction::Nothing
-                } else {
-                    self.answer(None, cx, pool)
-                }
+            AfterOutput::Continue if self.carry.is_empty() && !self.protocol.has_unanswered_input() => {
+                Reaction::Nothing
             }
+            AfterOutput::Continue => self.answer(None, cx, pool),
         }
     }
 
     /// The read of a file chunk completed with `result` (bytes, or -errno):
     /// send the chunk, or give up on a response that cannot be completed.
     pub fn on_file_read(&mut self, result: i32, now: Millis) -> Reaction {
-        self.output_in_flight = false;
+        self.output = OutputState::Idle;
         self.send_progress = now;
         let read = usize::try_from(result).unwrap_or(0);
         let complete = self
@@ -446,20 +404,18 @@ impl Conn {
 
     /// The request deadline passed with part of a head in `carry`: the
     /// session answers 408, then the connection lingers and closes.
-    pub fn on_head_timeout(&mut self, cx: &ServeContext<'_>, pool: &mut OutboxPool) -> Reaction {
-        if self.phase != Phase::Open || self.output_in_flight || self.outbox.is_some() {
+    pub fn on_head_timeout(&mut self, cx: &ServeContext, pool: &mut OutboxPool) -> Reaction {
+        if self.phase != Phase::Open || self.output_in_flight() || self.outbox.is_some() {
             return Reaction::Close;
         }
         let mut outbox = pool.take();
-        self.after_send = match observer(cx, self.peer()) {
-            Some(mut observer) => {
-                self.protocol
-                    .on_head_timeout(&self.carry, &mut outbox.output, &mut observer)
-            }
-            None => self
-                .protocol
-                .on_head_timeout(&self.carry, &mut outbox.output, &mut ()),
-        };
+        let peer = self.peer();
+        self.after_send = policy::head_timeout(
+            &mut self.protocol,
+            &self.carry,
+            cx.observer(peer),
+            &mut outbox.output,
+        );
         self.carry.clear();
         if !outbox.pull(&mut self.protocol) {
             // A TLS handshake that never completed: close without a word.
@@ -482,517 +438,9 @@ impl Conn {
     }
 }
 
-/// Received bytes kept for later, in a buffer that exists only while it holds
-/// something (a pointer's worth in every connection, not a `Vec`'s three
-/// words): most connections, most of the time, carry nothing.
-#[derive(Debug, Default)]
-// The box is the point: one word in every connection instead of three, and
-// the extra allocation happens only while bytes are carried.
-#[allow(clippy::box_collection)]
-pub struct Carry(Option<Box<Vec<u8>>>);
-
-impl Carry {
-    pub fn with_capacity(capacity: usize) -> Carry {
-        Carry(Some(Box::new(Vec::with_capacity(capacity))))
-    }
-
-    /// The buffer, created if there is none (receiving into it).
-    pub fn buffer_mut(&mut self) -> &mut Vec<u8> {
-        self.0.get_or_insert_with(Box::default)
-    }
-
-    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
-        if !bytes.is_empty() {
-            self.buffer_mut().extend_from_slice(bytes);
-        }
-    }
-
-    /// Drops the first `len` bytes.
-    pub fn consume(&mut self, len: usize) {
-        if let Some(buffer) = &mut self.0 {
-            buffer.drain(..len);
-        }
-    }
-
-    pub fn truncate(&mut self, len: usize) {
-        if let Some(buffer) = &mut self.0 {
-            buffer.truncate(len);
-        }
-    }
-
-    /// Empties it, keeping the buffer.
-    pub fn clear(&mut self) {
-        if let Some(buffer) = &mut self.0 {
-            buffer.clear();
-        }
-    }
-
-    /// Empties it and frees the buffer.
-    pub fn release(&mut self) {
-        self.0 = None;
-    }
-}
-
-impl std::ops::Deref for Carry {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        self.0.as_deref().map_or(&[], Vec::as_slice)
-    }
-}
-
-/// What observes a connection's responses: the access log and the metrics,
-/// if either is on.
-fn observer<'a>(cx: &ServeContext<'a>, peer: Option<IpAddr>) -> Option<ConnectionObserver<'a>> {
-    let log = cx.log.zip(peer).map(|(log, peer)| ConnectionLog { log, peer });
-    ConnectionObserver::new(log, cx.metrics)
-}
-
-/// Runs the session over `input`, telling the access log and the metrics if
-/// they are on.
-fn run_session(
-    session: &mut Protocol,
-    input: &[u8],
-    cx: &ServeContext<'_>,
-    peer: Option<IpAddr>,
-    output: &mut Output,
-) -> Progress {
-    match observer(cx, peer) {
-        Some(mut observer) => session.on_input_observed(input, cx.snapshot, cx.limits, output, &mut observer),
-        None => session.on_input(input, cx.snapshot, cx.limits, output),
-    }
-}
-
-/// How much of `input` the session may see at once: everything, or (batching
-/// off) up to the end of the first request head, so each response leaves in
-/// its own send. (Ciphertext has no heads to find: all of it.)
-fn request_limit(input: &[u8], batch: bool, protocol: &Protocol) -> usize {
-    if batch || protocol.is_tls() {
-        return input.len();
-    }
-    // Blank lines before a request are skipped by the session; skip them here
-    // too, or they would be taken for the end of a head.
-    let start = input.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
-    memchr::memmem::find(&input[start..], b"\r\n\r\n").map_or(input.len(), |end| start + end + 4)
-}
-
-/// Responses waiting to be sent, and the arguments of the operation that
-/// sends (or reads) the next part of them.
-///
-/// The output's pieces go out in order ([`Output::pieces`]): bytes in memory
-/// (staged heads, the snapshot's refcounted bodies) are sent from where they
-/// are; a [`Piece::File`](crate::http::response::Piece::File) range is read
-/// from its file into `chunk` (at most [`FILE_CHUNK_BYTES`] at a time) and
-/// sent from there, each chunk sent before the next is read. One operation
-/// at a time: [`Outbox::next_op`] says which.
-///
-/// Boxed, and kept by its connection until that operation's completion: the
-/// kernel reads the output's bytes, `chunk`, the iovec array and the
-/// `msghdr`, and writes `chunk`, through raw pointers while it is in flight,
-/// so none of them may move, be freed or (apart from the kernel's write into
-/// `chunk`) change until then. The box keeps their addresses fixed when the
-/// connection table grows; the output holds the file's descriptor open (its
-/// `Arc<File>`); the connection keeps the box until the operation's final
-/// completion (see the driver's close path).
-#[derive(Debug)]
-pub struct Outbox {
-    pub output: Output,
-    /// Bytes of `output` already sent.
-    sent: usize,
-    /// Bytes of a file range read from disk: `chunk` holds output bytes from
-    /// `chunk_at` on (empty when no chunk is held).
-    chunk: Vec<u8>,
-    chunk_at: usize,
-    iovecs: Vec<libc::iovec>,
-    msghdr: libc::msghdr,
-    /// HTTPS: a file chunk to read into `chunk` and seal into `output`
-    /// before sending it ([`Pull::ReadFile`]).
-    seal: Option<FileChunk>,
-}
-
-/// The next operation an outbox needs, described (the driver turns it into
-/// a submission with [`OutputOp::entry`]). Its pointers point into the outbox.
-#[derive(Debug, Clone, Copy)]
-pub enum OutputOp {
-    /// Send `len` bytes from `bytes`.
-    Send { bytes: *const u8, len: u32 },
-    /// Send what the outbox's iovecs describe (`sendmsg`).
-    SendMsg { msghdr: *const libc::msghdr },
-    /// Read up to `len` bytes of the file `fd` at `offset` into the outbox's
-    /// chunk buffer at `buffer`.
-    Read {
-        fd: RawFd,
-        buffer: *mut u8,
-        len: u32,
-        offset: u64,
-    },
-}
-
-impl OutputOp {
-    pub fn kind(&self) -> OpKind {
-        match self {
-            OutputOp::Send { .. } | OutputOp::SendMsg { .. } => OpKind::Send,
-            OutputOp::Read { .. } => OpKind::Read,
-        }
-    }
-
-    /// The submission for this operation on `socket`.
-    pub fn entry(&self, socket: RawFd, user_data: u64) -> squeue::Entry {
-        let entry = match *self {
-            OutputOp::Send { bytes, len } => opcode::Send::new(types::Fd(socket), bytes, len)
-                .flags(libc::MSG_NOSIGNAL)
-                .build(),
-            OutputOp::SendMsg { msghdr } => opcode::SendMsg::new(types::Fd(socket), msghdr)
-                .flags(libc::MSG_NOSIGNAL as u32)
-                .build(),
-            OutputOp::Read {
-                fd,
-                buffer,
-                len,
-                offset,
-            } => opcode::Read::new(types::Fd(fd), buffer, len)
-                .offset(offset)
-                .build(),
-        };
-        entry.user_data(user_data)
-    }
-}
-
-impl Outbox {
-    fn new() -> Outbox {
-        Outbox {
-            // Grown to what its responses need (a 1 KiB file's response is
-            // about 1.3 KB) and kept at that size while pooled: the pool holds
-            // one outbox per response that was in flight at once.
-            output: Output::new(),
-            sent: 0,
-            chunk: Vec::new(),
-            chunk_at: 0,
-            iovecs: Vec::new(),
-            // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
-            msghdr: unsafe { std::mem::zeroed() },
-            seal: None,
-        }
-    }
-
-    /// Whether every byte has been sent.
-    pub fn is_done(&self) -> bool {
-        self.sent >= self.output.len()
-    }
-
-    /// The operation that moves the output on: one `send` when it is
-    /// contiguous (the common case), otherwise one `send`/`sendmsg` of
-    /// everything that can go now (in-memory pieces, and the chunk of a file
-    /// range already read), or, when the next bytes are in a file, the `read`
-    /// of their chunk. Call only when no operation of this outbox is in
-    /// flight and bytes are left.
-    ///
-    /// The operation points into `self`; see the type's documentation for
-    /// what that requires until its completion.
-    pub fn next_op(&mut self) -> OutputOp {
-        if let Some(seal) = &self.seal {
-            // HTTPS: read the chunk first; it is sealed after what `output`
-            // holds, and both go out in the next send.
-            self.chunk.clear();
-            self.chunk.reserve_exact(seal.len);
-            return OutputOp::Read {
-                fd: seal.file.as_raw_fd(),
-                buffer: self.chunk.as_mut_ptr(),
-                len: seal.len as u32,
-                offset: seal.offset,
-            };
-        }
-        debug_assert!(!self.is_done());
-        if let Some(bytes) = self.output.as_contiguous() {
-            let rest = &bytes[self.sent..];
-            return OutputOp::Send {
-                bytes: rest.as_ptr(),
-                len: u32::try_from(rest.len()).unwrap_or(u32::MAX),
-            };
-        }
-        self.iovecs.clear();
-        let chunk_end = self.chunk_at + self.chunk.len();
-        let mut start = 0;
-        for piece in self.output.pieces() {
-            let piece_len = match piece {
-                PieceRef::Bytes(bytes) => bytes.len(),
-                PieceRef::File(range) => usize::try_from(range.len).unwrap_or(usize::MAX),
-            };
-            let end = start + piece_len;
-            if end <= self.sent {
-                start = end;
-                continue;
-            }
-            let cursor = self.sent.max(start);
-            match piece {
-                PieceRef::Bytes(bytes) => push_iovec(&mut self.iovecs, &bytes[cursor - start..]),
-                PieceRef::File(range) => {
-                    if self.chunk_at <= cursor && cursor < chunk_end {
-                        push_iovec(&mut self.iovecs, &self.chunk[cursor - self.chunk_at..]);
-                        if chunk_end < end {
-                            // The rest of this range is still on disk.
-                            break;
-                        }
-                    } else if !self.iovecs.is_empty() {
-                        break;
-                    } else {
-                        let want = (end - cursor).min(FILE_CHUNK_BYTES);
-                        self.chunk.clear();
-                        self.chunk.reserve_exact(want);
-                        self.chunk_at = cursor;
-                        return OutputOp::Read {
-                            fd: range.file.as_raw_fd(),
-                            buffer: self.chunk.as_mut_ptr(),
-                            len: want as u32,
-                            offset: range.offset + (cursor - start) as u64,
-                        };
-                    }
-                }
-            }
-            if self.iovecs.len() == MAX_IOVECS {
-                break;
-            }
-            start = end;
-        }
-        if let [single] = self.iovecs[..] {
-            return OutputOp::Send {
-                bytes: single.iov_base.cast(),
-                len: u32::try_from(single.iov_len).unwrap_or(u32::MAX),
-            };
-        }
-        self.msghdr.msg_iov = self.iovecs.as_mut_ptr();
-        self.msghdr.msg_iovlen = self.iovecs.len();
-        OutputOp::SendMsg { msghdr: &self.msghdr }
-    }
-
-    /// Asks `protocol` for more to send (HTTPS; nothing for plain HTTP):
-    /// whether the outbox now has work (bytes to send or a chunk to read).
-    pub fn pull(&mut self, protocol: &mut Protocol) -> bool {
-        match protocol.pull_output(&mut self.output) {
-            Pull::Send => true,
-            Pull::ReadFile(chunk) => {
-                self.seal = Some(chunk);
-                true
-            }
-            Pull::Done => !self.output.is_empty(),
-        }
-    }
-
-    /// After the read for `seal` completed into `chunk`: seals it into the
-    /// output; `false` if the response cannot be completed. (Plain HTTP: the
-    /// chunk is sent from where it is, nothing to do.)
-    fn seal_chunk(&mut self, protocol: &mut Protocol) -> bool {
-        if self.seal.take().is_none() {
-            return true;
-        }
-        let sealed = protocol.seal_file_chunk(&self.chunk, &mut self.output);
-        self.chunk.clear();
-        sealed
-    }
-
-    /// A send took `len` bytes.
-    pub fn on_sent(&mut self, len: usize) {
-        self.sent += len;
-        if self.sent >= self.chunk_at + self.chunk.len() {
-            self.chunk.clear();
-        }
-    }
-
-    /// The read of a file chunk returned `len` bytes; `false` if the response
-    /// cannot be completed (0 bytes: the file shrank since the snapshot was
-    /// built).
-    pub fn on_read(&mut self, len: usize) -> bool {
-        if len == 0 || len > self.chunk.capacity() {
-            self.chunk.clear();
-            return false;
-        }
-        // SAFETY: the read pointed the kernel at `chunk`'s spare capacity
-        // (it was empty, with at least the requested length reserved), and
-        // the kernel reports having written `len` bytes there, no more than
-        // the capacity (checked above).
-        unsafe { self.chunk.set_len(len) };
-        true
-    }
-}
-
-fn push_iovec(iovecs: &mut Vec<libc::iovec>, bytes: &[u8]) {
-    if !bytes.is_empty() {
-        iovecs.push(libc::iovec {
-            iov_base: bytes.as_ptr() as *mut libc::c_void,
-            iov_len: bytes.len(),
-        });
-    }
-}
-
-/// Outboxes of connections that have nothing to send, for reuse.
-#[derive(Debug, Default)]
-pub struct OutboxPool {
-    /// Boxed on purpose: connections hold outboxes by `Box` (a send's
-    /// `msghdr` must not move), and pooling the boxes saves an allocation.
-    #[allow(clippy::vec_box)]
-    free: Vec<Box<Outbox>>,
-}
-
-impl OutboxPool {
-    pub fn take(&mut self) -> Box<Outbox> {
-        self.free.pop().unwrap_or_else(|| Box::new(Outbox::new()))
-    }
-
-    pub fn give(&mut self, mut outbox: Box<Outbox>) {
-        if self.free.len() >= MAX_POOLED_OUTBOXES || outbox.output.staged_capacity() > MAX_POOLED_OUTPUT_BYTES
-        {
-            return;
-        }
-        outbox.output.clear();
-        outbox.sent = 0;
-        // A file chunk buffer is large and rare: not kept.
-        outbox.chunk = Vec::new();
-        outbox.chunk_at = 0;
-        outbox.iovecs.clear();
-        outbox.seal = None;
-        self.free.push(outbox);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    use std::io::Write as _;
-
-    use bytes::Bytes;
-
-    use crate::files::{Body, DiskFile, FileIdentity};
-
-    /// Plays the kernel: runs the outbox's operations until it is done,
-    /// sending at most `max_send` bytes per send; returns what was sent and
-    /// how many file reads it took.
-    fn run_outbox(outbox: &mut Outbox, max_send: usize) -> (Vec<u8>, usize) {
-        let mut sent = Vec::new();
-        let mut reads = 0;
-        while !outbox.is_done() {
-            match outbox.next_op() {
-                OutputOp::Send { bytes, len } => {
-                    let len = (len as usize).min(max_send);
-                    // SAFETY: the operation points into the outbox, which is
-                    // alive and unchanged until `on_sent`.
-                    sent.extend_from_slice(unsafe { std::slice::from_raw_parts(bytes, len) });
-                    outbox.on_sent(len);
-                }
-                OutputOp::SendMsg { .. } => {
-                    let mut taken = 0;
-                    for iovec in &outbox.iovecs {
-                        let len = iovec.iov_len.min(max_send - taken);
-                        // SAFETY: as above, for each iovec.
-                        sent.extend_from_slice(unsafe {
-                            std::slice::from_raw_parts(iovec.iov_base as *const u8, len)
-                        });
-                        taken += len;
-                        if taken == max_send {
-                            break;
-                        }
-                    }
-                    outbox.on_sent(taken);
-                }
-                OutputOp::Read {
-                    fd,
-                    buffer,
-                    len,
-                    offset,
-                } => {
-                    reads += 1;
-                    assert!(len as usize <= FILE_CHUNK_BYTES);
-                    // SAFETY: pread writes at most `len` bytes into the
-                    // outbox's chunk buffer, which has that much capacity.
-                    let n = unsafe { libc::pread(fd, buffer.cast(), len as usize, offset as libc::off_t) };
-                    assert!(outbox.on_read(usize::try_from(n).unwrap()), "read {n}");
-                }
-            }
-        }
-        (sent, reads)
-    }
-
-    fn disk_file(bytes: &[u8]) -> (Body, std::path::PathBuf) {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "ringserve-outbox-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        std::fs::File::create(&path).unwrap().write_all(bytes).unwrap();
-        let file = std::fs::File::open(&path).unwrap();
-        let identity = FileIdentity::of(&file.metadata().unwrap());
-        let body = Body::Disk(DiskFile {
-            file: std::sync::Arc::new(file),
-            len: bytes.len() as u64,
-            identity,
-        });
-        (body, path)
-    }
-
-    #[test]
-    fn file_ranges_stream_in_bounded_chunks_between_in_memory_pieces() {
-        let content: Vec<u8> = (0..300 * 1024 + 17).map(|i| (i % 251) as u8).collect();
-        let (body, path) = disk_file(&content);
-        let shared = Bytes::from(vec![b's'; 20_000]);
-        let mut pool = OutboxPool::default();
-        for max_send in [usize::MAX, 50_000, 7] {
-            let mut outbox = pool.take();
-            outbox.output.push(b"HEAD1\r\n\r\n");
-            outbox.output.push_whole_body(&body);
-            outbox.output.push(b"HEAD2\r\n\r\n");
-            outbox.output.push_body(&shared);
-            outbox.output.push(b"HEAD3\r\n\r\n");
-            outbox.output.push_body_range(&body, 1000, 10);
-            let mut expected = b"HEAD1\r\n\r\n".to_vec();
-            expected.extend_from_slice(&content);
-            expected.extend_from_slice(b"HEAD2\r\n\r\n");
-            expected.extend_from_slice(&shared);
-            expected.extend_from_slice(b"HEAD3\r\n\r\n");
-            expected.extend_from_slice(&content[1000..1010]);
-            let (sent, reads) = run_outbox(&mut outbox, max_send);
-            assert!(sent == expected, "max_send {max_send}: bytes differ");
-            // 300 KiB in 128 KiB chunks, then the 10-byte range.
-            assert_eq!(reads, 4, "max_send {max_send}");
-            assert!(outbox.chunk.capacity() <= FILE_CHUNK_BYTES);
-            pool.give(outbox);
-        }
-        let _ = std::fs::remove_file(path);
-    }
-
-    #[test]
-    fn a_file_cut_short_fails_the_response() {
-        let (body, path) = disk_file(&[1u8; 1000]);
-        // The snapshot believes the file is longer than it now is.
-        let Body::Disk(disk) = &body else { unreachable!() };
-        let longer = Body::Disk(DiskFile {
-            file: disk.file.clone(),
-            len: 5000,
-            identity: disk.identity,
-        });
-        let mut outbox = OutboxPool::default().take();
-        outbox.output.push_whole_body(&longer);
-        let OutputOp::Read {
-            fd,
-            buffer,
-            len,
-            offset,
-        } = outbox.next_op()
-        else {
-            panic!("the first operation reads the file")
-        };
-        // SAFETY: as in `run_outbox`.
-        let n = unsafe { libc::pread(fd, buffer.cast(), len as usize, offset as libc::off_t) };
-        assert_eq!(n, 1000);
-        assert!(outbox.on_read(1000));
-        let OutputOp::Send { len, .. } = outbox.next_op() else {
-            panic!("then sends the chunk")
-        };
-        outbox.on_sent(len as usize);
-        assert!(matches!(outbox.next_op(), OutputOp::Read { offset: 1000, .. }));
-        assert!(!outbox.on_read(0), "end of file before the range's end");
-        let _ = std::fs::remove_file(path);
-    }
 
     /// An idle connection costs its slot in the table plus a few small
     /// allocations (the session's path scratch, a deadline entry); the

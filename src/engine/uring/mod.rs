@@ -41,7 +41,7 @@
 //!    operations in flight, so responses stay in order. A file too large for
 //!    memory is streamed: an io_uring `read` at an offset into a chunk buffer
 //!    of at most [`FILE_CHUNK_BYTES`](crate::engine::FILE_CHUNK_BYTES), sent
-//!    (with what follows it) before the next chunk is read ([`conn::Outbox`]).
+//!    (with what follows it) before the next chunk is read ([`outbox::Outbox`]).
 //!    Every iteration answers from one snapshot, refreshed from the worker's
 //!    [`SnapshotCache`] so a reload takes effect at the next iteration; an
 //!    idle worker wakes once a second ([`SNAPSHOT_REFRESH_MS`]) so that it
@@ -74,11 +74,13 @@
 //! ([`op`]): slot index and generation ([`slots`]), so a late completion can
 //! never touch a connection that reused the slot.
 //!
-//! **Memory handed to the kernel** is never moved or freed while an
+//! **Memory handed to the kernel** is audited in three small files: [`ring`]
+//! (every submission, and the count of what is in flight), [`buffers`]
+//! (receive buffers) and [`outbox`] (send memory). It is never moved or freed while an
 //! operation that uses it is in flight: provided buffers live in one
 //! allocation for the worker's lifetime (and are read only while lent to us,
 //! see [`buffers`]); a send's bytes, iovecs and `msghdr` live in a boxed
-//! [`conn::Outbox`] that its connection keeps until the send's completion;
+//! [`outbox::Outbox`] that its connection keeps until the send's completion;
 //! a connection's slot (and its `carry`, which a single-shot receive may be
 //! writing into) is freed only after every operation of the connection has
 //! delivered its final completion; and the loop returns only when no
@@ -112,34 +114,33 @@
 
 mod buffers;
 mod conn;
-mod deadlines;
 mod op;
+mod outbox;
 mod probe;
-mod slots;
+mod ring;
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, TcpListener};
 use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use self::buffers::{BUFFER_GROUP, BufRing};
-use self::conn::{Conn, Input, OutboxPool, Phase, Reaction, RecvState, ServeContext};
-use self::deadlines::{Deadlines, Due, Millis, NEVER};
+use self::conn::{Conn, Input, InputState, OutputState, Phase, Reaction, RecvState, ServeContext};
 use self::op::{Op, OpKind};
-use self::slots::{SlotKey, Slots};
-use crate::access_log::WorkerLog;
+use self::outbox::OutboxPool;
+use self::ring::Ring;
+use crate::engine::deadlines::{Deadlines, Due, Millis, NEVER};
+use crate::engine::policy::{self, Expired, Serving, Stopping, millis};
+use crate::engine::slots::{SlotKey, Slots};
 use crate::engine::{
     AcceptBackoff, FaultCountdown, READ_BUFFER_BYTES, Ready, Shutdown, Worker, set_reset_on_close,
 };
-use crate::files::{Snapshot, SnapshotCache};
-use crate::http::{Expiry, Limits, Timeouts};
-use crate::metrics::{WorkerMetrics, count_timeout};
+use crate::files::SnapshotCache;
 use crate::protocol::{ListenKind, Protocol};
 use crate::tls::TlsHandle;
 
@@ -235,131 +236,7 @@ enum RecvMode {
 /// Runs one worker until the stop signal. An error means the ring broke
 /// (see [`crate::engine::WorkerFailure`] for what happens then).
 pub fn run_worker(worker: Worker, ready: Ready) -> io::Result<()> {
-    let mut driver = match Driver::new(worker) {
-        Ok(driver) => driver,
-        Err(e) => {
-            ready.report(Err(e));
-            return Ok(());
-        }
-    };
-    ready.report(Ok(()));
-    driver.run()
-}
-
-/// The submission side of the ring, and the count of operations whose final
-/// completion has not arrived.
-struct Ring {
-    ring: IoUring,
-    /// Operations submitted (or queued) whose last completion is still to
-    /// come. The loop returns only when this is zero.
-    in_flight: usize,
-}
-
-impl Ring {
-    /// Queues `entry`, submitting early if the queue is full.
-    ///
-    /// # Safety
-    ///
-    /// Everything `entry` points to must stay valid, unmoved and (for what
-    /// the kernel reads) unchanged until the operation's final completion.
-    unsafe fn push(&mut self, entry: &squeue::Entry) {
-        loop {
-            // SAFETY: the caller keeps what the entry points to alive until
-            // its completion.
-            if unsafe { self.ring.submission().push(entry) }.is_ok() {
-                self.in_flight += 1;
-                return;
-            }
-            match self.ring.submit() {
-                Ok(_) => {}
-                Err(e) if retry_enter(&e) => std::thread::yield_now(),
-                Err(e) => panic!("io_uring submission failed: {e}"),
-            }
-        }
-    }
-
-    /// Queues a cancel of the operation `target` (the cancelled operation
-    /// reports on its own).
-    fn push_cancel(&mut self, target: Op) {
-        let entry = opcode::AsyncCancel::new(target.encode())
-            .build()
-            .user_data(Op::worker(OpKind::Cancel).encode());
-        // SAFETY: a cancel names its target by `user_data`, a number: it
-        // references no memory.
-        unsafe { self.push_unacknowledged(&entry) };
-    }
-
-    /// Queues the close of `fd`, which nothing of ours uses any more.
-    fn push_close(&mut self, fd: RawFd, op: Op) {
-        let entry = opcode::Close::new(types::Fd(fd)).build().user_data(op.encode());
-        // SAFETY: a close takes a descriptor number and references no memory.
-        unsafe { self.push_unacknowledged(&entry) };
-    }
-
-    /// Queues `entry` with `IOSQE_CQE_SKIP_SUCCESS`: it completes silently
-    /// unless it fails, so it is not counted in flight (closes and cancels,
-    /// whose success tells nothing; what is queued is submitted
-    /// before the loop returns).
-    ///
-    /// # Safety
-    ///
-    /// `entry` must reference no memory of ours: nothing would keep it alive.
-    unsafe fn push_unacknowledged(&mut self, entry: &squeue::Entry) {
-        let entry = entry.clone().flags(squeue::Flags::SKIP_SUCCESS);
-        // SAFETY: the entry references no memory (this function's contract).
-        unsafe { self.push(&entry) };
-        self.in_flight -= 1;
-    }
-
-    /// Whether a completion of `kind` is counted in `in_flight`.
-    fn counted(kind: OpKind) -> bool {
-        !matches!(kind, OpKind::Close | OpKind::Cancel)
-    }
-
-    /// The loop's one syscall: submits what is queued and, if `wait`, waits
-    /// for at least one completion; otherwise only collects what is ready
-    /// (deferred task work runs only in an enter that asks for completions).
-    fn enter(&mut self, wait: bool) -> io::Result<()> {
-        let result = if wait {
-            self.ring.submit_and_wait(1)
-        } else {
-            let no_wait = types::Timespec::new();
-            let args = types::SubmitArgs::new().timespec(&no_wait);
-            self.ring.submitter().submit_with_args(1, &args)
-        };
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if retry_enter(&e) || e.raw_os_error() == Some(libc::ETIME) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-/// Errors after which entering the ring again is right: a signal, a
-/// completion queue overflow the next drain clears, a transient shortage.
-fn retry_enter(error: &io::Error) -> bool {
-    matches!(
-        error.raw_os_error(),
-        Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
-    )
-}
-
-/// Builds the [`ServeContext`] from the driver's fields (a macro, not a
-/// method, so it borrows only those fields and not the whole driver).
-macro_rules! serve_context {
-    ($driver:ident) => {
-        ServeContext {
-            snapshot: &$driver.snapshot,
-            limits: &$driver.limits,
-            timeouts: &$driver.timeouts,
-            log: $driver.access_log.as_ref(),
-            metrics: $driver.metrics.as_deref(),
-            batch: $driver.batch,
-            own_buffers: $driver.mode == RecvMode::SingleOwned,
-            epoch: $driver.epoch,
-            now: $driver.now,
-        }
-    };
+    policy::start_loop(worker, ready, Driver::new, |mut driver| driver.run())
 }
 
 /// The listener's accept: multishot while there is room under the connection
@@ -381,11 +258,6 @@ struct Listening {
     kind: ListenKind,
     accept: AcceptState,
 }
-
-/// The deadline queue is compacted when it holds more than twice as many
-/// entries as there are connections, plus this many (so that a small worker
-/// does not compact on every close): amortised, a close costs O(log n).
-const MIN_DEADLINES_BEFORE_COMPACTION: usize = 1024;
 
 /// Below this much room under the cap, accepts are single-shot: a multishot
 /// accept could take several connections in one iteration.
@@ -414,22 +286,17 @@ struct Driver {
     waiting: VecDeque<(RawFd, ListenKind)>,
     completions: Vec<(u64, i32, u32)>,
     mode: RecvMode,
-    batch: bool,
-    /// This thread's view of the current snapshot (changed by a reload) ...
+    /// What answering needs (snapshot, limits, timeouts, access log, the
+    /// worker's clock), lent to one connection at a time.
+    cx: ServeContext,
+    /// This thread's view of the current snapshot (changed by a reload).
     snapshots: SnapshotCache,
-    /// ... and the snapshot this iteration answers from.
-    snapshot: Arc<Snapshot>,
-    limits: Limits,
-    timeouts: Timeouts,
     grace: Duration,
     max_connections: usize,
-    access_log: Option<RefCell<WorkerLog>>,
     /// When to wake, at the latest, to pick up a reload: a worker that
     /// sleeps in the kernel would otherwise keep the snapshot it last
     /// served (and all its memory) alive after any number of reloads.
     next_snapshot_refresh: Millis,
-    /// This worker's counters, if metrics are on.
-    metrics: Option<Arc<WorkerMetrics>>,
     worker_index: usize,
     /// One per listening address, each with its own accept.
     listeners: Vec<Listening>,
@@ -437,10 +304,6 @@ struct Driver {
     tls: Option<TlsHandle>,
     /// Holds the eventfd the stop poll watches.
     shutdown: Shutdown,
-    /// The worker's clock: `now` is milliseconds since `epoch`, read once per
-    /// iteration.
-    epoch: Instant,
-    now: Millis,
     backoff: AcceptBackoff,
     /// After a failed accept: when to accept again (`NEVER`: not paused).
     accept_resume_at: Millis,
@@ -456,16 +319,6 @@ struct Driver {
     fault: FaultCountdown,
     /// ... and whether it is due: the next enter fails as a broken ring would.
     fault_due: bool,
-}
-
-/// After the stop signal: the grace period, then one reset of whatever is
-/// left (once: the resets' cancels complete on their own, and the loop waits
-/// for them in the kernel, not by waking every millisecond).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stopping {
-    Running,
-    Grace { until: Millis },
-    Aborted,
 }
 
 impl Driver {
@@ -527,16 +380,15 @@ impl Driver {
             waiting: VecDeque::new(),
             completions: Vec::with_capacity(1024),
             mode,
-            batch: options.batch_sends,
+            cx: ServeContext {
+                serving: Serving::for_worker(&mut worker),
+                batch: options.batch_sends,
+                own_buffers: mode == RecvMode::SingleOwned,
+            },
             snapshots: worker.snapshot.cache(),
-            snapshot: worker.snapshot.current(),
-            limits: worker.limits,
-            timeouts: worker.timeouts,
             grace: worker.shutdown_grace,
             max_connections: worker.max_connections.max(1),
-            access_log: worker.access_log.take().map(RefCell::new),
             next_snapshot_refresh: SNAPSHOT_REFRESH_MS,
-            metrics: worker.metrics.clone(),
             worker_index: worker.index,
             listeners: std::mem::take(&mut worker.listeners)
                 .into_iter()
@@ -548,8 +400,6 @@ impl Driver {
                 .collect(),
             tls: worker.tls.take(),
             shutdown: worker.shutdown,
-            epoch: Instant::now(),
-            now: 0,
             backoff: AcceptBackoff::counted(worker.metrics.take()),
             accept_resume_at: NEVER,
             stopping: Stopping::Running,
@@ -589,7 +439,7 @@ impl Driver {
             self.ring
                 .enter(self.starved.is_empty())
                 .map_err(|e| io::Error::new(e.kind(), format!("io_uring_enter failed: {e}")))?;
-            self.now = millis(self.epoch.elapsed());
+            self.cx.tick();
             self.handle_completions();
             self.expire_deadlines();
         }
@@ -598,7 +448,7 @@ impl Driver {
         if !self.ring.ring.submission().is_empty() {
             let _ = self.ring.ring.submit();
         }
-        if let Some(log) = &self.access_log {
+        if let Some(log) = &self.cx.log {
             log.borrow_mut().flush();
         }
         Ok(())
@@ -615,7 +465,7 @@ impl Driver {
             debug_assert_eq!(buffers.lent_count(), 0);
             buffers.publish();
         }
-        if self.stopping != Stopping::Running && self.conns.is_empty() && self.accepts_idle() {
+        if !self.stopping.is_running() && self.conns.is_empty() && self.accepts_idle() {
             self.cancel_timer();
         } else {
             self.arm_timer();
@@ -623,15 +473,15 @@ impl Driver {
     }
 
     fn finished(&self) -> bool {
-        self.stopping != Stopping::Running && self.conns.is_empty() && self.ring.in_flight == 0
+        !self.stopping.is_running() && self.conns.is_empty() && self.ring.in_flight == 0
     }
 
     fn handle_completions(&mut self) {
         // One snapshot for the whole batch of completions; a reload takes
         // effect at the next iteration.
         let current = self.snapshots.current();
-        if !Arc::ptr_eq(current, &self.snapshot) {
-            self.snapshot = Arc::clone(current);
+        if !Arc::ptr_eq(current, &self.cx.snapshot) {
+            self.cx.snapshot = Arc::clone(current);
         }
         let mut completions = std::mem::take(&mut self.completions);
         completions.extend(
@@ -693,7 +543,7 @@ impl Driver {
                 generation: 0,
             },
         );
-        let stopping = self.stopping != Stopping::Running;
+        let stopping = !self.stopping.is_running();
         let paused = stopping || self.accept_resume_at != NEVER;
         let room = self.max_connections.saturating_sub(self.open_connections());
         let multishot = room > SINGLE_SHOT_ACCEPT_ROOM;
@@ -746,7 +596,7 @@ impl Driver {
             let fd = result;
             self.backoff.on_success(self.worker_index);
             self.fault_due |= self.fault.on_accept();
-            if self.stopping != Stopping::Running {
+            if !self.stopping.is_running() {
                 self.ring.push_close(fd, Op::worker(OpKind::Close));
             } else if self.conns.len() >= self.max_connections {
                 self.waiting.push_back((fd, kind));
@@ -756,7 +606,7 @@ impl Driver {
         } else if result != -libc::ECANCELED {
             let error = io::Error::from_raw_os_error(-result);
             if let Some(pause) = self.backoff.on_error(self.worker_index, &error) {
-                self.accept_resume_at = self.now + millis(pause);
+                self.accept_resume_at = self.cx.now + millis(pause);
             }
         }
         self.maintain_accept();
@@ -769,12 +619,10 @@ impl Driver {
         };
         // The peer's address is only needed for the access log (a multishot
         // accept does not report it: one getpeername per connection then).
-        let peer = self.access_log.as_ref().and_then(|_| peer_ip(fd)).map(Box::new);
-        let conn = Conn::new(fd, peer, protocol, &serve_context!(self));
+        let peer = self.cx.log.as_ref().and_then(|_| peer_ip(fd)).map(Box::new);
+        let conn = Conn::new(fd, peer, protocol, &self.cx);
         let key = self.conns.insert(conn);
-        if let Some(metrics) = &self.metrics {
-            metrics.on_accepted();
-        }
+        self.cx.count_connection(true);
         self.settle(key);
     }
 
@@ -792,7 +640,7 @@ impl Driver {
 
     fn on_recv(&mut self, key: SlotKey, result: i32, flags: u32) {
         let bid = cqueue::buffer_select(flags);
-        let cx = serve_context!(self);
+        let cx = &self.cx;
         let conn = match self.conns.get_mut(key) {
             // A buffer named by a completion that carries no data (the kernel
             // should not do that, but a buffer must never leak out of the
@@ -812,16 +660,13 @@ impl Driver {
         if !cqueue::more(flags) {
             conn.recv = RecvState::Idle;
         }
-        if result > 0 {
-            conn.received = true;
-        }
         let reaction = if result > 0 {
             let len = result as usize;
             match (bid, &mut self.buffers) {
                 (Some(bid), Some(buffers)) => {
                     buffers.lend(bid);
                     let input = Input::Fresh(buffers.lent_bytes(bid, len));
-                    let reaction = conn.on_received(input, &cx, &mut self.pool);
+                    let reaction = conn.on_received(input, cx, &mut self.pool);
                     buffers.recycle(bid);
                     reaction
                 }
@@ -832,21 +677,21 @@ impl Driver {
                     // spare capacity with that capacity as its length, and
                     // the kernel wrote `len` bytes there.
                     unsafe { buffer.set_len(buffer.len() + len) };
-                    conn.on_received(Input::InCarry(len), &cx, &mut self.pool)
+                    conn.on_received(Input::InCarry(len), cx, &mut self.pool)
                 }
                 _ => {
                     debug_assert!(false, "receive completion without the buffer it should name");
-                    conn.close_requested = true;
+                    conn.request_close();
                     Reaction::Nothing
                 }
             }
         } else if result == 0 {
-            conn.eof = true;
+            conn.input = InputState::Eof;
             Reaction::Nothing
         } else if result == -libc::ENOBUFS {
             // The data stays in the socket; receive again once buffers are back.
             STARVED_RECEIVES.fetch_add(1, Ordering::Relaxed);
-            if conn.phase != Phase::Closing {
+            if !matches!(conn.phase, Phase::Closing { .. }) {
                 conn.recv = RecvState::Starved;
                 self.starved.push_back(key);
             }
@@ -855,7 +700,7 @@ impl Driver {
             Reaction::Nothing
         } else {
             // ECONNRESET and the like.
-            conn.close_requested = true;
+            conn.request_close();
             Reaction::Nothing
         };
         self.react(key, reaction);
@@ -869,7 +714,9 @@ impl Driver {
         let user_data = Op::conn(OpKind::Recv, key).encode();
         let fd = types::Fd(conn.fd);
         let entry = match self.mode {
-            RecvMode::Multishot if conn.received => opcode::RecvMulti::new(fd, BUFFER_GROUP).build(),
+            RecvMode::Multishot if conn.input != InputState::Fresh => {
+                opcode::RecvMulti::new(fd, BUFFER_GROUP).build()
+            }
             RecvMode::Multishot | RecvMode::SingleProvided => {
                 let len = self.buffers.as_ref().map_or(0, BufRing::buffer_bytes);
                 opcode::Recv::new(fd, std::ptr::null_mut(), len)
@@ -931,8 +778,11 @@ impl Driver {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            conn.queued_for_flush = false;
-            if conn.phase == Phase::Closing || conn.output_in_flight || conn.outbox.is_none() {
+            if conn.output == OutputState::Queued {
+                conn.output = OutputState::Idle;
+            }
+            if matches!(conn.phase, Phase::Closing { .. }) || conn.output_in_flight() || conn.outbox.is_none()
+            {
                 continue;
             }
             self.submit_output(key);
@@ -955,7 +805,7 @@ impl Driver {
         };
         let op = outbox.next_op();
         let entry = op.entry(fd, Op::conn(op.kind(), key).encode());
-        conn.on_output_submitted(op.kind(), self.now);
+        conn.on_output_submitted(op.kind(), self.cx.now);
         // SAFETY: the entry points into the boxed outbox (output bytes, the
         // file chunk buffer, iovecs, msghdr) and at a file the output holds
         // open. The connection keeps the box, unchanged, until this
@@ -970,30 +820,30 @@ impl Driver {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.phase == Phase::Closing {
-            conn.output_in_flight = false;
+        if matches!(conn.phase, Phase::Closing { .. }) {
+            conn.output = OutputState::Idle;
         } else {
             // An error, or a file cut short: the response cannot be
             // completed, and the connection closes.
-            let reaction = conn.on_file_read(result, self.now);
+            let reaction = conn.on_file_read(result, self.cx.now);
             self.react(key, reaction);
         }
         self.settle(key);
     }
 
     fn on_send(&mut self, key: SlotKey, result: i32) {
-        let cx = serve_context!(self);
+        let cx = &self.cx;
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.phase == Phase::Closing {
-            conn.output_in_flight = false;
+        if matches!(conn.phase, Phase::Closing { .. }) {
+            conn.output = OutputState::Idle;
         } else if result <= 0 {
             // EPIPE, ECONNRESET, or no progress.
-            conn.output_in_flight = false;
-            conn.close_requested = true;
+            conn.output = OutputState::Idle;
+            conn.request_close();
         } else {
-            let reaction = conn.on_sent(result as usize, &cx, &mut self.pool);
+            let reaction = conn.on_sent(result as usize, cx, &mut self.pool);
             self.react(key, reaction);
         }
         self.settle(key);
@@ -1009,7 +859,9 @@ impl Driver {
             Reaction::Nothing | Reaction::Flush => {}
             Reaction::PauseReads => {
                 PAUSED_READS.fetch_add(1, Ordering::Relaxed);
-                conn.reads_paused = true;
+                if conn.input == InputState::Open {
+                    conn.input = InputState::Paused;
+                }
                 if conn.recv == RecvState::Armed {
                     conn.recv = RecvState::Cancelling;
                     self.ring.push_cancel(Op::conn(OpKind::Recv, key));
@@ -1023,10 +875,10 @@ impl Driver {
                 // SAFETY: shutdown(2) reads no memory of ours; the descriptor
                 // is open (closed only by this connection's Close).
                 if unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) } != 0 {
-                    conn.close_requested = true;
+                    conn.request_close();
                 }
             }
-            Reaction::Close => conn.close_requested = true,
+            Reaction::Close => conn.request_close(),
         }
     }
 
@@ -1037,10 +889,16 @@ impl Driver {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.phase != Phase::Closing && conn.should_close() {
-            conn.phase = Phase::Closing;
+        if !matches!(conn.phase, Phase::Closing { .. }) && conn.is_finished() {
+            conn.phase = Phase::Closing { cancelled: false };
+        }
+        if conn.phase == (Phase::Closing { cancelled: false }) {
+            conn.phase = Phase::Closing { cancelled: true };
             let cancel_recv = conn.recv == RecvState::Armed;
-            let cancel_output = conn.output_in_flight.then_some(conn.output_op);
+            let cancel_output = match conn.output {
+                OutputState::InFlight(kind) => Some(kind),
+                OutputState::Idle | OutputState::Queued => None,
+            };
             if cancel_recv {
                 conn.recv = RecvState::Cancelling;
             } else if conn.recv == RecvState::Starved {
@@ -1054,24 +912,22 @@ impl Driver {
                 self.ring.push_cancel(Op::conn(kind, key));
             }
         }
-        let cx = serve_context!(self);
+        let cx = &self.cx;
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.phase == Phase::Closing {
+        if matches!(conn.phase, Phase::Closing { .. }) {
             let receiving = matches!(conn.recv, RecvState::Armed | RecvState::Cancelling);
-            if !receiving && !conn.output_in_flight {
+            if !receiving && !conn.output_in_flight() {
                 // Nothing of this connection is in the kernel any more: free
                 // its slot and close its descriptor.
                 let fd = conn.fd;
                 if let Some(conn) = self.conns.remove(key) {
                     conn.release(&mut self.pool);
                 }
-                if let Some(metrics) = &self.metrics {
-                    metrics.on_closed();
-                }
+                self.cx.count_connection(false);
                 self.ring.push_close(fd, Op::conn(OpKind::Close, key));
-                if self.deadlines.len() > 2 * self.conns.len() + MIN_DEADLINES_BEFORE_COMPACTION {
+                if self.deadlines.is_sparse(self.conns.len()) {
                     let conns = &self.conns;
                     self.deadlines
                         .compact(|key| conns.get(key).map(|conn| &conn.timer));
@@ -1079,11 +935,11 @@ impl Driver {
             }
             return;
         }
-        let (at, expiry) = conn.deadline(&cx);
+        let (at, expiry) = conn.deadline(cx);
         conn.expiry = expiry;
         self.deadlines.set(&mut conn.timer, key, at);
-        if conn.outbox.is_some() && !conn.output_in_flight && !conn.queued_for_flush {
-            conn.queued_for_flush = true;
+        if conn.outbox.is_some() && conn.output == OutputState::Idle {
+            conn.output = OutputState::Queued;
             self.flush.push(key);
         }
         if conn.wants_recv(self.mode == RecvMode::Multishot) {
@@ -1099,7 +955,7 @@ impl Driver {
             if reset {
                 set_reset_on_close(conn.fd);
             }
-            conn.close_requested = true;
+            conn.request_close();
         }
         self.settle(key);
     }
@@ -1107,55 +963,39 @@ impl Driver {
     // ---- time ----
 
     fn expire_deadlines(&mut self) {
-        while let Some((key, at)) = self.deadlines.pop_due(self.now) {
-            let cx = serve_context!(self);
+        while let Some((key, at)) = self.deadlines.pop_due(self.cx.now) {
+            let cx = &self.cx;
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            if self.deadlines.on_popped(&mut conn.timer, key, at, self.now) != Due::Expired {
+            if self.deadlines.on_popped(&mut conn.timer, key, at, self.cx.now) != Due::Expired {
                 continue;
             }
-            if !matches!(conn.phase, Phase::Lingering { .. }) {
-                // A linger running out is how a refusal normally ends, not
-                // a timeout (the tokio engines do not count it either).
-                count_timeout(cx.metrics, conn.expiry);
-            }
-            match conn.expiry {
-                Expiry::Close => self.abort(key, false),
-                Expiry::Abort => self.abort(key, true),
-                Expiry::RequestTimeout => {
-                    let reaction = conn.on_head_timeout(&cx, &mut self.pool);
+            let lingering = matches!(conn.phase, Phase::Lingering { .. });
+            match cx.on_expired(conn.expiry, lingering) {
+                Expired::Close => self.abort(key, false),
+                Expired::Reset => self.abort(key, true),
+                Expired::RequestTimeout => {
+                    let reaction = conn.on_head_timeout(cx, &mut self.pool);
                     self.react(key, reaction);
                     self.settle(key);
                 }
             }
         }
-        if self.accept_resume_at <= self.now {
+        if self.accept_resume_at <= self.cx.now {
             self.accept_resume_at = NEVER;
         }
-        if matches!(self.stopping, Stopping::Grace { until } if until <= self.now) {
+        if self.stopping.grace_over(self.cx.now) {
             // Grace is over: reset whatever is left, once.
-            self.stopping = Stopping::Aborted;
             for key in self.conns.keys() {
                 self.abort(key, true);
             }
         }
-        if self.now >= self.next_snapshot_refresh {
+        if self.cx.now >= self.next_snapshot_refresh {
             // Waking was the point: `handle_completions` took the current one.
-            self.next_snapshot_refresh = self.now + SNAPSHOT_REFRESH_MS;
+            self.next_snapshot_refresh = self.cx.now + SNAPSHOT_REFRESH_MS;
         }
-        if self.log_flush_due().is_some_and(|at| at <= self.now) {
-            if let Some(log) = &self.access_log {
-                log.borrow_mut().flush();
-            }
-        }
-    }
-
-    /// When the access log's waiting lines are due to be handed over, on
-    /// the worker's clock (rounded up); `None` if none are waiting.
-    fn log_flush_due(&self) -> Option<Millis> {
-        let due = self.access_log.as_ref()?.borrow().flush_due_at()?;
-        Some(millis(due.saturating_duration_since(self.epoch)) + 1)
+        self.cx.flush_log_if_due();
     }
 
     /// Arms (or moves earlier) the one timeout that wakes the loop for the
@@ -1166,20 +1006,20 @@ impl Driver {
             .next_due()
             .unwrap_or(NEVER)
             .min(self.accept_resume_at);
-        if let Stopping::Grace { until } = self.stopping {
+        if let Some(until) = self.stopping.wake_at() {
             next = next.min(until);
         }
-        if let Some(at) = self.log_flush_due() {
+        if let Some(at) = self.cx.log_flush_due() {
             // An idle worker still hands waiting lines over in time.
             next = next.min(at);
         }
-        if self.stopping == Stopping::Running {
+        if self.stopping.is_running() {
             next = next.min(self.next_snapshot_refresh);
         }
         if next == NEVER || next >= self.timer_at {
             return;
         }
-        let after = next.saturating_sub(self.now).max(1);
+        let after = next.saturating_sub(self.cx.now).max(1);
         self.timer_spec = types::Timespec::new()
             .sec(after / 1000)
             .nsec(((after % 1000) * 1_000_000) as u32);
@@ -1211,12 +1051,9 @@ impl Driver {
     // ---- stop ----
 
     fn on_stop_signal(&mut self) {
-        if self.stopping != Stopping::Running {
+        if !self.stopping.begin(self.cx.now, self.grace) {
             return;
         }
-        self.stopping = Stopping::Grace {
-            until: self.now.saturating_add(millis(self.grace)),
-        };
         self.maintain_accept();
         while let Some((fd, _)) = self.waiting.pop_front() {
             self.ring.push_close(fd, Op::worker(OpKind::Close));
@@ -1225,7 +1062,7 @@ impl Driver {
             let Some(conn) = self.conns.get(key) else {
                 continue;
             };
-            if conn.phase != Phase::Closing {
+            if !matches!(conn.phase, Phase::Closing { .. }) {
                 // A connection waiting for a request sees end-of-file and
                 // closes; one mid-response finishes it first.
                 // SAFETY: shutdown(2) reads no memory of ours; the descriptor
@@ -1234,10 +1071,6 @@ impl Driver {
             }
         }
     }
-}
-
-fn millis(duration: Duration) -> Millis {
-    u64::try_from(duration.as_millis()).unwrap_or(NEVER - 1)
 }
 
 /// The peer's address of an accepted socket.

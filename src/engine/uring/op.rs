@@ -4,7 +4,7 @@
 //! bits of slot index. Operations that belong to the worker rather than to a
 //! connection (accept, timer, the stop signal) carry a zero key.
 
-use super::slots::{GENERATION_BITS, SlotKey};
+use crate::engine::slots::{GENERATION_BITS, SlotKey};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]

@@ -1,16 +1,17 @@
 //! The worker's connection table: slots reused after a connection closes,
 //! each with a generation that changes on every reuse.
 //!
-//! A completion names its connection by [`SlotKey`] (slot index and
-//! generation, packed into the operation's `user_data` by [`super::op`]).
-//! Looking a key up fails once the slot has been freed or reused, so a late
-//! completion for a closed connection can never touch the connection that now
-//! lives in its slot. (The driver also never frees a slot while an operation
+//! Shared by the native engines. A completion (`uring`: packed into the
+//! operation's `user_data` by `uring::op`) or a readiness event (`epoll`:
+//! the event's `u64`) names its connection by [`SlotKey`] (slot index and
+//! generation). Looking a key up fails once the slot has been freed or
+//! reused, so a late completion or a stale event for a closed connection can
+//! never touch the connection that now lives in its slot. (The driver also never frees a slot while an operation
 //! of its connection is in flight; the generation is the second line of
 //! defence, and what makes that rule checkable.)
 
 /// Generations are kept to this many bits so a key fits in `user_data` next
-/// to the operation kind (see [`super::op::Op::encode`]).
+/// to the operation kind (see `uring::op::Op::encode`).
 pub const GENERATION_BITS: u32 = 24;
 const GENERATION_MASK: u32 = (1 << GENERATION_BITS) - 1;
 

@@ -1,8 +1,11 @@
 //! Per-connection deadlines on one worker-wide clock, checked once per loop
-//! iteration; the driver arms a single io_uring timeout for the earliest.
+//! iteration, for the native engines: the `uring` loop arms a single io_uring
+//! timeout for the earliest, the `epoll` loop passes it to `epoll_wait` as its
+//! timeout. No timer per connection, and no syscall per deadline change.
 //!
-//! Each connection has one current deadline (head, idle, send or linger; see
-//! `conn::DeadlineKind`), and it changes on almost every event. Keeping a
+//! Each connection has one current deadline (head, idle, send or linger; the
+//! rules are the core's, [`crate::http::deadline`]), and it changes on almost
+//! every event. Keeping a
 //! priority queue exact would cost a heap operation per request, so the
 //! queue is lazy: a connection's entry may be *earlier* than its deadline.
 //! Moving a deadline later costs nothing; moving it earlier than its queued
@@ -15,13 +18,16 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use super::slots::SlotKey;
+use crate::engine::slots::SlotKey;
 
 /// Milliseconds on the worker's monotonic clock.
 pub type Millis = u64;
 
 /// No deadline.
 pub const NEVER: Millis = Millis::MAX;
+
+/// See [`Deadlines::is_sparse`].
+pub const MIN_ENTRIES_BEFORE_COMPACTION: usize = 1024;
 
 /// A connection's part of the bookkeeping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,8 +104,18 @@ impl Deadlines {
     }
 
     /// Entries queued, stale ones included.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Whether the queue holds so many stale entries next to `live`
+    /// connections that it is worth [`Deadlines::compact`]ing: more than
+    /// twice as many entries as connections, plus
+    /// [`MIN_ENTRIES_BEFORE_COMPACTION`] (so a small worker does not compact
+    /// on every close). Amortised, a close then costs O(log n).
+    pub fn is_sparse(&self, live: usize) -> bool {
+        self.queue.len() > 2 * live + MIN_ENTRIES_BEFORE_COMPACTION
     }
 
     /// Drops every entry that `slot_of` does not recognise as its

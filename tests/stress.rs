@@ -1,10 +1,11 @@
-//! Stress test of the `uring` engine: 1,000 connections doing random mixes of
+//! Stress test of every engine: 1,000 connections doing random mixes of
 //! pipelined, byte-split, `Connection: close` and aborted requests (half
 //! heads, resets in the middle of large bodies) for a bounded time, every
 //! response checked byte for byte; afterwards the process has as many
 //! descriptors as before and its memory has not grown with the work done.
 //!
-//! Runs for a few seconds by default; `RINGSERVE_STRESS_SECS=60` runs longer,
+//! Runs for a few seconds per engine by default; `RINGSERVE_STRESS_SECS=60`
+//! runs longer, `RINGSERVE_STRESS_ENGINES=uring,epoll` stresses only those,
 //! and `RINGSERVE_STRESS_ARGS="--uring-no-multishot-recv"` (for example)
 //! passes extra flags to the server, to stress an engine variant.
 //! The server runs as a child process (the `ringserve` binary), so its
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use ringserve::engine::EngineKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -65,12 +67,12 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    fn start(root: &Path) -> ServerProcess {
+    fn start(root: &Path, engine: EngineKind) -> ServerProcess {
         let extra = std::env::var("RINGSERVE_STRESS_ARGS").unwrap_or_default();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringserve"))
             .args([
                 "--engine",
-                "uring",
+                engine.name(),
                 "--listen",
                 "127.0.0.1:0",
                 "--workers",
@@ -163,7 +165,7 @@ fn raise_descriptor_limit(wanted: u64) {
 }
 
 fn site() -> (Files, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("ringserve-uring-stress-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("ringserve-stress-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let pattern = |len: usize, seed: u8| -> Vec<u8> {
@@ -402,14 +404,31 @@ fn settle_descriptors(server: &ServerProcess, baseline: usize) -> usize {
 
 #[test]
 fn a_thousand_connections_of_random_traffic() {
+    let chosen = std::env::var("RINGSERVE_STRESS_ENGINES").unwrap_or_default();
+    let engines: Vec<EngineKind> = if chosen.is_empty() {
+        EngineKind::ALL.to_vec()
+    } else {
+        chosen
+            .split(',')
+            .map(|name| name.trim().parse().unwrap_or_else(|e| panic!("{e}")))
+            .collect()
+    };
+    raise_descriptor_limit(2 * CONNECTIONS as u64);
+    let (files, dir) = site();
+    let files = Arc::new(files);
+    for engine in engines {
+        eprintln!("--- engine {engine}");
+        stress(engine, &dir, &files);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn stress(engine: EngineKind, dir: &Path, files: &Arc<Files>) {
     let secs: f64 = std::env::var("RINGSERVE_STRESS_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(DEFAULT_SECS as f64);
-    raise_descriptor_limit(2 * CONNECTIONS as u64);
-    let (files, dir) = site();
-    let files = Arc::new(files);
-    let server = ServerProcess::start(&dir);
+    let server = ServerProcess::start(dir, engine);
     let addr = server.addr;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -419,15 +438,15 @@ fn a_thousand_connections_of_random_traffic() {
     let rss_start = server.rss_bytes();
     let tally = Arc::new(Tally::default());
 
-    run_phase(&runtime, addr, secs / 3.0, &files, &tally, 1);
+    run_phase(&runtime, addr, secs / 3.0, files, &tally, 1);
     let after_first = settle_descriptors(&server, baseline);
     let rss_first = server.rss_bytes();
-    run_phase(&runtime, addr, secs * 2.0 / 3.0, &files, &tally, 1_000_000);
+    run_phase(&runtime, addr, secs * 2.0 / 3.0, files, &tally, 1_000_000);
     let after_second = settle_descriptors(&server, baseline);
     let rss_second = server.rss_bytes();
 
     eprintln!(
-        "{secs} s, {CONNECTIONS} connections, server flags {:?}: {} responses checked ({} split), {} closes, {} aborts; \
+        "{engine}: {secs} s, {CONNECTIONS} connections, server flags {:?}: {} responses checked ({} split), {} closes, {} aborts; \
          server descriptors {baseline} → {after_first} → {after_second}; server RSS {} → {} → {} KiB",
         std::env::var("RINGSERVE_STRESS_ARGS").unwrap_or_default(),
         tally.responses.load(Ordering::Relaxed),
@@ -440,15 +459,15 @@ fn a_thousand_connections_of_random_traffic() {
     );
     assert!(
         after_first <= baseline,
-        "descriptors leaked: {baseline} → {after_first}"
+        "{engine}: descriptors leaked: {baseline} → {after_first}"
     );
     assert!(
         after_second <= baseline,
-        "descriptors leaked: {baseline} → {after_second}"
+        "{engine}: descriptors leaked: {baseline} → {after_second}"
     );
     assert!(
         rss_second <= rss_first + MAX_RSS_GROWTH_BYTES,
-        "memory grew by {} KiB in the second phase",
+        "{engine}: memory grew by {} KiB in the second phase",
         (rss_second - rss_first) / 1024
     );
     assert!(tally.aborts.load(Ordering::Relaxed) > 0 && tally.closes.load(Ordering::Relaxed) > 0);
@@ -463,11 +482,10 @@ fn a_thousand_connections_of_random_traffic() {
             head_only: false,
         };
         stream.write_all(&expected.request).await.unwrap();
-        read_response(&mut stream, &mut Vec::new(), &expected, &files)
+        read_response(&mut stream, &mut Vec::new(), &expected, files)
             .await
             .unwrap();
     });
     let status = server.stop();
-    assert!(status.success(), "the server exited with {status}");
-    let _ = std::fs::remove_dir_all(dir);
+    assert!(status.success(), "{engine}: the server exited with {status}");
 }

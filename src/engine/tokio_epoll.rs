@@ -1,4 +1,4 @@
-//! The `epoll` engine: a tokio current-thread runtime per worker.
+//! The `tokio` engine: a tokio current-thread runtime per worker, on epoll.
 //!
 //! The readiness-based twin of [`super::tokio_uring`]: same listeners, same
 //! worker count and pinning, same buffer sizes, same core, and the same

@@ -1,0 +1,409 @@
+//! Send memory of the `uring` engine: everything a send or a file read
+//! lends to the kernel, in one small file so each pointer can be audited.
+//!
+//! A connection's responses wait in an [`Outbox`]: the output's bytes, the
+//! chunk buffer a file range is read into, the iovec array and the `msghdr`
+//! of a `sendmsg`. [`Outbox::next_op`] describes the next operation as an
+//! [`OutputOp`] whose pointers point into the (boxed) outbox; the driver
+//! submits it and keeps the box, unchanged, until its completion. The other
+//! memory lent to the kernel is in `buffers` (the provided-buffer ring) and
+//! `ring` (the timeout's timespec, and the rule that the loop returns only
+//! when nothing is in flight).
+
+use std::os::fd::{AsRawFd, RawFd};
+
+use io_uring::{opcode, squeue, types};
+
+use super::op::OpKind;
+use crate::engine::FILE_CHUNK_BYTES;
+use crate::engine::policy::{Pool, Pooled};
+use crate::http::Output;
+use crate::http::response::{PieceAt, PieceRef};
+use crate::protocol::Protocol;
+use crate::tls::{FileChunk, Pull};
+
+/// Most pieces one sendmsg carries (Linux's `IOV_MAX`); the rest goes in the
+/// next send.
+const MAX_IOVECS: usize = 1024;
+
+/// Responses waiting to be sent, and the arguments of the operation that
+/// sends (or reads) the next part of them.
+///
+/// The output's pieces go out in order ([`Output::pieces`]): bytes in memory
+/// (staged heads, the snapshot's refcounted bodies) are sent from where they
+/// are; a [`Piece::File`](crate::http::response::Piece::File) range is read
+/// from its file into `chunk` (at most [`FILE_CHUNK_BYTES`] at a time) and
+/// sent from there, each chunk sent before the next is read. One operation
+/// at a time: [`Outbox::next_op`] says which.
+///
+/// Boxed, and kept by its connection until that operation's completion: the
+/// kernel reads the output's bytes, `chunk`, the iovec array and the
+/// `msghdr`, and writes `chunk`, through raw pointers while it is in flight,
+/// so none of them may move, be freed or (apart from the kernel's write into
+/// `chunk`) change until then. The box keeps their addresses fixed when the
+/// connection table grows; the output holds the file's descriptor open (its
+/// `Arc<File>`); the connection keeps the box until the operation's final
+/// completion (see the driver's close path).
+#[derive(Debug)]
+pub struct Outbox {
+    pub output: Output,
+    /// Bytes of `output` already sent.
+    sent: usize,
+    /// Bytes of a file range read from disk: `chunk` holds output bytes from
+    /// `chunk_at` on (empty when no chunk is held).
+    chunk: Vec<u8>,
+    chunk_at: usize,
+    iovecs: Vec<libc::iovec>,
+    msghdr: libc::msghdr,
+    /// HTTPS: a file chunk to read into `chunk` and seal into `output`
+    /// before sending it ([`Pull::ReadFile`]).
+    seal: Option<FileChunk>,
+}
+
+/// The next operation an outbox needs, described (the driver turns it into
+/// a submission with [`OutputOp::entry`]). Its pointers point into the outbox.
+#[derive(Debug, Clone, Copy)]
+pub enum OutputOp {
+    /// Send `len` bytes from `bytes`.
+    Send { bytes: *const u8, len: u32 },
+    /// Send what the outbox's iovecs describe (`sendmsg`).
+    SendMsg { msghdr: *const libc::msghdr },
+    /// Read up to `len` bytes of the file `fd` at `offset` into the outbox's
+    /// chunk buffer at `buffer`.
+    Read {
+        fd: RawFd,
+        buffer: *mut u8,
+        len: u32,
+        offset: u64,
+    },
+}
+
+impl OutputOp {
+    pub fn kind(&self) -> OpKind {
+        match self {
+            OutputOp::Send { .. } | OutputOp::SendMsg { .. } => OpKind::Send,
+            OutputOp::Read { .. } => OpKind::Read,
+        }
+    }
+
+    /// The submission for this operation on `socket`.
+    pub fn entry(&self, socket: RawFd, user_data: u64) -> squeue::Entry {
+        let entry = match *self {
+            OutputOp::Send { bytes, len } => opcode::Send::new(types::Fd(socket), bytes, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build(),
+            OutputOp::SendMsg { msghdr } => opcode::SendMsg::new(types::Fd(socket), msghdr)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build(),
+            OutputOp::Read {
+                fd,
+                buffer,
+                len,
+                offset,
+            } => opcode::Read::new(types::Fd(fd), buffer, len)
+                .offset(offset)
+                .build(),
+        };
+        entry.user_data(user_data)
+    }
+}
+
+impl Outbox {
+    fn new() -> Outbox {
+        Outbox {
+            // Grown to what its responses need (a 1 KiB file's response is
+            // about 1.3 KB) and kept at that size while pooled: the pool holds
+            // one outbox per response that was in flight at once.
+            output: Output::new(),
+            sent: 0,
+            chunk: Vec::new(),
+            chunk_at: 0,
+            iovecs: Vec::new(),
+            // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
+            msghdr: unsafe { std::mem::zeroed() },
+            seal: None,
+        }
+    }
+
+    /// Whether nothing of it has been sent or read yet (its first
+    /// operation starts the no-progress clock).
+    pub fn is_untouched(&self) -> bool {
+        self.sent == 0 && self.chunk.is_empty()
+    }
+
+    /// Whether every byte has been sent.
+    pub fn is_done(&self) -> bool {
+        self.sent >= self.output.len()
+    }
+
+    /// The operation that moves the output on: one `send` when it is
+    /// contiguous (the common case), otherwise one `send`/`sendmsg` of
+    /// everything that can go now (in-memory pieces, and the chunk of a file
+    /// range already read), or, when the next bytes are in a file, the `read`
+    /// of their chunk. Call only when no operation of this outbox is in
+    /// flight and bytes are left.
+    ///
+    /// The operation points into `self`; see the type's documentation for
+    /// what that requires until its completion.
+    pub fn next_op(&mut self) -> OutputOp {
+        if let Some(seal) = &self.seal {
+            // HTTPS: read the chunk first; it is sealed after what `output`
+            // holds, and both go out in the next send.
+            self.chunk.clear();
+            self.chunk.reserve_exact(seal.len);
+            return OutputOp::Read {
+                fd: seal.file.as_raw_fd(),
+                buffer: self.chunk.as_mut_ptr(),
+                len: u32::try_from(seal.len).unwrap_or(u32::MAX),
+                offset: seal.offset,
+            };
+        }
+        debug_assert!(!self.is_done());
+        if let Some(bytes) = self.output.as_contiguous() {
+            let rest = &bytes[self.sent..];
+            return OutputOp::Send {
+                bytes: rest.as_ptr(),
+                len: u32::try_from(rest.len()).unwrap_or(u32::MAX),
+            };
+        }
+        self.iovecs.clear();
+        let chunk_end = self.chunk_at + self.chunk.len();
+        for PieceAt { piece, start, len } in self.output.pieces_after(self.sent) {
+            let end = start + len;
+            let cursor = self.sent.max(start);
+            match piece {
+                PieceRef::Bytes(bytes) => push_iovec(&mut self.iovecs, &bytes[cursor - start..]),
+                PieceRef::File(range) => {
+                    if self.chunk_at <= cursor && cursor < chunk_end {
+                        push_iovec(&mut self.iovecs, &self.chunk[cursor - self.chunk_at..]);
+                        if chunk_end < end {
+                            // The rest of this range is still on disk.
+                            break;
+                        }
+                    } else if !self.iovecs.is_empty() {
+                        break;
+                    } else {
+                        let want = (end - cursor).min(FILE_CHUNK_BYTES);
+                        self.chunk.clear();
+                        self.chunk.reserve_exact(want);
+                        self.chunk_at = cursor;
+                        return OutputOp::Read {
+                            fd: range.file.as_raw_fd(),
+                            buffer: self.chunk.as_mut_ptr(),
+                            len: want as u32,
+                            offset: range.offset + (cursor - start) as u64,
+                        };
+                    }
+                }
+            }
+            if self.iovecs.len() == MAX_IOVECS {
+                break;
+            }
+        }
+        if let [single] = self.iovecs[..] {
+            return OutputOp::Send {
+                bytes: single.iov_base.cast(),
+                len: u32::try_from(single.iov_len).unwrap_or(u32::MAX),
+            };
+        }
+        self.msghdr.msg_iov = self.iovecs.as_mut_ptr();
+        self.msghdr.msg_iovlen = self.iovecs.len();
+        OutputOp::SendMsg { msghdr: &self.msghdr }
+    }
+
+    /// Asks `protocol` for more to send (HTTPS; nothing for plain HTTP):
+    /// whether the outbox now has work (bytes to send or a chunk to read).
+    pub fn pull(&mut self, protocol: &mut Protocol) -> bool {
+        match protocol.pull_output(&mut self.output) {
+            Pull::Send => true,
+            Pull::ReadFile(chunk) => {
+                self.seal = Some(chunk);
+                true
+            }
+            Pull::Done => !self.output.is_empty(),
+        }
+    }
+
+    /// After the read for `seal` completed into `chunk`: seals it into the
+    /// output; `false` if the response cannot be completed. (Plain HTTP: the
+    /// chunk is sent from where it is, nothing to do.)
+    pub fn seal_chunk(&mut self, protocol: &mut Protocol) -> bool {
+        if self.seal.take().is_none() {
+            return true;
+        }
+        let sealed = protocol.seal_file_chunk(&self.chunk, &mut self.output);
+        self.chunk.clear();
+        sealed
+    }
+
+    /// HTTPS: everything sent; empties the output for the protocol's next
+    /// records.
+    pub fn reset_sent(&mut self) {
+        self.output.clear();
+        self.sent = 0;
+    }
+
+    /// A send took `len` bytes.
+    pub fn on_sent(&mut self, len: usize) {
+        self.sent += len;
+        if self.sent >= self.chunk_at + self.chunk.len() {
+            self.chunk.clear();
+        }
+    }
+
+    /// The read of a file chunk returned `len` bytes; `false` if the response
+    /// cannot be completed (0 bytes: the file shrank since the snapshot was
+    /// built).
+    pub fn on_read(&mut self, len: usize) -> bool {
+        if len == 0 || len > self.chunk.capacity() {
+            self.chunk.clear();
+            return false;
+        }
+        // SAFETY: the read pointed the kernel at `chunk`'s spare capacity
+        // (it was empty, with at least the requested length reserved), and
+        // the kernel reports having written `len` bytes there, no more than
+        // the capacity (checked above).
+        unsafe { self.chunk.set_len(len) };
+        true
+    }
+}
+
+fn push_iovec(iovecs: &mut Vec<libc::iovec>, bytes: &[u8]) {
+    if !bytes.is_empty() {
+        iovecs.push(libc::iovec {
+            iov_base: bytes.as_ptr() as *mut libc::c_void,
+            iov_len: bytes.len(),
+        });
+    }
+}
+
+/// Outboxes of connections that have nothing to send, for reuse (boxed:
+/// a send's `msghdr` must not move, and pooling the boxes saves an
+/// allocation).
+pub type OutboxPool = Pool<Outbox>;
+
+impl Default for Outbox {
+    fn default() -> Outbox {
+        Outbox::new()
+    }
+}
+
+impl Pooled for Outbox {
+    fn output(&self) -> &Output {
+        &self.output
+    }
+
+    fn reset(&mut self) {
+        self.output.clear();
+        self.sent = 0;
+        // A file chunk buffer is large and rare: not kept.
+        self.chunk = Vec::new();
+        self.chunk_at = 0;
+        self.iovecs.clear();
+        self.seal = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use bytes::Bytes;
+
+    use crate::files::DiskFile;
+
+    /// Plays the kernel: runs the outbox's operations until it is done,
+    /// sending at most `max_send` bytes per send; returns what was sent and
+    /// how many file reads it took.
+    fn run_outbox(outbox: &mut Outbox, max_send: usize) -> (Vec<u8>, usize) {
+        let mut sent = Vec::new();
+        let mut reads = 0;
+        while !outbox.is_done() {
+            match outbox.next_op() {
+                OutputOp::Send { bytes, len } => {
+                    let len = (len as usize).min(max_send);
+                    // SAFETY: the operation points into the outbox, which is
+                    // alive and unchanged until `on_sent`.
+                    sent.extend_from_slice(unsafe { std::slice::from_raw_parts(bytes, len) });
+                    outbox.on_sent(len);
+                }
+                OutputOp::SendMsg { .. } => {
+                    let mut taken = 0;
+                    for iovec in &outbox.iovecs {
+                        let len = iovec.iov_len.min(max_send - taken);
+                        // SAFETY: as above, for each iovec.
+                        sent.extend_from_slice(unsafe {
+                            std::slice::from_raw_parts(iovec.iov_base as *const u8, len)
+                        });
+                        taken += len;
+                        if taken == max_send {
+                            break;
+                        }
+                    }
+                    outbox.on_sent(taken);
+                }
+                OutputOp::Read {
+                    fd,
+                    buffer,
+                    len,
+                    offset,
+                } => {
+                    reads += 1;
+                    assert!(len as usize <= FILE_CHUNK_BYTES);
+                    // SAFETY: pread writes at most `len` bytes into the
+                    // outbox's chunk buffer, which has that much capacity.
+                    let n = unsafe { libc::pread(fd, buffer.cast(), len as usize, offset as libc::off_t) };
+                    assert!(outbox.on_read(usize::try_from(n).unwrap()), "read {n}");
+                }
+            }
+        }
+        (sent, reads)
+    }
+
+    #[test]
+    fn file_ranges_stream_in_bounded_chunks_between_in_memory_pieces() {
+        let content: Vec<u8> = (0..300 * 1024 + 17).map(|i| (i % 251) as u8).collect();
+        let (body, path) = DiskFile::body_for_tests(&content);
+        let shared = Bytes::from(vec![b's'; 20_000]);
+        let mut pool = OutboxPool::default();
+        for max_send in [usize::MAX, 50_000, 7] {
+            let mut outbox = pool.take();
+            let expected =
+                crate::engine::policy::mixed_output_for_tests(&mut outbox.output, &body, &content, &shared);
+            let (sent, reads) = run_outbox(&mut outbox, max_send);
+            assert!(sent == expected, "max_send {max_send}: bytes differ");
+            // 300 KiB in 128 KiB chunks, then the 10-byte range.
+            assert_eq!(reads, 4, "max_send {max_send}");
+            assert!(outbox.chunk.capacity() <= FILE_CHUNK_BYTES);
+            pool.give(outbox);
+        }
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_file_cut_short_fails_the_response() {
+        let (longer, path) = DiskFile::shrunk_body_for_tests();
+        let mut outbox = OutboxPool::default().take();
+        outbox.output.push_whole_body(&longer);
+        let OutputOp::Read {
+            fd,
+            buffer,
+            len,
+            offset,
+        } = outbox.next_op()
+        else {
+            panic!("the first operation reads the file")
+        };
+        // SAFETY: as in `run_outbox`.
+        let n = unsafe { libc::pread(fd, buffer.cast(), len as usize, offset as libc::off_t) };
+        assert_eq!(n, 1000);
+        assert!(outbox.on_read(1000));
+        let OutputOp::Send { len, .. } = outbox.next_op() else {
+            panic!("then sends the chunk")
+        };
+        outbox.on_sent(len as usize);
+        assert!(matches!(outbox.next_op(), OutputOp::Read { offset: 1000, .. }));
+        assert!(!outbox.on_read(0), "end of file before the range's end");
+        let _ = std::fs::remove_file(path);
+    }
+}
