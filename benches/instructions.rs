@@ -201,7 +201,7 @@ fn pipelined() -> Exchange {
 fn not_modified() -> Exchange {
     let snapshot = bench_snapshot();
     let etag = match snapshot.resolve(PATH_1KIB.as_bytes()) {
-        Resolved::File(entry) => String::from_utf8(entry.identity().etag.to_vec()).expect("ascii etag"),
+        Resolved::File(entry) => String::from_utf8(entry.identity().etag().to_vec()).expect("ascii etag"),
         _ => panic!("{PATH_1KIB} is in the bench snapshot"),
     };
     let request = format!("GET {PATH_1KIB} HTTP/1.1\r\nHost: localhost\r\nIf-None-Match: {etag}\r\n\r\n");

@@ -156,7 +156,7 @@ fn response_assembly(c: &mut Criterion) {
     let snapshot = bench_snapshot();
     let limits = Limits::default();
     let etag = match snapshot.resolve(PATH_1KIB.as_bytes()) {
-        Resolved::File(entry) => String::from_utf8(entry.identity().etag.to_vec()).expect("ascii etag"),
+        Resolved::File(entry) => String::from_utf8(entry.identity().etag().to_vec()).expect("ascii etag"),
         _ => panic!("{PATH_1KIB} is in the bench snapshot"),
     };
     let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n");

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generates a synthetic build folder for measuring what a snapshot costs.
 
-Usage: python3 ci/gen-tree.py DIR [FILES]   (FILES defaults to 10000)
+Usage: python3 ci/gen-tree.py DIR [FILES] [--mean-bytes N]   (FILES defaults to 10000)
        python3 ci/gen-tree.py DIR --large GIB  (one GIB GiB file and an index page)
 
 Deterministic (fixed seed). The mix imitates a front-end build: pages of
@@ -9,8 +9,11 @@ HTML, JavaScript and CSS made of repeated identifiers and words (so they
 compress like real code does, not like noise), JSON data, SVG icons,
 content-hashed bundles (`chunk-1a2b3c4d.js`) and already-compressed images
 (random bytes). Sizes follow a log-normal spread around a few KiB, capped at
-512 KiB, spread over a few hundred nested directories.
+512 KiB, spread over a few hundred nested directories. `--mean-bytes N`
+centres the spread on a mean of about N bytes instead (`--mean-bytes 1470`
+for 50,000 files: the issue's 73.5 MB tree of small files).
 """
+import math
 import os
 import random
 import sys
@@ -75,7 +78,14 @@ def main():
     if len(sys.argv) > 3 and sys.argv[2] == "--large":
         large(root, float(sys.argv[3]))
         return
-    count = int(sys.argv[2]) if len(sys.argv) > 2 else 10000
+    args = sys.argv[2:]
+    mu = 8.3
+    if "--mean-bytes" in args:
+        at = args.index("--mean-bytes")
+        # The mean of a log-normal is exp(mu + sigma^2 / 2), sigma = 1.
+        mu = math.log(float(args[at + 1])) - 0.5
+        del args[at:at + 2]
+    count = int(args[0]) if args else 10000
     rng = random.Random(20240115)
     kinds = [("html", 35), ("js", 20), ("css", 10), ("json", 10), ("svg", 5), ("hashed", 10), ("png", 10)]
     population = [k for k, w in kinds for _ in range(w)]
@@ -83,7 +93,7 @@ def main():
         directory = os.path.join(root, "d%02d" % (i % 37), "s%02d" % (i % 11))
         os.makedirs(directory, exist_ok=True)
         kind = rng.choice(population)
-        size = min(int(rng.lognormvariate(8.3, 1.0)), 512 * 1024)
+        size = min(int(rng.lognormvariate(mu, 1.0)), 512 * 1024)
         if kind == "png":
             name, data = "img%05d.png" % i, rng.randbytes(size)
         elif kind == "svg":

@@ -90,11 +90,11 @@ impl DiskFile {
         File::create(&path).unwrap().write_all(bytes).unwrap();
         let file = File::open(&path).unwrap();
         let identity = FileIdentity::of(&file.metadata().unwrap());
-        let body = Body::Disk(DiskFile {
+        let body = Body::Disk(Box::new(DiskFile {
             file: Arc::new(file),
             len: bytes.len() as u64,
             identity,
-        });
+        }));
         (body, path)
     }
 
@@ -104,7 +104,7 @@ impl DiskFile {
     pub(crate) fn shrunk_body_for_tests() -> (Body, std::path::PathBuf) {
         let (body, path) = DiskFile::body_for_tests(&[1u8; 1000]);
         let Body::Disk(disk) = body else { unreachable!() };
-        let longer = Body::Disk(DiskFile { len: 5000, ..disk });
+        let longer = Body::Disk(Box::new(DiskFile { len: 5000, ..*disk }));
         (longer, path)
     }
 }
@@ -135,7 +135,9 @@ impl FileIdentity {
 #[derive(Debug, Clone)]
 pub enum Body {
     Memory(Bytes),
-    Disk(DiskFile),
+    /// Boxed: few files are this large, and every body is as big as the
+    /// largest variant.
+    Disk(Box<DiskFile>),
 }
 
 impl Body {
@@ -165,16 +167,21 @@ impl Body {
 pub struct Representation {
     pub encoding: Encoding,
     pub body: Body,
+    /// The `200` head, whole; the `304` head, the fields a `206` shares with
+    /// the `200` and the `ETag` are slices of it ([`head::RenderedHead`]).
+    pub head: head::RenderedHead,
+}
+
+impl Representation {
     /// The strong entity tag of these bytes, quotes included.
-    pub etag: Box<[u8]>,
+    pub fn etag(&self) -> &[u8] {
+        self.head.etag()
+    }
+
     /// `200` head for GET and HEAD, up to but not including `Date`.
-    pub ok_head: Box<[u8]>,
-    /// `304` head, up to but not including `Date`.
-    pub not_modified_head: Box<[u8]>,
-    /// The fields a `206` shares with the `200`, CRLF-terminated lines:
-    /// everything but the status line, `Content-Type`, `Content-Length` and
-    /// `Accept-Ranges` (a 206 adds `Content-Range` and its own length).
-    pub partial_fields: Box<[u8]>,
+    pub fn ok_head(&self) -> &[u8] {
+        self.head.ok()
+    }
 }
 
 /// One servable file, with everything its responses need.
@@ -216,7 +223,9 @@ impl FileEntry {
 /// What a normalised path leads to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
-    File(usize),
+    /// An index into the snapshot's files (`u32`: a route is then 8 bytes,
+    /// not 16, and four billion files is beyond any snapshot).
+    File(u32),
     /// A directory named without its trailing slash: redirect to `path/`.
     DirectoryRedirect,
 }
@@ -261,7 +270,7 @@ pub struct Snapshot {
     files: Vec<FileEntry>,
     /// Shared by the two stages of one load: the background stage changes
     /// representations, never which file a path leads to.
-    routes: Arc<FxHashMap<Box<[u8]>, Route>>,
+    routes: Arc<FxHashMap<Arc<[u8]>, Route>>,
     /// The cache policy this snapshot's heads were rendered with: the
     /// background stage renders its variants' heads with the same one.
     policy: Arc<cache_rules::HeaderPolicy>,
@@ -315,7 +324,9 @@ impl Snapshot {
     /// The file whose own path is `url_path` (not an index or clean URL).
     fn entry_at(&self, url_path: &[u8]) -> Option<&FileEntry> {
         match self.routes.get(url_path) {
-            Some(Route::File(index)) => Some(&self.files[*index]).filter(|f| *f.url_path == *url_path),
+            Some(Route::File(index)) => {
+                Some(&self.files[*index as usize]).filter(|f| *f.url_path == *url_path)
+            }
             _ => None,
         }
     }
@@ -329,7 +340,7 @@ impl Snapshot {
     /// Resolves a normalised key (see [`crate::http::target::normalize_target`]).
     pub fn resolve(&self, key: &[u8]) -> Resolved<'_> {
         match self.routes.get(key) {
-            Some(Route::File(index)) => Resolved::File(&self.files[*index]),
+            Some(Route::File(index)) => Resolved::File(&self.files[*index as usize]),
             Some(Route::DirectoryRedirect) => Resolved::DirectoryRedirect,
             None => Resolved::NotFound,
         }

@@ -669,7 +669,7 @@ mod tests {
         };
         assert_eq!(replaced.identity().body.len(), 6000);
         assert_eq!(
-            &*replaced.identity().etag,
+            replaced.identity().etag(),
             crate::files::head::etag_for(&[3u8; 6000]).as_bytes()
         );
         std::fs::remove_dir_all(&root).unwrap();
@@ -693,8 +693,8 @@ mod tests {
             panic!()
         };
         assert_eq!(app.representations.len(), 1);
-        let identity_etag = app.identity().etag.clone();
-        let head = String::from_utf8_lossy(&app.identity().ok_head).into_owned();
+        let identity_etag = app.identity().etag().to_vec();
+        let head = String::from_utf8_lossy(app.identity().ok_head()).into_owned();
         assert!(
             head.contains("Vary: Accept-Encoding\r\n"),
             "the final Vary from the start: {head}"
@@ -711,7 +711,11 @@ mod tests {
             panic!()
         };
         assert_eq!(app.representations.len(), 3);
-        assert_eq!(app.identity().etag, identity_etag, "identity keeps its validator");
+        assert_eq!(
+            app.identity().etag(),
+            identity_etag,
+            "identity keeps its validator"
+        );
         assert!(
             reloader.complete_variants(&|| false).unwrap().is_none(),
             "nothing left"

@@ -166,10 +166,18 @@ mod tests {
         Representation {
             encoding,
             body: Body::Memory(Bytes::new()),
-            etag: Box::default(),
-            ok_head: Box::default(),
-            not_modified_head: Box::default(),
-            partial_fields: Box::default(),
+            head: crate::files::head::render_head(
+                "HTTP/1.1 200 OK",
+                &crate::files::head::HeadFields {
+                    content_type: "text/plain",
+                    content_length: 0,
+                    etag: "\"0\"",
+                    modified_secs: 0,
+                    content_encoding: None,
+                    vary_accept_encoding: true,
+                    policy_lines: "",
+                },
+            ),
         }
     }
 

@@ -56,10 +56,10 @@ pub fn respond_file(
     let representation = &entry.representations[chosen];
     let with_body = head.method == Method::Get;
 
-    match conditional::evaluate(fields, &representation.etag, entry.modified_secs) {
+    match conditional::evaluate(fields, representation.etag(), entry.modified_secs) {
         Precondition::Proceed => {}
         Precondition::NotModified => {
-            response::write_response(out, &representation.not_modified_head, None, date, connection);
+            response::write_head_parts(out, &representation.head.not_modified_parts(), date, connection);
             return Sent::new(Status::NotModified, 0);
         }
         Precondition::Failed => {
@@ -75,7 +75,7 @@ pub fn respond_file(
 
     let honoured_range = fields.single_range().filter(|_| {
         head.method == Method::Get
-            && conditional::if_range_allows(fields.if_range, &representation.etag, entry.modified_secs)
+            && conditional::if_range_allows(fields.if_range, representation.etag(), entry.modified_secs)
     });
     if let Some(value) = honoured_range {
         match range::evaluate(value, representation.body.len()) {
@@ -95,7 +95,7 @@ pub fn respond_file(
         }
     }
     let body = with_body.then_some(&representation.body);
-    response::write_response(out, &representation.ok_head, body, date, connection);
+    response::write_response(out, representation.ok_head(), body, date, connection);
     Sent::new(Status::Ok, body.map_or(0, |b| b.len()))
 }
 
@@ -119,7 +119,7 @@ pub fn respond_not_found(
                 negotiate::select_representation(head.selection.accept_encoding, &page.representations);
             let representation = &page.representations[chosen];
             let body = with_body.then_some(&representation.body);
-            response::write_response(out, &representation.ok_head, body, date, connection);
+            response::write_response(out, representation.ok_head(), body, date, connection);
             Sent::new(Status::NotFound, body.map_or(0, |b| b.len()))
         }
         None => {
@@ -143,7 +143,9 @@ fn write_single_part(
     connection: ConnectionHeader,
 ) {
     out.push(b"HTTP/1.1 206 Partial Content\r\n");
-    out.push(&representation.partial_fields);
+    for part in representation.head.partial_fields_parts() {
+        out.push(part);
+    }
     out.push_fmt(format_args!(
         "Content-Type: {}\r\nContent-Range: bytes {}-{}/{}\r\nContent-Length: {}\r\n",
         entry.content_type,
@@ -167,10 +169,8 @@ fn write_multipart(
     date: &DateLine,
     connection: ConnectionHeader,
 ) -> u64 {
-    let tag = representation
-        .etag
-        .strip_prefix(b"\"")
-        .unwrap_or(&representation.etag);
+    let etag = representation.etag();
+    let tag = etag.strip_prefix(b"\"").unwrap_or(etag);
     let tag = tag.strip_suffix(b"\"").unwrap_or(tag);
     let boundary = format!("ringserve-{}", String::from_utf8_lossy(tag));
     let total = representation.body.len();
@@ -188,7 +188,9 @@ fn write_multipart(
         + closing.len() as u64;
 
     out.push(b"HTTP/1.1 206 Partial Content\r\n");
-    out.push(&representation.partial_fields);
+    for part in representation.head.partial_fields_parts() {
+        out.push(part);
+    }
     out.push_fmt(format_args!(
         "Content-Type: multipart/byteranges; boundary={boundary}\r\nContent-Length: {length}\r\n"
     ));
@@ -292,7 +294,7 @@ mod tests {
             .iter()
             .find(|r| r.encoding == encoding)
             .unwrap();
-        String::from_utf8(representation.etag.to_vec()).unwrap()
+        String::from_utf8(representation.etag().to_vec()).unwrap()
     }
 
     #[test]

@@ -325,6 +325,15 @@ pub fn write_response(
     }
 }
 
+/// Appends a body-less response whose head comes in pieces (a `304`: see
+/// [`crate::files::head::RenderedHead::not_modified_parts`]).
+pub fn write_head_parts(out: &mut Output, parts: &[&[u8]], date: &DateLine, connection: ConnectionHeader) {
+    for part in parts {
+        out.push(part);
+    }
+    finish_head(out, date, connection);
+}
+
 /// Appends an error response from the pre-rendered pages.
 pub fn write_error(
     out: &mut Output,
@@ -437,11 +446,11 @@ mod tests {
         let path = std::env::temp_dir().join(format!("ringserve-output-{}", std::process::id()));
         std::fs::write(&path, b"0123456789").unwrap();
         let file = Arc::new(std::fs::File::open(&path).unwrap());
-        let body = Body::Disk(crate::files::DiskFile {
+        let body = Body::Disk(Box::new(crate::files::DiskFile {
             identity: crate::files::FileIdentity::of(&file.metadata().unwrap()),
             file,
             len: 10,
-        });
+        }));
         let mut out = Output::new();
         out.push(b"head1 ");
         out.push_body_range(&body, 2, 3);

@@ -686,7 +686,7 @@ mod tests {
         let Resolved::File(entry) = snapshot.resolve(b"/book.json") else {
             panic!()
         };
-        let etag = String::from_utf8(entry.identity().etag.to_vec()).unwrap();
+        let etag = String::from_utf8(entry.identity().etag().to_vec()).unwrap();
         let raw = format!("GET /book HTTP/1.1\r\nHost: a\r\nIf-None-Match: {etag}\r\n\r\n");
         let (text, _) = drive(&snapshot, raw.as_bytes(), 4096);
         assert!(text.starts_with("HTTP/1.1 304 Not Modified\r\n"));
