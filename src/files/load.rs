@@ -974,25 +974,33 @@ fn build_entry(
         if !compressible {
             continue;
         }
-        let compressed = variants::compress(encoding, bytes).map_err(|e| {
+        thread_local! {
+            static COMPRESSED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let kept = COMPRESSED.with_borrow_mut(|compressed| {
+            variants::compress_into(encoding, bytes, compressed)?;
+            // Over a budget that is not strict, the variant is left out.
+            let fits = || options.memory_budget_strict || meter.try_add(compressed.len() as u64 + 600);
+            if !(variants::worth_keeping(bytes.len(), compressed.len()) && fits()) {
+                return Ok(None);
+            }
+            // An allocation of exactly the variant's size (the encoder's
+            // buffer, sized by a guess, kept a third more: measured).
+            Ok(Some(Bytes::copy_from_slice(compressed)))
+        });
+        let kept = kept.map_err(|e| {
             LoadError::Read(
                 PathBuf::from(String::from_utf8_lossy(&file.url_path).into_owned()),
                 e,
             )
         })?;
-        // Over a budget that is not strict, the variant is left out.
-        let fits = || options.memory_budget_strict || meter.try_add(compressed.len() as u64 + 600);
-        if variants::worth_keeping(bytes.len(), compressed.len()) && fits() {
+        if let Some(compressed) = kept {
             if options.memory_budget_strict {
                 meter.add(compressed.len() as u64)?;
             }
             owned += compressed.len() as u64;
             let etag = head::etag_for(&compressed);
-            // The encoder's buffer was sized by a guess: keep only what
-            // the variant needs (measured: a third more, unshrunk).
-            let mut compressed = compressed;
-            compressed.shrink_to_fit();
-            variants.push((encoding, Body::Memory(Bytes::from(compressed)), etag));
+            variants.push((encoding, Body::Memory(compressed), etag));
         }
     }
     variants.sort_by_key(|(_, body, _)| body.len());

@@ -85,15 +85,23 @@ pub fn is_compressible(content_type: &str) -> bool {
 
 /// Compresses `data` with `encoding` (gzip or brotli).
 pub fn compress(encoding: Encoding, data: &[u8]) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(data.len() / 3 + 64);
+    compress_into(encoding, data, &mut out)?;
+    Ok(out)
+}
+
+/// [`compress`] into `out` (cleared first): the loader reuses one buffer per
+/// thread for every file and copies each kept variant into an allocation of
+/// its exact size, so the heap is not left with one oversized, then
+/// shrunk, encoder buffer per variant between the bodies it keeps.
+pub fn compress_into(encoding: Encoding, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    out.clear();
     match encoding {
-        Encoding::Identity => Ok(data.to_vec()),
+        Encoding::Identity => out.extend_from_slice(data),
         Encoding::Gzip => {
-            let mut encoder = flate2::write::GzEncoder::new(
-                Vec::with_capacity(data.len() / 3 + 64),
-                flate2::Compression::new(GZIP_LEVEL),
-            );
+            let mut encoder = flate2::write::GzEncoder::new(out, flate2::Compression::new(GZIP_LEVEL));
             encoder.write_all(data)?;
-            encoder.finish()
+            encoder.finish()?;
         }
         Encoding::Brotli => {
             let params = brotli::enc::BrotliEncoderParams {
@@ -102,11 +110,10 @@ pub fn compress(encoding: Encoding, data: &[u8]) -> io::Result<Vec<u8>> {
                 size_hint: data.len(),
                 ..Default::default()
             };
-            let mut out = Vec::with_capacity(data.len() / 3 + 64);
-            brotli::BrotliCompress(&mut &data[..], &mut out, &params)?;
-            Ok(out)
+            brotli::BrotliCompress(&mut &data[..], out, &params)?;
         }
     }
+    Ok(())
 }
 
 fn brotli_quality(len: usize) -> u32 {
