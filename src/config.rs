@@ -266,8 +266,11 @@ pub struct Cli {
     /// uring: one send per response instead of one per batch.
     #[arg(long, hide = true)]
     pub uring_no_batch: bool,
-    /// uring: normal descriptors for accepted sockets instead of direct
-    /// (fixed-file table) ones.
+    /// uring: direct (fixed-file table) descriptors for accepted sockets.
+    #[arg(long, hide = true, conflicts_with = "uring_no_direct")]
+    pub uring_direct: bool,
+    /// uring: normal descriptors for accepted sockets (the default while
+    /// direct ones do not pay; see `engine::uring`).
     #[arg(long, hide = true)]
     pub uring_no_direct: bool,
     /// uring: provided buffers per worker (a power of two up to 32768).
@@ -518,7 +521,8 @@ impl Cli {
                 batch_sends: !self.uring_no_batch,
                 buffers: self.uring_buffers,
                 ring_entries: self.uring_ring_entries,
-                direct_descriptors: !self.uring_no_direct && DEFAULT_DIRECT_DESCRIPTORS,
+                direct_descriptors: !self.uring_no_direct
+                    && (self.uring_direct || DEFAULT_DIRECT_DESCRIPTORS),
             },
             inherited_listener: None,
         }
@@ -581,6 +585,9 @@ mod tests {
         );
         assert_eq!(options.buffers, 64);
         assert!(Cli::try_parse_from(["ringserve", "--uring-buffers", "100"]).is_err());
+        let cli = Cli::try_parse_from(["ringserve", "--uring-direct"]).unwrap();
+        assert!(cli.server_config().uring.direct_descriptors);
+        assert!(Cli::try_parse_from(["ringserve", "--uring-direct", "--uring-no-direct"]).is_err());
     }
 
     #[test]

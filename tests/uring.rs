@@ -153,7 +153,8 @@ fn expect_file(response: &Response, site: &Site, name: &str) {
     assert!(response.body == site.files[name], "body of {name} differs");
 }
 
-/// The variants of the engine, each with one technique off, and its
+/// The variants of the engine, each with one technique switched from its
+/// default (off, or for direct descriptors on), and its
 /// readiness twin (the native `epoll` engine), which must behave the same.
 fn variants() -> Vec<(&'static str, ServerConfig)> {
     let all = UringOptions::default();
@@ -198,9 +199,9 @@ fn uring_variants(all: UringOptions) -> Vec<(&'static str, UringOptions)> {
             },
         ),
         (
-            "no-direct",
+            "direct",
             UringOptions {
-                direct_descriptors: false,
+                direct_descriptors: true,
                 ..all
             },
         ),

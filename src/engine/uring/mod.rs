@@ -69,6 +69,44 @@
 //!    the number could name the next accepted connection (measured: wrk saw
 //!    ~4% of `Connection: close` requests cut by a stray FIN). Closes and
 //!    cancels complete silently (`IOSQE_CQE_SKIP_SUCCESS`).
+//! 7. **Direct descriptors** (optional, see the switches): accepted sockets
+//!    can live in the ring's fixed-file table instead of the process's
+//!    descriptor table. Each worker registers a sparse table sized for its
+//!    connection cap plus one accept burst (within `RLIMIT_NOFILE`, which
+//!    the kernel applies to the table), and the accept allocates a slot
+//!    itself (`IORING_FILE_INDEX_ALLOC`, without `SOCK_CLOEXEC`: the kernel
+//!    refuses every such accept with EINVAL). A full table fails the accept
+//!    with ENFILE, which backs off like EMFILE. Receives and sends name the
+//!    slot (`IOSQE_FIXED_FILE`); `TCP_NODELAY` and `TCP_USER_TIMEOUT` are
+//!    inherited from the listener as before; the reset of an aborted
+//!    connection (`SO_LINGER` zero) is a `SetSockOpt` uring_cmd (Linux 6.7),
+//!    which the kernel runs inline at submission, before the close queued
+//!    after it; `Close` frees the slot. Each worker checks at start that the
+//!    kernel takes the table and socket options through the ring
+//!    ([`probe::direct_descriptors`]) and otherwise uses normal descriptors:
+//!    the engine is never refused for it. The access log needs the peer's
+//!    address (`getpeername`, which takes a descriptor), so with the log on
+//!    sockets are normal descriptors.
+//!
+//!    **The ordering of shutdown and close.** A direct descriptor has no
+//!    descriptor for `shutdown(2)`, so the graceful close's `SHUT_WR` (and
+//!    the stop's `SHUT_RD`) is `IORING_OP_SHUTDOWN`, which has exactly the
+//!    race described above: the kernel always hands it to an io-wq worker,
+//!    which resolves the table index only when it runs it, and
+//!    `IORING_FILE_INDEX_ALLOC` gives a freed slot to the next accepted
+//!    connection. A client that closes as soon as it has the whole body (as
+//!    wrk does) makes the linger see end-of-file at once, and closing the
+//!    slot then, before the shutdown ran, sent the FIN to the next
+//!    connection (measured: `tests/uring.rs`'s graceful-close test failed 5
+//!    runs out of 6 with that ordering). So the shutdown is counted in
+//!    flight, like a receive or a send ([`conn::ShutdownState`]), and a
+//!    connection's slot is closed only after its shutdown's completion: the
+//!    index is resolved, and its file held, by then. The shutdowns are the
+//!    only unbounded io-wq work of the ring, and one io-wq worker runs them
+//!    (`IORING_REGISTER_IOWQ_MAX_WORKERS`): without the cap the kernel woke
+//!    or created a worker per shutdown. Even so, that hop costs more than
+//!    the `shutdown(2)` syscall it replaces, and than all the descriptor
+//!    table work saved (see the switches for the measurement).
 //!
 //! Every completion names its operation and connection in `user_data`
 //! ([`op`]): slot index and generation ([`slots`]), so a late completion can
@@ -211,7 +249,7 @@ impl Default for UringOptions {
 
 /// Whether accepted sockets are direct descriptors unless switched off
 /// (`--uring-no-direct`); see the module doc for the measurements.
-pub const DEFAULT_DIRECT_DESCRIPTORS: bool = true;
+pub const DEFAULT_DIRECT_DESCRIPTORS: bool = false;
 
 /// Fixed-file slots beyond the connection cap: one multishot accept burst
 /// can take the whole backlog (the default backlog, with room to spare)
@@ -236,6 +274,10 @@ fn direct_table_slots(max_connections: usize) -> u32 {
     };
     u32::try_from(wanted.min(nofile).min(1 << 20)).unwrap_or(1 << 20)
 }
+
+/// io-wq workers for unbounded work (the ring's `shutdown`s of direct
+/// descriptors), per worker.
+const UNBOUND_IO_WORKERS: u32 = 1;
 
 /// How the worker holds accepted sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -412,6 +454,17 @@ impl Driver {
         } else {
             Accepted::Descriptors
         };
+        if accepted == Accepted::Direct {
+            // The ring's shutdowns are the only unbounded io-wq work (socket
+            // I/O that must wait is polled, file reads are bounded work): one
+            // worker runs them in turn, instead of the kernel creating and
+            // waking one per shutdown at once (measured: 46 µs per
+            // `Connection: close` request without the cap, ~30 with it).
+            let mut max = [0, UNBOUND_IO_WORKERS];
+            if ring.submitter().register_iowq_max_workers(&mut max).is_err() && worker.index == 0 {
+                eprintln!("ringserve: uring: could not cap the io-wq workers; shutdowns may cost more");
+            }
+        }
         let buffers = match mode {
             RecvMode::SingleOwned => None,
             RecvMode::Multishot | RecvMode::SingleProvided => {
