@@ -710,13 +710,11 @@ fn read_close_response(stream: &mut TcpStream) -> Result<Response, String> {
     let response = read_response(stream, &mut pending, false)
         .map_err(|e| format!("{e} after {} bytes", pending.len()))?;
     let mut chunk = [0u8; 4096];
-    loop {
-        match stream.read(&mut chunk) {
-            Ok(0) => return Ok(response),
-            Ok(n) => return Err(format!("{n} bytes after the response")),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(response),
-            Err(e) => return Err(format!("no end after the response: {e}")),
-        }
+    match stream.read(&mut chunk) {
+        Ok(0) => Ok(response),
+        Ok(n) => Err(format!("{n} bytes after the response")),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(response),
+        Err(e) => Err(format!("no end after the response: {e}")),
     }
 }
 
