@@ -103,7 +103,14 @@
 //!    runs out of 6 with that ordering). So the shutdown is counted in
 //!    flight, like a receive or a send ([`conn::ShutdownState`]), and a
 //!    connection's slot is closed only after its shutdown's completion: the
-//!    index is resolved, and its file held, by then. The shutdowns are the
+//!    index is resolved, and its file held, by then. (A link chain,
+//!    shutdown → receive → close with `IOSQE_IO_LINK`, would order them too,
+//!    but the linger needs an unknown number of receives and a deadline,
+//!    and the chain would take the same io-wq hop.) The stop's `SHUT_RD`
+//!    follows the same rule; after the grace period, resets are `SetSockOpt`
+//!    then `Close`; a broken loop's `Drop` submits both for every slot as
+//!    far as the ring still takes them, and the ring's teardown closes the
+//!    table. The shutdowns are the
 //!    only unbounded io-wq work of the ring, and one io-wq worker runs them
 //!    (`IORING_REGISTER_IOWQ_MAX_WORKERS`): without the cap the kernel woke
 //!    or created a worker per shutdown. Even so, that hop (a thread switch,
@@ -153,10 +160,13 @@
 //! `Connection: close` c64 26.2 µs of CPU per request with them against
 //! 25.7 without (paired ratio 0.955 without/with, every round 0.95–1.01),
 //! 1.29 syscalls per request against 2.36 (the `shutdown` syscall goes);
-//! keep-alive c64 within noise (6.62 against 6.70 µs). Without the io-wq
-//! cap, 28.3 µs; on a machine busy with other work the io-wq hop cost far
-//! more (46 against 27 µs). Fewer syscalls, more CPU: off by default. Without
-//! multishot, a single-shot receive still selects a provided buffer and is
+//! keep-alive c64 within noise (6.62 against 6.70 µs). A second run: 27.8
+//! against 25.5 µs. Without the io-wq cap, 28.3 µs; on a machine busy with
+//! other work the io-wq hop cost far more (46 against 27 µs). Pinning the
+//! io-wq worker to the worker's CPUs changed nothing. Fewer syscalls, more
+//! CPU: off by default.
+//!
+//! Without multishot, a single-shot receive still selects a provided buffer and is
 //! armed only while the connection waits for a request; without the buffer
 //! ring, each connection receives into its own 4 KiB buffer (single-shot,
 //! as multishot receive needs provided buffers); without batching, each
@@ -488,8 +498,8 @@ impl Driver {
             // The ring's shutdowns are the only unbounded io-wq work (socket
             // I/O that must wait is polled, file reads are bounded work): one
             // worker runs them in turn, instead of the kernel creating and
-            // waking one per shutdown at once (measured: 46 µs per
-            // `Connection: close` request without the cap, ~30 with it).
+            // waking one per shutdown at once (measured, `Connection: close`
+            // c64: 28.3 µs of CPU per request without the cap, 26.2 with it).
             let mut max = [0, UNBOUND_IO_WORKERS];
             if ring.submitter().register_iowq_max_workers(&mut max).is_err() && worker.index == 0 {
                 eprintln!("ringserve: uring: could not cap the io-wq workers; shutdowns may cost more");

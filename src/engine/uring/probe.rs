@@ -17,6 +17,10 @@
 //!    `DEFER_TASKRUN` (6.1) has both;
 //! 3. registering a provided-buffer ring (5.19), as the engine does.
 //!
+//! Direct descriptors (off by default) are not part of this question: each
+//! worker asks [`direct_descriptors`] on its own ring at start and, if the
+//! kernel says no, serves with normal descriptors.
+//!
 //! A refusal is an explanation for the start line, not an error: `auto`
 //! then runs the `epoll` engine. An explicit `--engine uring` does not probe;
 //! it fails at worker start with the engine's own message.
