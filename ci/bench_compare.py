@@ -4,11 +4,17 @@
 What it does, in order:
  1. installs what is missing (Debian's wrk, nginx, linux-perf; one
     `apt-get update` first);
- 2. builds ringserve in release mode;
+ 2. builds ringserve in release mode, and the floor servers
+    (cargo build --release --bench floor);
  3. writes the test files (1 KiB, 16 KiB, 1 MiB) into a temporary docroot;
  4. starts every ringserve engine the binary accepts (tries each name in
-    CANDIDATE_ENGINES, says which it skipped and why) and an nginx configured
-    as a fair, tuned peer, each pinned to CPU 0 with one worker. The engines
+    CANDIDATE_ENGINES, says which it skipped and why), each --variant (an
+    engine with extra switches, reported against that engine), an nginx
+    configured as a fair, tuned peer, and the two floor servers
+    (benches/floor.rs: floor-uring, floor-epoll, a fixed precomputed
+    response per file, the least CPU per request each I/O model allows;
+    every server's CPU per request is also given as a ratio to its model's
+    floor), each pinned to CPU 0 with one worker (--servers picks which). The engines
     come in two pairs that differ only in the I/O model (PAIRS): the
     hand-built loops `uring` and `epoll`, and the runtimes `tokio-uring` and
     `tokio`; the report gives both pairs' ratios and each engine against
@@ -895,7 +901,7 @@ def write_report(out_dir: Path, meta: dict, servers: list[str], results: dict, i
     lines += pair_table(scenarios, servers, results, idle, meta)
     lines += floor_table(scenarios, servers, results, meta)
     lines += variant_table(scenarios, servers, results, meta)
-    if idle:
+    if any(idle.values()):
         lines += ["## Idle keep-alive connections", "",
                   "Connections opened, one request each, then held; server RSS read before opening and "
                   "1 s after the last response.", "",
@@ -1148,7 +1154,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                "--servers uring,floor-uring --variant ... for a short switch table")
     parser.add_argument("--out", type=Path, help="output directory (default bench-results/<date>[-quick])")
     parser.add_argument("--max-minutes", type=float, default=45, help="abort the whole run after this long")
-    parser.add_argument("--skip-build", action="store_true", help="use the existing release binary")
+    parser.add_argument("--skip-build", action="store_true",
+                        help="use the existing release binary (and the newest floor built in target/release/deps)")
     parser.add_argument("--tls-no-resumption", action="store_true",
                         help="with --tls: session resumption off in every server (no tickets, no cache), so "
                              "close-c64 is a full handshake per request (wrk resumes sessions otherwise)")
@@ -1167,6 +1174,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.idle_connections = 2000 if args.quick else 10000
     if args.rounds < 1 or args.duration < 1 or args.idle_connections < 0:
         parser.error("--rounds and --duration must be at least 1, --idle-connections at least 0")
+    if args.duration != int(args.duration):
+        parser.error("--duration must be whole seconds (wrk rejects fractions)")
     builtin = CANDIDATE_ENGINES + [NGINX, *FLOORS]
     args.variants = []
     for text in args.variant:
@@ -1354,7 +1363,8 @@ def main(argv: list[str]) -> int:
                 for server in servers:
                     if not server.alive:
                         continue
-                    r = measure(procs, setup, server, s, max(1.0, args.duration / 2), True)
+                    # Whole seconds: wrk rejects -d1.5s.
+                    r = measure(procs, setup, server, s, float(max(1, int(args.duration / 2))), True)
                     value = r.get("syscalls_per_req")
                     for run in results[server.name][s.key]:
                         if "error" not in run:
