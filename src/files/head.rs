@@ -14,6 +14,7 @@
 //! restarts and across replicas serving the same build.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The strong entity tag for `body`: `"` + 16 hex digits of xxh3-64 + `"`.
@@ -79,7 +80,9 @@ const NOT_MODIFIED_START: &[u8] = b"HTTP/1.1 304 Not Modified\r\nServer: ringser
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderedHead {
-    ok: Box<[u8]>,
+    /// Shared, not copied, when the background stage renders the same
+    /// identity head again (`files::load::build_variants`).
+    ok: Arc<[u8]>,
     /// Start of `Last-Modified`: the 206 fields run from here to the
     /// `Accept-Ranges` line.
     validators_at: u32,
@@ -173,7 +176,7 @@ pub fn render_head(status_line: &str, fields: &HeadFields<'_>) -> RenderedHead {
         etag_at: offset(etag_at),
         etag_end: offset(etag_end),
         shared_tail_at: offset(shared_tail_at),
-        ok: head.into_bytes().into_boxed_slice(),
+        ok: head.into_bytes().into(),
     }
 }
 

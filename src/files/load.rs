@@ -439,7 +439,16 @@ pub(super) fn build_variants(
             return Ok(entry.clone());
         }
         progress.count(entry.identity().body.len());
-        build_entry(&raw[i], &raw, &by_path, policy, options, &meter, Step::Variants)
+        let mut built = build_entry(&raw[i], &raw, &by_path, policy, options, &meter, Step::Variants)?;
+        // The identity head is usually the one stage one rendered: share
+        // it rather than leave the stage-one copy as a hole in the heap
+        // once that snapshot is freed.
+        if let Some(representations) = Arc::get_mut(&mut built.representations) {
+            if representations[0].head == entry.identity().head {
+                representations[0].head = entry.identity().head.clone();
+            }
+        }
+        Ok(built)
     });
     let files = match files {
         Ok(files) => files,
