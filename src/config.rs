@@ -16,7 +16,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::access_log::{AccessLogConfig, LogDestination, LogFormat};
-use crate::engine::uring::{DEFAULT_BUFFERS, DEFAULT_RING_ENTRIES};
+use crate::engine::uring::{DEFAULT_BUFFERS, DEFAULT_MIN_WAIT_USEC, DEFAULT_RING_ENTRIES};
 use crate::engine::{
     DEFAULT_BACKLOG, DEFAULT_HEAD_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_LINGER_MS,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_SEND_TIMEOUT_MS, DEFAULT_SHUTDOWN_GRACE_MS, EngineChoice, EngineKind,
@@ -274,6 +274,19 @@ pub struct Cli {
     #[arg(long, hide = true, default_value_t = DEFAULT_RING_ENTRIES,
           value_parser = clap::value_parser!(u32).range(8..=32768))]
     pub uring_ring_entries: u32,
+    /// uring: enter the ring by its descriptor, not a registered index.
+    #[arg(long, hide = true)]
+    pub uring_no_ring_fd: bool,
+    /// uring: keep the submission queue's index array (no IORING_SETUP_NO_SQARRAY).
+    #[arg(long, hide = true)]
+    pub uring_no_sqarray: bool,
+    /// uring: always return at the first completion (no batched min-wait enter).
+    #[arg(long, hide = true)]
+    pub uring_no_min_wait: bool,
+    /// uring: how long a batched enter may hold completions back, in µs.
+    #[arg(long, hide = true, default_value_t = DEFAULT_MIN_WAIT_USEC,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub uring_min_wait_us: u32,
 
     /// Tests only: worker 0 fails as if its event loop had broken once it has
     /// accepted N connections (the server must then stop and exit 1).
@@ -514,6 +527,10 @@ impl Cli {
                 batch_sends: !self.uring_no_batch,
                 buffers: self.uring_buffers,
                 ring_entries: self.uring_ring_entries,
+                ring_fd: !self.uring_no_ring_fd,
+                no_sqarray: !self.uring_no_sqarray,
+                min_wait: !self.uring_no_min_wait,
+                min_wait_usec: self.uring_min_wait_us,
             },
             inherited_listener: None,
         }
@@ -561,6 +578,11 @@ mod tests {
             "--uring-no-buf-ring",
             "--uring-no-defer-taskrun",
             "--uring-no-batch",
+            "--uring-no-ring-fd",
+            "--uring-no-sqarray",
+            "--uring-no-min-wait",
+            "--uring-min-wait-us",
+            "20",
             "--uring-buffers",
             "64",
         ])
@@ -569,6 +591,8 @@ mod tests {
         assert!(
             !options.multishot_recv && !options.buffer_ring && !options.defer_taskrun && !options.batch_sends
         );
+        assert!(!options.ring_fd && !options.no_sqarray && !options.min_wait);
+        assert_eq!(options.min_wait_usec, 20);
         assert_eq!(options.buffers, 64);
         assert!(Cli::try_parse_from(["ringserve", "--uring-buffers", "100"]).is_err());
     }

@@ -133,7 +133,7 @@ use self::buffers::{BUFFER_GROUP, BufRing};
 use self::conn::{Conn, Input, InputState, OutputState, Phase, Reaction, RecvState, ServeContext};
 use self::op::{Op, OpKind};
 use self::outbox::OutboxPool;
-use self::ring::Ring;
+use self::ring::{Ring, Wait};
 use crate::engine::deadlines::{Deadlines, Due, Millis, NEVER};
 use crate::engine::policy::{self, Expired, Serving, Stopping, millis};
 use crate::engine::slots::{SlotKey, Slots};
@@ -172,6 +172,14 @@ fn completion_entries(submission_entries: u32, max_connections: usize) -> u32 {
 /// can be open.
 pub const DEFAULT_BUFFERS: u16 = 1024;
 
+/// A batched wait's minimum wait (see [`ring::Wait::Batch`]): how long at
+/// most the kernel holds completions back to hand over a larger batch.
+pub const DEFAULT_MIN_WAIT_USEC: u32 = 50;
+/// An iteration that handled at least this many completions counts as busy:
+/// the next enter waits for as many with the minimum wait. Below it (one
+/// connection, a few) the enter returns at the first completion.
+const BUSY_BATCH: usize = 8;
+
 /// Which io_uring techniques the engine uses. All on by default; each
 /// switch exists to measure what the technique contributes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,6 +196,17 @@ pub struct UringOptions {
     pub buffers: u16,
     /// Submission queue entries (a power of two).
     pub ring_entries: u32,
+    /// Register the ring's descriptor (`IORING_REGISTER_RING_FDS`) so each
+    /// enter skips the descriptor lookup.
+    pub ring_fd: bool,
+    /// `IORING_SETUP_NO_SQARRAY` (6.6): no indirection array between the
+    /// submission ring and its entries.
+    pub no_sqarray: bool,
+    /// After a busy iteration, wait for a batch of completions with a
+    /// minimum wait ([`ring::Wait::Batch`], 6.12).
+    pub min_wait: bool,
+    /// How long a batched wait may hold completions back, in microseconds.
+    pub min_wait_usec: u32,
 }
 
 impl Default for UringOptions {
@@ -199,6 +218,10 @@ impl Default for UringOptions {
             batch_sends: true,
             buffers: DEFAULT_BUFFERS,
             ring_entries: DEFAULT_RING_ENTRIES,
+            ring_fd: true,
+            no_sqarray: true,
+            min_wait: true,
+            min_wait_usec: DEFAULT_MIN_WAIT_USEC,
         }
     }
 }
@@ -315,6 +338,11 @@ struct Driver {
     timer_cancelled: bool,
     /// The timeout's duration; read by the kernel when the entry is submitted.
     timer_spec: types::Timespec,
+    /// The minimum wait of a batched enter (`None`: always wait for one
+    /// completion; switched off or a kernel before 6.12).
+    min_wait_usec: Option<u32>,
+    /// Completions handled in the last iteration: how busy the worker is.
+    last_batch: usize,
     /// Test-only fault injection ([`crate::engine::FaultCountdown`]) ...
     fault: FaultCountdown,
     /// ... and whether it is due: the next enter fails as a broken ring would.
@@ -330,27 +358,44 @@ impl Driver {
             (true, true) => RecvMode::Multishot,
         };
         let entries = options.ring_entries.clamp(8, 32768).next_power_of_two();
-        let mut builder = IoUring::builder();
-        builder
-            .setup_single_issuer()
-            .setup_coop_taskrun()
-            .setup_submit_all()
-            .setup_cqsize(completion_entries(entries, worker.max_connections));
-        if options.defer_taskrun {
-            builder.setup_defer_taskrun();
-        } else {
-            builder.setup_taskrun_flag();
+        let build = |no_sqarray: bool| {
+            let mut builder = IoUring::builder();
+            builder
+                .setup_single_issuer()
+                .setup_coop_taskrun()
+                .setup_submit_all()
+                .setup_cqsize(completion_entries(entries, worker.max_connections));
+            if options.defer_taskrun {
+                builder.setup_defer_taskrun();
+            } else {
+                builder.setup_taskrun_flag();
+            }
+            if no_sqarray {
+                builder.setup_no_sqarray();
+            }
+            builder.build(entries)
+        };
+        // NO_SQARRAY is an optimisation a kernel before 6.6 refuses with
+        // EINVAL: then the ring is built without it. ENOSYS and EPERM pass
+        // through unchanged: the server reports them as "io_uring is not
+        // available"; EINVAL without it means a kernel too old for the base
+        // flags.
+        let ring = match build(options.no_sqarray) {
+            Err(e) if options.no_sqarray && e.raw_os_error() == Some(libc::EINVAL) => build(false),
+            built => built,
         }
-        // ENOSYS and EPERM pass through unchanged: the server reports them
-        // as "io_uring is not available"; EINVAL means a kernel too old for
-        // the flags.
-        let ring = builder.build(entries).map_err(|e| match e.raw_os_error() {
+        .map_err(|e| match e.raw_os_error() {
             Some(libc::EINVAL) => io::Error::new(
                 io::ErrorKind::Unsupported,
                 format!("io_uring setup with SINGLE_ISSUER and DEFER_TASKRUN failed ({e}); the uring engine needs Linux 6.1 or later"),
             ),
             _ => e,
         })?;
+        // A kernel before 6.12 ignores the minimum wait (the field was
+        // padding) and would wait for the whole batch: batch only if it
+        // says it knows the field.
+        let min_wait_usec = (options.min_wait && ring.params().is_feature_min_timeout())
+            .then_some(options.min_wait_usec.max(1));
         let buffers = match mode {
             RecvMode::SingleOwned => None,
             RecvMode::Multishot | RecvMode::SingleProvided => {
@@ -370,7 +415,9 @@ impl Driver {
             }
         };
         let mut driver = Driver {
-            ring: Ring { ring, in_flight: 0 },
+            ring: Ring::new(ring, options.ring_fd),
+            min_wait_usec,
+            last_batch: 0,
             buffers,
             conns: Slots::default(),
             pool: OutboxPool::default(),
@@ -421,7 +468,7 @@ impl Driver {
         unsafe { driver.ring.push(&poll) };
         // Submit now, so a kernel that refuses these operations is reported
         // through `Ready` rather than failing later.
-        driver.ring.ring.submit()?;
+        driver.ring.submit()?;
         Ok(driver)
     }
 
@@ -437,7 +484,7 @@ impl Driver {
                 return Err(io::Error::other("io_uring_enter failed: injected fault"));
             }
             self.ring
-                .enter(self.starved.is_empty())
+                .enter(self.wait())
                 .map_err(|e| io::Error::new(e.kind(), format!("io_uring_enter failed: {e}")))?;
             self.cx.tick();
             self.handle_completions();
@@ -446,7 +493,7 @@ impl Driver {
         // Closes queued by the last iteration (the listener's, the last
         // connections') are not counted in flight: submit them.
         if !self.ring.ring.submission().is_empty() {
-            let _ = self.ring.ring.submit();
+            let _ = self.ring.submit();
         }
         if let Some(log) = &self.cx.log {
             log.borrow_mut().flush();
@@ -472,6 +519,25 @@ impl Driver {
         }
     }
 
+    /// What this iteration's enter waits for: nothing if starved receives
+    /// wait to be re-armed; a batch (bounded by the minimum wait) if the last
+    /// iteration was busy and the worker is not stopping; else one
+    /// completion.
+    fn wait(&self) -> Wait {
+        if !self.starved.is_empty() {
+            return Wait::Collect;
+        }
+        match self.min_wait_usec {
+            Some(min_wait_usec) if self.last_batch >= BUSY_BATCH && self.stopping.is_running() => {
+                Wait::Batch {
+                    want: u32::try_from(self.last_batch).unwrap_or(u32::MAX),
+                    min_wait_usec,
+                }
+            }
+            _ => Wait::One,
+        }
+    }
+
     fn finished(&self) -> bool {
         !self.stopping.is_running() && self.conns.is_empty() && self.ring.in_flight == 0
     }
@@ -490,6 +556,7 @@ impl Driver {
                 .completion()
                 .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())),
         );
+        self.last_batch = completions.len();
         for &(user_data, result, flags) in &completions {
             // A value this worker never submitted is no operation of ours:
             // it must not be counted (the count could underflow).
