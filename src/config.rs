@@ -287,6 +287,12 @@ pub struct Cli {
     #[arg(long, hide = true, default_value_t = DEFAULT_MIN_WAIT_USEC,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub uring_min_wait_us: u32,
+    /// uring: one buffer per receive completion (no receive bundles).
+    #[arg(long, hide = true)]
+    pub uring_no_bundle: bool,
+    /// uring: each receive takes a whole buffer (no IOU_PBUF_RING_INC).
+    #[arg(long, hide = true)]
+    pub uring_no_incremental: bool,
 
     /// Tests only: worker 0 fails as if its event loop had broken once it has
     /// accepted N connections (the server must then stop and exit 1).
@@ -531,6 +537,8 @@ impl Cli {
                 no_sqarray: !self.uring_no_sqarray,
                 min_wait: !self.uring_no_min_wait,
                 min_wait_usec: self.uring_min_wait_us,
+                bundle: !self.uring_no_bundle,
+                incremental: !self.uring_no_incremental,
             },
             inherited_listener: None,
         }
@@ -581,6 +589,8 @@ mod tests {
             "--uring-no-ring-fd",
             "--uring-no-sqarray",
             "--uring-no-min-wait",
+            "--uring-no-bundle",
+            "--uring-no-incremental",
             "--uring-min-wait-us",
             "20",
             "--uring-buffers",
@@ -592,6 +602,7 @@ mod tests {
             !options.multishot_recv && !options.buffer_ring && !options.defer_taskrun && !options.batch_sends
         );
         assert!(!options.ring_fd && !options.no_sqarray && !options.min_wait);
+        assert!(!options.bundle && !options.incremental);
         assert_eq!(options.min_wait_usec, 20);
         assert_eq!(options.buffers, 64);
         assert!(Cli::try_parse_from(["ringserve", "--uring-buffers", "100"]).is_err());

@@ -207,6 +207,12 @@ pub struct UringOptions {
     pub min_wait: bool,
     /// How long a batched wait may hold completions back, in microseconds.
     pub min_wait_usec: u32,
+    /// Multishot receives as bundles (`IORING_RECVSEND_BUNDLE`, 6.10): one
+    /// completion for all the data ready, over several buffers.
+    pub bundle: bool,
+    /// Incremental buffer consumption (`IOU_PBUF_RING_INC`, 6.12): small
+    /// receives share a buffer.
+    pub incremental: bool,
 }
 
 impl Default for UringOptions {
@@ -222,6 +228,8 @@ impl Default for UringOptions {
             no_sqarray: true,
             min_wait: true,
             min_wait_usec: DEFAULT_MIN_WAIT_USEC,
+            bundle: true,
+            incremental: true,
         }
     }
 }
@@ -233,6 +241,23 @@ static STARVED_RECEIVES: AtomicU64 = AtomicU64::new(0);
 #[doc(hidden)]
 pub fn starved_receives() -> u64 {
     STARVED_RECEIVES.load(Ordering::Relaxed)
+}
+
+/// Receive completions whose data spanned several provided buffers (a
+/// bundle), and those that left their buffer in the ring for the next
+/// receive (incremental consumption), all workers together: counted so
+/// tests can tell they reached these paths.
+static MULTI_BUFFER_RECEIVES: AtomicU64 = AtomicU64::new(0);
+static SHARED_BUFFER_RECEIVES: AtomicU64 = AtomicU64::new(0);
+
+#[doc(hidden)]
+pub fn multi_buffer_receives() -> u64 {
+    MULTI_BUFFER_RECEIVES.load(Ordering::Relaxed)
+}
+
+#[doc(hidden)]
+pub fn shared_buffer_receives() -> u64 {
+    SHARED_BUFFER_RECEIVES.load(Ordering::Relaxed)
 }
 
 /// Times a connection stopped receiving because too much unanswered input
@@ -343,6 +368,11 @@ struct Driver {
     min_wait_usec: Option<u32>,
     /// Completions handled in the last iteration: how busy the worker is.
     last_batch: usize,
+    /// Multishot receives are bundles (one completion, several buffers).
+    bundle: bool,
+    /// The buffer ranges of the receive completion being handled (kept for
+    /// its allocation).
+    segments: Vec<buffers::Segment>,
     /// Test-only fault injection ([`crate::engine::FaultCountdown`]) ...
     fault: FaultCountdown,
     /// ... and whether it is due: the next enter fails as a broken ring would.
@@ -394,16 +424,19 @@ impl Driver {
         // A kernel before 6.12 ignores the minimum wait (the field was
         // padding) and would wait for the whole batch: batch only if it
         // says it knows the field.
+        // Bundles need 6.10; without them a receive takes one buffer.
+        let bundle =
+            options.bundle && mode == RecvMode::Multishot && ring.params().is_feature_recvsend_bundle();
         let min_wait_usec = (options.min_wait && ring.params().is_feature_min_timeout())
             .then_some(options.min_wait_usec.max(1));
         let buffers = match mode {
             RecvMode::SingleOwned => None,
             RecvMode::Multishot | RecvMode::SingleProvided => {
-                let buffers = BufRing::new(options.buffers, READ_BUFFER_BYTES as u32)?;
+                let mut buffers = BufRing::new(options.buffers, READ_BUFFER_BYTES as u32)?;
                 // SAFETY: the buffer ring is stored in the driver next to the
                 // io_uring, which is dropped first (field order), and the
                 // driver returns only when no operation is in flight.
-                unsafe { buffers.register(&ring.submitter()) }.map_err(|e| {
+                unsafe { buffers.register(&ring.submitter(), options.incremental) }.map_err(|e| {
                     io::Error::new(
                         e.kind(),
                         format!(
@@ -418,6 +451,8 @@ impl Driver {
             ring: Ring::new(ring, options.ring_fd),
             min_wait_usec,
             last_batch: 0,
+            bundle,
+            segments: Vec::new(),
             buffers,
             conns: Slots::default(),
             pool: OutboxPool::default(),
@@ -714,9 +749,21 @@ impl Driver {
             // ring) goes back at once.
             Some(conn) if result > 0 => conn,
             found => {
+                // Without bundles and incremental consumption the kernel
+                // consumed the buffer it names; with either it consumed none
+                // (see `buffers`).
                 if let (Some(bid), Some(buffers)) = (bid, &mut self.buffers) {
-                    buffers.lend(bid);
-                    buffers.recycle(bid);
+                    if result > 0 {
+                        let mut segments = std::mem::take(&mut self.segments);
+                        buffers.take(bid, result as usize, cqueue::buffer_more(flags), &mut segments);
+                        for segment in segments.drain(..) {
+                            buffers.release(segment);
+                        }
+                        self.segments = segments;
+                    } else if !self.bundle && !buffers.is_incremental() {
+                        buffers.lend(bid);
+                        buffers.recycle(bid);
+                    }
                 }
                 // Cannot happen: a slot is freed only after its receive's
                 // final completion.
@@ -731,10 +778,35 @@ impl Driver {
             let len = result as usize;
             match (bid, &mut self.buffers) {
                 (Some(bid), Some(buffers)) => {
-                    buffers.lend(bid);
-                    let input = Input::Fresh(buffers.lent_bytes(bid, len));
-                    let reaction = conn.on_received(input, cx, &mut self.pool);
-                    buffers.recycle(bid);
+                    let mut segments = std::mem::take(&mut self.segments);
+                    buffers.take(bid, len, cqueue::buffer_more(flags), &mut segments);
+                    if segments.len() > 1 {
+                        MULTI_BUFFER_RECEIVES.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if cqueue::buffer_more(flags) {
+                        SHARED_BUFFER_RECEIVES.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let mut reaction = Reaction::Nothing;
+                    for segment in &segments {
+                        // One completion of a bundle covers several buffers:
+                        // each is received in turn, as separate completions
+                        // would be, and the strongest reaction wins (after
+                        // `Close` the rest is never read).
+                        let input = Input::Fresh(buffers.bytes(segment));
+                        reaction = match (reaction, conn.on_received(input, cx, &mut self.pool)) {
+                            (Reaction::Close, _) | (_, Reaction::Close) => Reaction::Close,
+                            (Reaction::PauseReads, _) | (_, Reaction::PauseReads) => Reaction::PauseReads,
+                            (Reaction::Nothing, next) => next,
+                            (earlier, _) => earlier,
+                        };
+                        if reaction == Reaction::Close {
+                            break;
+                        }
+                    }
+                    for segment in segments.drain(..) {
+                        buffers.release(segment);
+                    }
+                    self.segments = segments;
                     reaction
                 }
                 (None, None) => {
@@ -781,6 +853,9 @@ impl Driver {
         let user_data = Op::conn(OpKind::Recv, key).encode();
         let fd = types::Fd(conn.fd);
         let entry = match self.mode {
+            RecvMode::Multishot if conn.input != InputState::Fresh && self.bundle => {
+                opcode::RecvMultiBundle::new(fd, BUFFER_GROUP).build()
+            }
             RecvMode::Multishot if conn.input != InputState::Fresh => {
                 opcode::RecvMulti::new(fd, BUFFER_GROUP).build()
             }

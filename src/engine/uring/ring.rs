@@ -249,7 +249,10 @@ impl Ring {
             RingName::Registered(index) => (index as RawFd, flags | IORING_ENTER_REGISTERED_RING),
         };
         let (arg, arg_bytes) = match args {
-            Some(args) => (std::ptr::from_ref(args).cast::<libc::c_void>(), std::mem::size_of::<GeteventsArg>()),
+            Some(args) => (
+                std::ptr::from_ref(args).cast::<libc::c_void>(),
+                std::mem::size_of::<GeteventsArg>(),
+            ),
             None => (std::ptr::null(), 0),
         };
         // SAFETY: the kernel reads the submission queue entries between its
@@ -339,7 +342,9 @@ mod tests {
     use super::*;
 
     fn nop() -> squeue::Entry {
-        opcode::Nop::new().build().user_data(Op::worker(OpKind::Timer).encode())
+        opcode::Nop::new()
+            .build()
+            .user_data(Op::worker(OpKind::Timer).encode())
     }
 
     /// Submits `n` no-ops and collects their completions with `wait`.
@@ -362,19 +367,27 @@ mod tests {
             assert_eq!(round_trip(&mut ring, 3, Wait::One), 3);
             assert_eq!(round_trip(&mut ring, 2, Wait::Collect), 2);
             assert_eq!(
-                round_trip(&mut ring, 4, Wait::Batch {
-                    want: 4,
-                    min_wait_usec: 10
-                }),
+                round_trip(
+                    &mut ring,
+                    4,
+                    Wait::Batch {
+                        want: 4,
+                        min_wait_usec: 10
+                    }
+                ),
                 4
             );
             // Nothing in flight: a batched wait for more than can come ends
             // after its minimum wait, with what there is.
             assert_eq!(
-                round_trip(&mut ring, 1, Wait::Batch {
-                    want: 8,
-                    min_wait_usec: 10
-                }),
+                round_trip(
+                    &mut ring,
+                    1,
+                    Wait::Batch {
+                        want: 8,
+                        min_wait_usec: 10
+                    }
+                ),
                 1
             );
             assert_eq!(ring.in_flight, 0);
