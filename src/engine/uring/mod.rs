@@ -10,7 +10,17 @@
 //!    produced only when the loop asks for them, on its own thread, without
 //!    interrupts. Each loop iteration makes one `io_uring_enter`
 //!    ([`Ring::enter`]: submit everything queued and wait for at least one
-//!    completion), then handles every completion that is ready.
+//!    completion), then handles every completion that is ready. The enter
+//!    names the ring by its index in the thread's registered-ring table
+//!    (`IORING_REGISTER_RING_FDS`: no descriptor lookup per call), and the
+//!    submission queue has no index array (`IORING_SETUP_NO_SQARRAY`, 6.6).
+//!    After a busy iteration (at least `BUSY_BATCH` completions) the enter
+//!    asks for as many completions again with a *minimum wait*
+//!    ([`ring::Wait::Batch`], 6.12): the kernel holds them back at most
+//!    [`DEFAULT_MIN_WAIT_USEC`] µs to hand over a larger batch, then returns
+//!    at the first one; an idle or lightly loaded worker never waits for a
+//!    batch, and no completion (a deadline, the stop signal) waits longer
+//!    than the minimum wait.
 //! 2. **Multishot accept** on each of the worker's `SO_REUSEPORT` listeners
 //!    (one per configured address; each completion names its listener, and
 //!    so whether the connection speaks HTTP or HTTPS) (armed
@@ -29,7 +39,12 @@
 //!    idle connection owns no receive buffer; the kernel picks one when data
 //!    arrives, the request is parsed straight out of it, and it goes back to
 //!    the ring at once. A head that spans buffers is copied into the
-//!    connection's small `carry` ([`conn`]). When the ring runs dry the
+//!    connection's small `carry` ([`conn`]). Receives are *bundles*
+//!    (`IORING_RECVSEND_BUNDLE`, 6.10): one completion hands over all the
+//!    data ready, over several buffers, each read in turn; and buffers are
+//!    consumed *incrementally* (`IOU_PBUF_RING_INC`, 6.12): small receives
+//!    fill one buffer one after the other instead of taking a whole 4 KiB
+//!    buffer each ([`buffers`] keeps the accounting). When the ring runs dry the
 //!    receive ends with `ENOBUFS`; the data stays in the socket, and the
 //!    connection waits in a starved queue from which a bounded number are
 //!    re-armed per iteration (re-arming while the ring is empty fails again
@@ -104,13 +119,18 @@
 //!
 //! **Switches for measurement** ([`UringOptions`], hidden command-line flags
 //! `--uring-no-multishot-recv`, `--uring-no-buf-ring`,
-//! `--uring-no-defer-taskrun`, `--uring-no-batch`, `--uring-buffers N`):
+//! `--uring-no-defer-taskrun`, `--uring-no-batch`, `--uring-buffers N`,
+//! `--uring-ring-entries N`, and from issue 15 `--uring-no-ring-fd`,
+//! `--uring-no-sqarray`, `--uring-no-min-wait` (with `--uring-min-wait-us N`
+//! to tune it), `--uring-no-bundle`, `--uring-no-incremental`):
 //! each turns one technique off so its contribution can be measured. Without
 //! multishot, a single-shot receive still selects a provided buffer and is
 //! armed only while the connection waits for a request; without the buffer
 //! ring, each connection receives into its own 4 KiB buffer (single-shot,
 //! as multishot receive needs provided buffers); without batching, each
-//! response goes out in its own send.
+//! response goes out in its own send. The issue 15 techniques need kernels
+//! newer than the engine's 6.1 floor; each is turned off by itself where
+//! the kernel lacks it (see [`probe`]), so none makes the engine refuse.
 
 mod buffers;
 mod conn;
