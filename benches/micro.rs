@@ -37,25 +37,9 @@ use ringserve::http::response::PieceRef;
 use ringserve::http::target::normalize_target;
 use ringserve::http::{Limits, Next, Output, Session};
 
-use support::{PATH_1KIB, PATH_1MIB, PATH_16KIB, PATH_INDEX, PATH_STYLESHEET, bench_snapshot};
-
-const MINIMAL_GET: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
-
-/// What Firefox sends for a stylesheet: 12 fields, about 470 bytes.
-const BROWSER_GET: &[u8] = b"GET /assets/css/site.css HTTP/1.1\r\n\
-Host: localhost:8080\r\n\
-User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n\
-Accept: text/css,*/*;q=0.1\r\n\
-Accept-Language: en-US,en;q=0.5\r\n\
-Accept-Encoding: gzip, deflate, br, zstd\r\n\
-Referer: http://localhost:8080/\r\n\
-Connection: keep-alive\r\n\
-Cookie: session=8f2c1e0b9a7d4c3e; theme=dark; consent=necessary%2Canalytics\r\n\
-Sec-Fetch-Dest: style\r\n\
-Sec-Fetch-Mode: no-cors\r\n\
-Sec-Fetch-Site: same-origin\r\n\
-Priority: u=2\r\n\
-\r\n";
+use support::{
+    BROWSER_GET, MINIMAL_GET, PATH_1KIB, PATH_1MIB, PATH_16KIB, PATH_INDEX, PATH_STYLESHEET, bench_snapshot,
+};
 
 const PIPELINE_DEPTH: usize = 16;
 

@@ -12,104 +12,29 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ringserve::engine::{EngineKind, ServerConfig};
 use ringserve::files::LoadOptions;
+use support::process::ServerProcess;
 use support::{RawClient, TempSite, TestServer, for_each_engine, pattern_bytes, request};
 
-/// The `ringserve` binary, stopped (by PID) on drop.
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
+/// The `ringserve` binary on `root` with `extra` arguments.
+fn start_server(engine: EngineKind, root: &Path, extra: &[&str]) -> ServerProcess {
+    start_server_with_stderr(engine, root, extra, Stdio::inherit())
 }
 
-impl ServerProcess {
-    fn start(engine: EngineKind, root: &Path, extra: &[&str]) -> ServerProcess {
-        ServerProcess::start_with_stderr(engine, root, extra, Stdio::inherit())
-    }
-
-    /// Like [`ServerProcess::start`], with the server's stderr going to `stderr`.
-    fn start_with_stderr(engine: EngineKind, root: &Path, extra: &[&str], stderr: Stdio) -> ServerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringserve"))
-            .args([
-                "--root",
-                root.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-                "--workers",
-                "1",
-            ])
-            .args(["--engine", engine.name(), "--no-pin"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("the ringserve binary starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|addr| addr.parse().ok());
-        let Some(addr) = addr else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("unexpected start line: {line:?}");
-        };
-        ServerProcess { child, addr }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
-    fn status_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("{field} in /proc status"))
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) reads no memory of ours; the PID is our own child,
-        // not yet reaped (we reap it only in drop).
-        let rc = unsafe { libc::kill(self.pid(), signal) };
-        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        // SAFETY: as in `signal`: our own, unreaped child.
-        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Like [`start_server`], with the server's stderr going to `stderr`.
+fn start_server_with_stderr(engine: EngineKind, root: &Path, extra: &[&str], stderr: Stdio) -> ServerProcess {
+    let mut command = ServerProcess::command(engine, root);
+    command.args(extra).stderr(stderr);
+    ServerProcess::spawn(command, "http")
 }
 
 /// A GET of `path` with extra header `fields` on `client`.
@@ -294,7 +219,7 @@ fn a_large_file_streams_intact_with_flat_memory_on_every_engine() {
     let path = site.path().join("large.bin");
     write_marked_sparse_file(&path, mib << 20);
     for_each_engine(|engine| {
-        let server = ServerProcess::start(engine, site.path(), &["--max-cached-file", "4M"]);
+        let server = start_server(engine, site.path(), &["--max-cached-file", "4M"]);
         let rss_before = server.status_kib("VmRSS");
         let started = Instant::now();
         // Compare on the fly: nothing of the size of the file is held anywhere.
@@ -355,12 +280,12 @@ fn reload_under_load_serves_whole_old_or_whole_new_content_on_every_engine() {
     };
     for_each_engine(|engine| {
         write_version(VERSIONS[0]);
-        let server = ServerProcess::start(engine, site.path(), &["--max-cached-file", "100K"]);
+        let server = start_server(engine, site.path(), &["--max-cached-file", "100K"]);
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
         let clients: Vec<_> = (0..3)
             .map(|i| {
-                let (stop, served, addr) = (Arc::clone(&stop), Arc::clone(&served), server.addr);
+                let (stop, served, addr) = (Arc::clone(&stop), Arc::clone(&served), server.addr());
                 std::thread::spawn(move || {
                     let mut client = RawClient::connect(addr);
                     let mut count = 0;
@@ -385,7 +310,7 @@ fn reload_under_load_serves_whole_old_or_whole_new_content_on_every_engine() {
                 })
             })
             .collect();
-        let mut probe = RawClient::connect(server.addr);
+        let mut probe = RawClient::connect(server.addr());
         for reload in 1..=RELOADS {
             std::thread::sleep(Duration::from_millis(150));
             let version = VERSIONS[reload % 2];
@@ -440,8 +365,8 @@ fn memory_budget_and_failed_reloads_are_reported_and_the_old_snapshot_kept() {
     for_each_engine(|engine| {
         let log = std::fs::File::create(&budget_log).unwrap();
         let extra = ["--memory-budget", "4K"];
-        let server = ServerProcess::start_with_stderr(engine, site.path(), &extra, Stdio::from(log));
-        let mut client = RawClient::connect(server.addr);
+        let server = start_server_with_stderr(engine, site.path(), &extra, Stdio::from(log));
+        let mut client = RawClient::connect(server.addr());
         let response = get(&mut client, "/a.bin", "");
         assert_eq!((response.status, response.body.len()), (200, 10_000));
         let stderr = std::fs::read_to_string(&budget_log).unwrap();
@@ -466,8 +391,8 @@ fn memory_budget_and_failed_reloads_are_reported_and_the_old_snapshot_kept() {
         std::fs::write(&config, "cache_control = \"max-age=60\"\n").unwrap();
         let log = std::fs::File::create(&log_path).unwrap();
         let extra = ["--config", config.to_str().unwrap()];
-        let server = ServerProcess::start_with_stderr(engine, site.path(), &extra, Stdio::from(log));
-        let mut client = RawClient::connect(server.addr);
+        let server = start_server_with_stderr(engine, site.path(), &extra, Stdio::from(log));
+        let mut client = RawClient::connect(server.addr());
         let before = get(&mut client, "/a.bin", "");
         assert_eq!(before.expect_header("Cache-Control"), "max-age=60");
 
@@ -539,8 +464,8 @@ fn identity_is_served_during_the_background_stage_and_the_variant_after_it_on_ev
         let log = std::fs::File::create(&log_path).unwrap();
         // The background stage is held back until the first reload request.
         let extra = ["--test-variants-delay-ms", "600000"];
-        let server = ServerProcess::start_with_stderr(engine, site.path(), &extra, Stdio::from(log));
-        let mut client = RawClient::connect(server.addr);
+        let server = start_server_with_stderr(engine, site.path(), &extra, Stdio::from(log));
+        let mut client = RawClient::connect(server.addr());
         let during = get(&mut client, "/app.js", "Accept-Encoding: gzip, br\r\n");
         assert_eq!(during.status, 200);
         assert_eq!(
@@ -600,11 +525,11 @@ fn a_reload_during_the_background_stage_exposes_no_half_built_snapshot_on_every_
         write_version("old");
         let log = std::fs::File::create(&log_path).unwrap();
         let extra = ["--test-variants-delay-ms", "600000"];
-        let server = ServerProcess::start_with_stderr(engine, site.path(), &extra, Stdio::from(log));
+        let server = start_server_with_stderr(engine, site.path(), &extra, Stdio::from(log));
         let stop = Arc::new(AtomicBool::new(false));
         let clients: Vec<_> = (0..3)
             .map(|i| {
-                let (stop, addr) = (Arc::clone(&stop), server.addr);
+                let (stop, addr) = (Arc::clone(&stop), server.addr());
                 std::thread::spawn(move || {
                     let mut client = RawClient::connect(addr);
                     let mut seen_new = [false; 3];
@@ -646,7 +571,7 @@ fn a_reload_during_the_background_stage_exposes_no_half_built_snapshot_on_every_
                 panic!("a client failed: {}", support::panic_message(panic.as_ref()))
             });
         }
-        let mut client = RawClient::connect(server.addr);
+        let mut client = RawClient::connect(server.addr());
         for name in names {
             let response = get(&mut client, &format!("/{name}"), "Accept-Encoding: gzip\r\n");
             assert_eq!(response.header("Content-Encoding"), Some("gzip"), "{name}");
@@ -671,9 +596,9 @@ fn reloads_of_an_unchanged_tree_do_not_grow_memory_on_every_engine() {
     let log_path = site.path().with_extension("rss.log");
     for_each_engine(|engine| {
         let log = std::fs::File::create(&log_path).unwrap();
-        let server = ServerProcess::start_with_stderr(engine, site.path(), &[], Stdio::from(log));
+        let server = start_server_with_stderr(engine, site.path(), &[], Stdio::from(log));
         // Serve once, so that every worker holds the snapshot, then stay idle.
-        let mut client = RawClient::connect(server.addr);
+        let mut client = RawClient::connect(server.addr());
         assert_eq!(get(&mut client, "/d0/f0.bin", "").status, 200);
         drop(client);
         std::thread::sleep(Duration::from_millis(1500));

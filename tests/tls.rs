@@ -11,7 +11,7 @@ mod support;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -21,6 +21,7 @@ use ringserve::files::LoadOptions;
 use ringserve::tls::{CertPaths, TlsHandle, certs::load_cert};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
+use support::process::ServerProcess;
 use support::{IO_TIMEOUT, TempSite, TestServer, for_each_engine, static_root};
 
 /// A CA and a server certificate it signed (for `localhost` and
@@ -576,78 +577,17 @@ fn a_partial_head_after_the_handshake_gets_a_408_over_tls() {
 
 // ---- the binary ----
 
-/// The `ringserve` binary serving HTTPS; killed on drop.
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl ServerProcess {
-    fn start(engine: EngineKind, root: &Path, pki: &Pki, extra: &[&str]) -> ServerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringserve"))
-            .args(["--root", root.to_str().unwrap(), "--workers", "1", "--no-pin"])
-            .args(["--engine", engine.name(), "--listen", "127.0.0.1:0"])
-            .arg("--tls-cert")
-            .arg(&pki.paths.cert)
-            .arg("--tls-key")
-            .arg(&pki.paths.key)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the ringserve binary starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .split("https://")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|addr| addr.trim_end_matches(',').parse().ok());
-        let Some(addr) = addr else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("unexpected start line: {line:?}");
-        };
-        ServerProcess { child, addr }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://127.0.0.1:{}{path}", self.addr.port())
-    }
-
-    fn status_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    }
-
-    fn open_descriptors(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .unwrap()
-            .count()
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) reads no memory of ours; the PID is our own child,
-        // not yet reaped.
-        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0);
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The `ringserve` binary serving HTTPS on `root` with `pki`'s certificate.
+fn start_server(engine: EngineKind, root: &Path, pki: &Pki, extra: &[&str]) -> ServerProcess {
+    let mut command = ServerProcess::command(engine, root);
+    command
+        .arg("--tls-cert")
+        .arg(&pki.paths.cert)
+        .arg("--tls-key")
+        .arg(&pki.paths.key)
+        .args(extra)
+        .stderr(Stdio::inherit());
+    ServerProcess::spawn(command, "https")
 }
 
 fn tool_available(tool: &str) -> bool {
@@ -664,7 +604,7 @@ fn curl_with_cacert_gets_the_book_over_http_1_1_on_every_engine() {
     assert!(tool_available("curl"), "curl is required (apt-get install curl)");
     let pki = make_pki("ringserve test CA", false);
     for_each_engine(|engine| {
-        let server = ServerProcess::start(engine, &static_root(), &pki, &[]);
+        let server = start_server(engine, &static_root(), &pki, &[]);
         let output = Command::new("curl")
             .args(["--silent", "--show-error", "--fail", "--max-time", "10"])
             .arg("--cacert")
@@ -722,12 +662,12 @@ fn openssl_s_client_tls_1_2_and_1_3_with_resumption_on_every_engine() {
     );
     let pki = make_pki("ringserve test CA", false);
     for_each_engine(|engine| {
-        let server = ServerProcess::start(engine, &static_root(), &pki, &[]);
+        let server = start_server(engine, &static_root(), &pki, &[]);
         let dir = TempSite::new();
         for (version, flag, name) in [("1.3", "-tls1_3", "TLSv1.3"), ("1.2", "-tls1_2", "TLSv1.2")] {
             let session = dir.path().join(format!("session-{version}.pem"));
             let session = session.to_str().unwrap();
-            let first = s_client(server.addr, &pki.ca_path, &[flag, "-sess_out", session]);
+            let first = s_client(server.addr(), &pki.ca_path, &[flag, "-sess_out", session]);
             assert!(
                 first.contains(&format!("Protocol  : {name}")) || first.contains(&format!("New, {name}")),
                 "{first}"
@@ -735,7 +675,7 @@ fn openssl_s_client_tls_1_2_and_1_3_with_resumption_on_every_engine() {
             assert!(first.contains("Verify return code: 0 (ok)"), "{first}");
             assert!(first.contains("HTTP/1.1 200 OK"), "{first}");
             assert!(first.contains("\"The Great Gatsby\""), "{first}");
-            let second = s_client(server.addr, &pki.ca_path, &[flag, "-sess_in", session]);
+            let second = s_client(server.addr(), &pki.ca_path, &[flag, "-sess_in", session]);
             assert!(
                 second.contains("Reused, "),
                 "TLS {version} session not resumed:\n{second}"
@@ -743,7 +683,7 @@ fn openssl_s_client_tls_1_2_and_1_3_with_resumption_on_every_engine() {
             assert!(second.contains("HTTP/1.1 200 OK"), "{second}");
         }
         // No TLS 1.1 or older.
-        let old = s_client(server.addr, &pki.ca_path, &["-tls1_1"]);
+        let old = s_client(server.addr(), &pki.ca_path, &["-tls1_1"]);
         assert!(!old.contains("HTTP/1.1 200 OK"), "TLS 1.1 was accepted:\n{old}");
     });
 }
@@ -769,7 +709,7 @@ fn a_256_mib_file_over_tls_is_intact_with_flat_memory_on_every_engine() {
         }
     }
     for_each_engine(|engine| {
-        let server = ServerProcess::start(engine, site.path(), &pki, &["--max-cached-file", "4M"]);
+        let server = start_server(engine, site.path(), &pki, &["--max-cached-file", "4M"]);
         let rss_before = server.status_kib("VmRSS");
         let compare = format!(
             "curl --silent --show-error --fail --max-time 300 --cacert '{}' '{}' | cmp - '{}'",
@@ -814,16 +754,19 @@ fn a_thousand_abandoned_handshakes_leave_descriptors_at_baseline_on_every_engine
     let config = client_config(&[&pki.ca_der]);
     support::ensure_fd_limit(4096);
     for_each_engine(|engine| {
-        let server = ServerProcess::start(engine, &static_root(), &pki, &["--head-timeout-ms", "1000"]);
+        let server = start_server(engine, &static_root(), &pki, &["--head-timeout-ms", "1000"]);
         // Warm up (lazy allocations, the first accept), then count.
-        assert_eq!(TlsClient::connect(server.addr, &config).get("/book").status, 200);
+        assert_eq!(
+            TlsClient::connect(server.addr(), &config).get("/book").status,
+            200
+        );
         std::thread::sleep(Duration::from_millis(200));
         let baseline = server.open_descriptors();
         // 1,000 clients that start a handshake (a partial ClientHello) and
         // vanish: half close, half just stay silent until cut.
         let mut held = Vec::new();
         for i in 0..1000 {
-            let mut stream = TcpStream::connect(server.addr).unwrap();
+            let mut stream = TcpStream::connect(server.addr()).unwrap();
             let _ = stream.write_all(&[0x16, 0x03, 0x01, 0x01, 0x00, 0x01]);
             if i % 2 == 0 {
                 held.push(stream);
@@ -837,7 +780,10 @@ fn a_thousand_abandoned_handshakes_leave_descriptors_at_baseline_on_every_engine
         }
         drop(held);
         assert!(open <= baseline, "{open} descriptors open, {baseline} before");
-        assert_eq!(TlsClient::connect(server.addr, &config).get("/book").status, 200);
+        assert_eq!(
+            TlsClient::connect(server.addr(), &config).get("/book").status,
+            200
+        );
     });
 }
 
@@ -851,8 +797,8 @@ fn sighup_swaps_the_certificate_under_load_on_every_engine() {
     for_each_engine(|engine| {
         std::fs::copy(&old.paths.cert, old.paths.cert.with_extension("orig")).unwrap();
         std::fs::copy(&old.paths.key, old.paths.key.with_extension("orig")).unwrap();
-        let server = ServerProcess::start(engine, &static_root(), &old, &[]);
-        let addr = server.addr;
+        let server = start_server(engine, &static_root(), &old, &[]);
+        let addr = server.addr();
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicUsize::new(0));
         let load: Vec<_> = (0..2)

@@ -12,10 +12,13 @@
 //!    reader (status line, CRLF-terminated fields, `Content-Length` body) that
 //!    splits pipelined responses exactly;
 //! 4. [`Expected`]: what a response must be, field by field, built from the
-//!    files on disk, and [`Response::assert_matches`] to check it.
+//!    files on disk, and [`Response::assert_matches`] to check it;
+//! 5. [`process::ServerProcess`]: the real binary as a child process.
 //!
 //! Each test crate uses a different part of this module.
 #![allow(dead_code)]
+
+pub mod process;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
