@@ -441,12 +441,12 @@ impl Driver {
             ),
             _ => e,
         })?;
-        // A kernel before 6.12 ignores the minimum wait (the field was
-        // padding) and would wait for the whole batch: batch only if it
-        // says it knows the field.
         // Bundles need 6.10; without them a receive takes one buffer.
         let bundle =
             options.bundle && mode == RecvMode::Multishot && ring.params().is_feature_recvsend_bundle();
+        // A kernel before 6.12 ignores the minimum wait (the field was
+        // padding) and would wait for the whole batch: batch only if it
+        // says it knows the field.
         let min_wait_usec = (options.min_wait && ring.params().is_feature_min_timeout())
             .then_some(options.min_wait_usec.max(1));
         let buffers = match mode {
