@@ -274,12 +274,14 @@ pub struct Cli {
     #[arg(long, hide = true, default_value_t = DEFAULT_RING_ENTRIES,
           value_parser = clap::value_parser!(u32).range(8..=32768))]
     pub uring_ring_entries: u32,
-    /// uring: enter the ring by its descriptor, not a registered index.
+    /// uring: register the ring's descriptor (IORING_REGISTER_RING_FDS);
+    /// off by default: no measurable gain.
     #[arg(long, hide = true)]
-    pub uring_no_ring_fd: bool,
-    /// uring: keep the submission queue's index array (no IORING_SETUP_NO_SQARRAY).
+    pub uring_register_ring_fd: bool,
+    /// uring: no submission queue index array (IORING_SETUP_NO_SQARRAY);
+    /// off by default: no measurable gain.
     #[arg(long, hide = true)]
-    pub uring_no_sqarray: bool,
+    pub uring_setup_no_sqarray: bool,
     /// uring: always return at the first completion (no batched min-wait enter).
     #[arg(long, hide = true)]
     pub uring_no_min_wait: bool,
@@ -287,12 +289,14 @@ pub struct Cli {
     #[arg(long, hide = true, default_value_t = DEFAULT_MIN_WAIT_USEC,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub uring_min_wait_us: u32,
-    /// uring: one buffer per receive completion (no receive bundles).
+    /// uring: multishot receives as bundles (IORING_RECVSEND_BUNDLE);
+    /// off by default: no measurable gain.
     #[arg(long, hide = true)]
-    pub uring_no_bundle: bool,
-    /// uring: each receive takes a whole buffer (no IOU_PBUF_RING_INC).
+    pub uring_recv_bundle: bool,
+    /// uring: incremental buffer consumption (IOU_PBUF_RING_INC); off by
+    /// default: no measurable gain.
     #[arg(long, hide = true)]
-    pub uring_no_incremental: bool,
+    pub uring_buf_ring_inc: bool,
 
     /// Tests only: worker 0 fails as if its event loop had broken once it has
     /// accepted N connections (the server must then stop and exit 1).
@@ -533,12 +537,12 @@ impl Cli {
                 batch_sends: !self.uring_no_batch,
                 buffers: self.uring_buffers,
                 ring_entries: self.uring_ring_entries,
-                ring_fd: !self.uring_no_ring_fd,
-                no_sqarray: !self.uring_no_sqarray,
+                ring_fd: self.uring_register_ring_fd,
+                no_sqarray: self.uring_setup_no_sqarray,
                 min_wait: !self.uring_no_min_wait,
                 min_wait_usec: self.uring_min_wait_us,
-                bundle: !self.uring_no_bundle,
-                incremental: !self.uring_no_incremental,
+                bundle: self.uring_recv_bundle,
+                incremental: self.uring_buf_ring_inc,
             },
             inherited_listener: None,
         }
@@ -586,11 +590,11 @@ mod tests {
             "--uring-no-buf-ring",
             "--uring-no-defer-taskrun",
             "--uring-no-batch",
-            "--uring-no-ring-fd",
-            "--uring-no-sqarray",
+            "--uring-register-ring-fd",
+            "--uring-setup-no-sqarray",
             "--uring-no-min-wait",
-            "--uring-no-bundle",
-            "--uring-no-incremental",
+            "--uring-recv-bundle",
+            "--uring-buf-ring-inc",
             "--uring-min-wait-us",
             "20",
             "--uring-buffers",
@@ -601,8 +605,8 @@ mod tests {
         assert!(
             !options.multishot_recv && !options.buffer_ring && !options.defer_taskrun && !options.batch_sends
         );
-        assert!(!options.ring_fd && !options.no_sqarray && !options.min_wait);
-        assert!(!options.bundle && !options.incremental);
+        assert!(options.ring_fd && options.no_sqarray && !options.min_wait);
+        assert!(options.bundle && options.incremental);
         assert_eq!(options.min_wait_usec, 20);
         assert_eq!(options.buffers, 64);
         assert!(Cli::try_parse_from(["ringserve", "--uring-buffers", "100"]).is_err());

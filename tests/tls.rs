@@ -276,13 +276,21 @@ fn uring_switches_serve_pipelined_large_heads_over_tls() {
     site.write("mid.bin", &mid)
         .write("small.txt", b"0123456789abcdef");
     let all = UringOptions::default();
+    let every = UringOptions {
+        ring_fd: true,
+        no_sqarray: true,
+        bundle: true,
+        incremental: true,
+        ..all
+    };
     let variants = [
         ("default", all),
-        ("no-bundle", UringOptions { bundle: false, ..all }),
+        ("every-issue-15-technique", every),
+        ("bundle", UringOptions { bundle: true, ..all }),
         (
-            "no-incremental",
+            "incremental",
             UringOptions {
-                incremental: false,
+                incremental: true,
                 ..all
             },
         ),
@@ -293,17 +301,11 @@ fn uring_switches_serve_pipelined_large_heads_over_tls() {
                 ..all
             },
         ),
-        (
-            "no-ring-fd",
-            UringOptions {
-                ring_fd: false,
-                ..all
-            },
-        ),
+        ("ring-fd", UringOptions { ring_fd: true, ..all }),
         (
             "no-sqarray",
             UringOptions {
-                no_sqarray: false,
+                no_sqarray: true,
                 ..all
             },
         ),

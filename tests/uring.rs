@@ -193,46 +193,40 @@ fn uring_variants(all: UringOptions) -> Vec<(&'static str, UringOptions)> {
             },
         ),
         (
-            "no-ring-fd",
-            UringOptions {
-                ring_fd: false,
-                ..all
-            },
-        ),
-        (
-            "no-sqarray",
-            UringOptions {
-                no_sqarray: false,
-                ..all
-            },
-        ),
-        (
             "no-min-wait",
             UringOptions {
                 min_wait: false,
                 ..all
             },
         ),
-        ("no-bundle", UringOptions { bundle: false, ..all }),
+        ("ring-fd", UringOptions { ring_fd: true, ..all }),
         (
-            "no-incremental",
+            "no-sqarray",
             UringOptions {
-                incremental: false,
+                no_sqarray: true,
                 ..all
             },
         ),
-        ("no-issue-15-technique", without_issue_15_techniques(all)),
+        ("bundle", UringOptions { bundle: true, ..all }),
+        (
+            "incremental",
+            UringOptions {
+                incremental: true,
+                ..all
+            },
+        ),
+        ("every-issue-15-technique", with_issue_15_techniques(all)),
     ]
 }
 
-/// The engine as it was before issue 15's switches (each of them off).
-fn without_issue_15_techniques(all: UringOptions) -> UringOptions {
+/// Every technique of issue 15 on, including those off by default.
+fn with_issue_15_techniques(all: UringOptions) -> UringOptions {
     UringOptions {
-        ring_fd: false,
-        no_sqarray: false,
-        min_wait: false,
-        bundle: false,
-        incremental: false,
+        ring_fd: true,
+        no_sqarray: true,
+        min_wait: true,
+        bundle: true,
+        incremental: true,
         ..all
     }
 }
@@ -452,7 +446,7 @@ fn an_empty_buffer_ring_loses_no_request() {
         multishot_recv: false,
         ..all
     };
-    for options in [all, without_issue_15_techniques(all), single] {
+    for options in [all, with_issue_15_techniques(all), single] {
         let (server, site) = start(&config(options));
         let addr = server.local_addr();
         let site = Arc::new(site);

@@ -10,10 +10,7 @@
 //!    produced only when the loop asks for them, on its own thread, without
 //!    interrupts. Each loop iteration makes one `io_uring_enter`
 //!    ([`Ring::enter`]: submit everything queued and wait for at least one
-//!    completion), then handles every completion that is ready. The enter
-//!    names the ring by its index in the thread's registered-ring table
-//!    (`IORING_REGISTER_RING_FDS`: no descriptor lookup per call), and the
-//!    submission queue has no index array (`IORING_SETUP_NO_SQARRAY`, 6.6).
+//!    completion), then handles every completion that is ready.
 //!    After a busy iteration (at least `BUSY_BATCH` completions) the enter
 //!    asks for as many completions again with a *minimum wait*
 //!    ([`ring::Wait::Batch`], 6.12): the kernel holds them back at most
@@ -39,12 +36,7 @@
 //!    idle connection owns no receive buffer; the kernel picks one when data
 //!    arrives, the request is parsed straight out of it, and it goes back to
 //!    the ring at once. A head that spans buffers is copied into the
-//!    connection's small `carry` ([`conn`]). Receives are *bundles*
-//!    (`IORING_RECVSEND_BUNDLE`, 6.10): one completion hands over all the
-//!    data ready, over several buffers, each read in turn; and buffers are
-//!    consumed *incrementally* (`IOU_PBUF_RING_INC`, 6.12): small receives
-//!    fill one buffer one after the other instead of taking a whole 4 KiB
-//!    buffer each ([`buffers`] keeps the accounting). When the ring runs dry the
+//!    connection's small `carry` ([`conn`]). When the ring runs dry the
 //!    receive ends with `ENOBUFS`; the data stays in the socket, and the
 //!    connection waits in a starved queue from which a bounded number are
 //!    re-armed per iteration (re-arming while the ring is empty fails again
@@ -119,18 +111,34 @@
 //!
 //! **Switches for measurement** ([`UringOptions`], hidden command-line flags
 //! `--uring-no-multishot-recv`, `--uring-no-buf-ring`,
-//! `--uring-no-defer-taskrun`, `--uring-no-batch`, `--uring-buffers N`,
-//! `--uring-ring-entries N`, and from issue 15 `--uring-no-ring-fd`,
-//! `--uring-no-sqarray`, `--uring-no-min-wait` (with `--uring-min-wait-us N`
-//! to tune it), `--uring-no-bundle`, `--uring-no-incremental`):
+//! `--uring-no-defer-taskrun`, `--uring-no-batch`, `--uring-no-min-wait`
+//! (and `--uring-min-wait-us N` to tune it), `--uring-buffers N`,
+//! `--uring-ring-entries N`):
 //! each turns one technique off so its contribution can be measured. Without
 //! multishot, a single-shot receive still selects a provided buffer and is
 //! armed only while the connection waits for a request; without the buffer
 //! ring, each connection receives into its own 4 KiB buffer (single-shot,
 //! as multishot receive needs provided buffers); without batching, each
-//! response goes out in its own send. The issue 15 techniques need kernels
-//! newer than the engine's 6.1 floor; each is turned off by itself where
-//! the kernel lacks it (see [`probe`]), so none makes the engine refuse.
+//! response goes out in its own send.
+//!
+//! **Measured and left off** (issue 15: no gain measurable on this kind of
+//! machine, paired runs; kept, tested on and off, behind on-switches):
+//! - `--uring-register-ring-fd`: the ring's descriptor in the thread's
+//!   registered-ring table (`IORING_REGISTER_RING_FDS`), so an enter skips
+//!   the descriptor lookup ([`ring`] makes the enter itself for this);
+//! - `--uring-setup-no-sqarray`: no submission queue index array
+//!   (`IORING_SETUP_NO_SQARRAY`, 6.6);
+//! - `--uring-recv-bundle`: multishot receives as *bundles*
+//!   (`IORING_RECVSEND_BUNDLE`, 6.10): one completion hands over all the data
+//!   ready, over several buffers, each read in turn;
+//! - `--uring-buf-ring-inc`: buffers consumed *incrementally*
+//!   (`IOU_PBUF_RING_INC`, 6.12): small receives fill one buffer one after
+//!   the other instead of taking a whole 4 KiB buffer each ([`buffers`]
+//!   keeps the accounting for both).
+//!
+//! These and the minimum wait need kernels newer than the engine's 6.1
+//! floor; each is turned off by itself where the kernel lacks it (see
+//! [`probe`]), so none makes the engine refuse.
 
 mod buffers;
 mod conn;
@@ -200,8 +208,10 @@ pub const DEFAULT_MIN_WAIT_USEC: u32 = 50;
 /// connection, a few) the enter returns at the first completion.
 const BUSY_BATCH: usize = 8;
 
-/// Which io_uring techniques the engine uses. All on by default; each
-/// switch exists to measure what the technique contributes.
+/// Which io_uring techniques the engine uses; each switch exists to measure
+/// what the technique contributes. On by default are those that measurably
+/// help (issue 15: the registered ring descriptor, NO_SQARRAY, receive
+/// bundles and incremental consumption did not, and are off).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UringOptions {
     /// Multishot receive (needs `buffer_ring`).
@@ -244,12 +254,12 @@ impl Default for UringOptions {
             batch_sends: true,
             buffers: DEFAULT_BUFFERS,
             ring_entries: DEFAULT_RING_ENTRIES,
-            ring_fd: true,
-            no_sqarray: true,
+            ring_fd: false,
+            no_sqarray: false,
             min_wait: true,
             min_wait_usec: DEFAULT_MIN_WAIT_USEC,
-            bundle: true,
-            incremental: true,
+            bundle: false,
+            incremental: false,
         }
     }
 }

@@ -17,8 +17,9 @@
 //! registration only on the `Submitter` that made it, and a `Submitter`
 //! borrows the `IoUring`, so keeping it next to the ring would make [`Ring`]
 //! self-referential; two raw syscalls (register, enter) on a stable ABI are
-//! simpler to audit. The registration is undone when the ring drops. If the
-//! kernel refuses it (or `--uring-no-ring-fd`), enters name the descriptor.
+//! simpler to audit. The registration is undone when the ring drops. Unless
+//! `--uring-register-ring-fd` (measured: no gain), or if the kernel refuses
+//! it, enters name the descriptor.
 //!
 //! **Batching the wait** ([`Wait::Batch`], `--uring-no-min-wait`): when the
 //! last iteration was busy, the enter asks for as many completions as it
