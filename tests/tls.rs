@@ -279,6 +279,7 @@ fn uring_switches_serve_pipelined_large_heads_over_tls() {
     let every = UringOptions {
         ring_fd: true,
         no_sqarray: true,
+        min_wait: true,
         bundle: true,
         incremental: true,
         ..all
@@ -295,9 +296,9 @@ fn uring_switches_serve_pipelined_large_heads_over_tls() {
             },
         ),
         (
-            "no-min-wait",
+            "min-wait",
             UringOptions {
-                min_wait: false,
+                min_wait: true,
                 ..all
             },
         ),

@@ -193,9 +193,9 @@ fn uring_variants(all: UringOptions) -> Vec<(&'static str, UringOptions)> {
             },
         ),
         (
-            "no-min-wait",
+            "min-wait",
             UringOptions {
-                min_wait: false,
+                min_wait: true,
                 ..all
             },
         ),

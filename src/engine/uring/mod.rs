@@ -11,13 +11,6 @@
 //!    interrupts. Each loop iteration makes one `io_uring_enter`
 //!    ([`Ring::enter`]: submit everything queued and wait for at least one
 //!    completion), then handles every completion that is ready.
-//!    After a busy iteration (at least `BUSY_BATCH` completions) the enter
-//!    asks for as many completions again with a *minimum wait*
-//!    ([`ring::Wait::Batch`], 6.12): the kernel holds them back at most
-//!    [`DEFAULT_MIN_WAIT_USEC`] µs to hand over a larger batch, then returns
-//!    at the first one; an idle or lightly loaded worker never waits for a
-//!    batch, and no completion (a deadline, the stop signal) waits longer
-//!    than the minimum wait.
 //! 2. **Multishot accept** on each of the worker's `SO_REUSEPORT` listeners
 //!    (one per configured address; each completion names its listener, and
 //!    so whether the connection speaks HTTP or HTTPS) (armed
@@ -111,8 +104,7 @@
 //!
 //! **Switches for measurement** ([`UringOptions`], hidden command-line flags
 //! `--uring-no-multishot-recv`, `--uring-no-buf-ring`,
-//! `--uring-no-defer-taskrun`, `--uring-no-batch`, `--uring-no-min-wait`
-//! (and `--uring-min-wait-us N` to tune it), `--uring-buffers N`,
+//! `--uring-no-defer-taskrun`, `--uring-no-batch`, `--uring-buffers N`,
 //! `--uring-ring-entries N`):
 //! each turns one technique off so its contribution can be measured. Without
 //! multishot, a single-shot receive still selects a provided buffer and is
@@ -122,7 +114,18 @@
 //! response goes out in its own send.
 //!
 //! **Measured and left off** (issue 15: no gain measurable on this kind of
-//! machine, paired runs; kept, tested on and off, behind on-switches):
+//! machine in paired runs, or a cost; kept, tested on and off, behind
+//! on-switches):
+//! - `--uring-min-wait` (with `--uring-min-wait-us N`, default
+//!   [`DEFAULT_MIN_WAIT_USEC`]): after a busy iteration (at least
+//!   `BUSY_BATCH` completions) the enter asks for as many completions again
+//!   with a *minimum wait* ([`ring::Wait::Batch`], 6.12): the kernel holds
+//!   them back at most that long to hand over a larger batch, then returns
+//!   at the first one; an idle or lightly loaded worker never waits for a
+//!   batch, and no completion (a deadline, the stop signal) waits longer
+//!   than the minimum wait. It cuts enters 2.5–5× (keep-alive c64: about
+//!   0.04 syscalls per request instead of 0.13–0.21) but cost 4–8% more CPU
+//!   per request in three paired runs;
 //! - `--uring-register-ring-fd`: the ring's descriptor in the thread's
 //!   registered-ring table (`IORING_REGISTER_RING_FDS`), so an enter skips
 //!   the descriptor lookup ([`ring`] makes the enter itself for this);
@@ -211,7 +214,8 @@ const BUSY_BATCH: usize = 8;
 /// Which io_uring techniques the engine uses; each switch exists to measure
 /// what the technique contributes. On by default are those that measurably
 /// help (issue 15: the registered ring descriptor, NO_SQARRAY, receive
-/// bundles and incremental consumption did not, and are off).
+/// bundles and incremental consumption did not, and the minimum wait cost
+/// CPU; they are off).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UringOptions {
     /// Multishot receive (needs `buffer_ring`).
@@ -256,7 +260,7 @@ impl Default for UringOptions {
             ring_entries: DEFAULT_RING_ENTRIES,
             ring_fd: false,
             no_sqarray: false,
-            min_wait: true,
+            min_wait: false,
             min_wait_usec: DEFAULT_MIN_WAIT_USEC,
             bundle: false,
             incremental: false,

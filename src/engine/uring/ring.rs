@@ -21,7 +21,8 @@
 //! `--uring-register-ring-fd` (measured: no gain), or if the kernel refuses
 //! it, enters name the descriptor.
 //!
-//! **Batching the wait** ([`Wait::Batch`], `--uring-no-min-wait`): when the
+//! **Batching the wait** ([`Wait::Batch`], `--uring-min-wait`, off by
+//! default: it costs more CPU than the syscalls it saves): when the
 //! last iteration was busy, the enter asks for as many completions as it
 //! handled, with a *minimum wait* (`min_wait_usec`, Linux 6.12): the kernel
 //! waits at most that long for the batch, then returns as soon as there is
