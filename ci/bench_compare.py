@@ -4,11 +4,17 @@
 What it does, in order:
  1. installs what is missing (Debian's wrk, nginx, linux-perf; one
     `apt-get update` first);
- 2. builds ringserve in release mode;
+ 2. builds ringserve in release mode, and the floor servers
+    (cargo build --release --bench floor);
  3. writes the test files (1 KiB, 16 KiB, 1 MiB) into a temporary docroot;
  4. starts every ringserve engine the binary accepts (tries each name in
-    CANDIDATE_ENGINES, says which it skipped and why) and an nginx configured
-    as a fair, tuned peer, each pinned to CPU 0 with one worker. The engines
+    CANDIDATE_ENGINES, says which it skipped and why), each --variant (an
+    engine with extra switches, reported against that engine), an nginx
+    configured as a fair, tuned peer, and the two floor servers
+    (benches/floor.rs: floor-uring, floor-epoll, a fixed precomputed
+    response per file, the least CPU per request each I/O model allows;
+    every server's CPU per request is also given as a ratio to its model's
+    floor), each pinned to CPU 0 with one worker (--servers picks which). The engines
     come in two pairs that differ only in the I/O model (PAIRS): the
     hand-built loops `uring` and `epoll`, and the runtimes `tokio-uring` and
     `tokio`; the report gives both pairs' ratios and each engine against
@@ -76,6 +82,12 @@ CANDIDATE_ENGINES = ["uring", "epoll", "tokio-uring", "tokio"]
 PAIRS = [("uring", "epoll"), ("tokio-uring", "tokio")]
 TWIN = {a: b for a, b in PAIRS}
 NGINX = "nginx"
+# The fixed-response floor servers (benches/floor.rs), one per I/O model, and
+# the floor each server is measured against.
+FLOOR_URING, FLOOR_EPOLL = "floor-uring", "floor-epoll"
+FLOORS = {FLOOR_URING: "uring", FLOOR_EPOLL: "epoll"}
+FLOOR_OF = {"uring": FLOOR_URING, "tokio-uring": FLOOR_URING,
+            "epoll": FLOOR_EPOLL, "tokio": FLOOR_EPOLL, NGINX: FLOOR_EPOLL}
 SERVER_CPU = 0
 # Debian package that provides each tool.
 PACKAGES = {"wrk": "wrk", "nginx": "nginx", "perf": "linux-perf"}
@@ -322,6 +334,29 @@ def build_ringserve(procs: Processes) -> Path:
     return binary
 
 
+def build_floor(procs: Processes) -> Path:
+    """Builds the floor servers (`cargo bench`'s `floor` target, release profile) and
+    returns the executable cargo reports."""
+    log("building the floor servers (cargo build --release --bench floor)")
+    code, out, err = procs.run(["cargo", "build", "--release", "--bench", "floor", "--message-format", "json"],
+                               timeout=1800, cwd=REPO)
+    if code != 0:
+        raise Abort(f"cargo build --release --bench floor failed:\n{err[-4000:]}")
+    for line in out.splitlines():
+        message = json.loads(line)
+        if message.get("reason") == "compiler-artifact" and message["target"]["name"] == "floor" \
+                and message.get("executable"):
+            return Path(message["executable"])
+    raise Abort("cargo build --bench floor named no executable")
+
+
+def built_floor(target_dir: Path) -> Path | None:
+    """With --skip-build: the newest floor executable already built (target/release/deps/floor-HASH)."""
+    found = [p for p in (target_dir / "release" / "deps").glob("floor-*")
+             if p.suffix == "" and os.access(p, os.X_OK)]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
 def make_docroot(workdir: Path) -> Path:
     """The test files, readable by nginx's unprivileged workers."""
     docroot = workdir / "www"
@@ -369,22 +404,35 @@ def pinned(cpus: str, cmd: list[str]) -> list[str]:
 
 
 def start_ringserve(procs: Processes, binary: Path, engine: str, docroot: Path, workdir: Path,
-                    server_cpus: str, instance: str = "", extra_args: tuple[str, ...] = ()) -> Server | str:
-    """Starts one engine (with `extra_args`, from --server-args); returns the Server, or why it
-    was skipped."""
-    out_path = workdir / f"ringserve-{engine}{instance}.out"
-    err_path = workdir / f"ringserve-{engine}{instance}.err"
+                    server_cpus: str, instance: str = "", extra_args: tuple[str, ...] = (),
+                    name: str = "") -> Server | str:
+    """Starts one engine (with `extra_args`: --server-args, and a --variant's own arguments)
+    under `name` (default: the engine's); returns the Server, or why it was skipped."""
+    name = name or engine
     cmd = pinned(server_cpus, [str(binary), "--engine", engine, "--workers", "1",
                                "--listen", "127.0.0.1:0", "--root", str(docroot), *extra_args]
                  + (["--tls-cert", str(TLS["cert"]), "--tls-key", str(TLS["key"])] if TLS else [])
                  + (["--tls-no-resumption"] if TLS and not TLS["resumption"] else []))
+    return start_listening(procs, name, cmd, workdir / f"ringserve-{name}{instance}")
+
+
+def start_floor(procs: Processes, binary: Path, name: str, docroot: Path, workdir: Path,
+                server_cpus: str, instance: str = "") -> Server | str:
+    """Starts one floor server (benches/floor.rs): `floor uring|epoll --root DOCROOT`."""
+    cmd = pinned(server_cpus, [str(binary), FLOORS[name], "--root", str(docroot), "--listen", "127.0.0.1:0"])
+    return start_listening(procs, name, cmd, workdir / f"{name}{instance}")
+
+
+def start_listening(procs: Processes, name: str, cmd: list[str], stem: Path) -> Server | str:
+    """Starts `cmd` and waits for its `listening on URL` line on stdout."""
+    out_path, err_path = Path(f"{stem}.out"), Path(f"{stem}.err")
     with open(out_path, "w") as out, open(err_path, "w") as err:
         proc = procs.start(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         match = re.search(rf"listening on {scheme()}://127\.0\.0\.1:(\d+)", out_path.read_text())
         if match:
-            return Server(engine, proc, int(match.group(1)), proc.pid)
+            return Server(name, proc, int(match.group(1)), proc.pid)
         if proc.poll() is not None:
             break
         time.sleep(0.05)
@@ -805,6 +853,13 @@ def write_report(out_dir: Path, meta: dict, servers: list[str], results: dict, i
               "(better); a req/s ratio above 1 means more requests per second.",
               f"- syscalls/req: {meta['syscall_note']}",
               "- RSS: the server's resident memory after the run (nginx: its worker process).",
+              "- **floor-uring / floor-epoll** (benches/floor.rs) answer every request with one precomputed "
+              "response and parse nothing but the end of each head: the least CPU per request a server on "
+              "that I/O model could spend here. **CPU vs floor** divides each server's CPU per request by its "
+              "model's floor (uring, tokio-uring and their variants: floor-uring; epoll, tokio, nginx: "
+              "floor-epoll), paired per round: 1.00 would be a server with no cost of its own.",
+              "- A **variant** (--variant NAME=ENGINE:ARGS) is ENGINE started with extra switches, measured in the "
+              "same rounds; its ratios to ENGINE are paired per round.",
               "- Latency is wrk's: measured by a client that is itself saturated, and including wrk's "
               "coordinated-omission correction; with pipelining it is per batch. n/a: wrk returned 0 for the "
               "percentile (a wrk quirk after that correction). Use it to spot stalls, not to rank servers.",
@@ -813,8 +868,9 @@ def write_report(out_dir: Path, meta: dict, servers: list[str], results: dict, i
               "for reasons outside the server.",
               ""]
     lines += ["## Main table", ""]
+    floor_of = meta.get("floor_of", {})
     header = ("| scenario | server | req/s | p50 ms | p99 ms | CPU µs/req | CPU vs nginx | CPU vs twin "
-              "| req/s vs nginx | syscalls/req | RSS MiB | errors |")
+              "| CPU vs floor | req/s vs nginx | syscalls/req | RSS MiB | errors |")
     lines += [header, "|---" * (header.count("|") - 1) + "|"]
     for s in scenarios:
         for name in servers:
@@ -839,11 +895,13 @@ def write_report(out_dir: Path, meta: dict, servers: list[str], results: dict, i
                 f"| {s.title} | {name} | {col('rps', 0)} | {fmt(median([r.get('p50_ms') for r in ok]), 2)} "
                 f"| {fmt(median([r.get('p99_ms') for r in ok]), 2)} | {col('cpu_us_per_req', 2)} "
                 f"| {ratio(NGINX, 'cpu_us_per_req')} | {ratio(TWIN.get(name, name), 'cpu_us_per_req')} "
-                f"| {ratio(NGINX, 'rps')} | {syscalls} "
+                f"| {ratio(floor_of.get(name, name), 'cpu_us_per_req')} | {ratio(NGINX, 'rps')} | {syscalls} "
                 f"| {fmt(rss / 1024 if rss else None, 1)} | {errors} |")
     lines.append("")
     lines += pair_table(scenarios, servers, results, idle, meta)
-    if idle:
+    lines += floor_table(scenarios, servers, results, meta)
+    lines += variant_table(scenarios, servers, results, meta)
+    if any(idle.values()):
         lines += ["## Idle keep-alive connections", "",
                   "Connections opened, one request each, then held; server RSS read before opening and "
                   "1 s after the last response.", "",
@@ -921,7 +979,63 @@ def pair_table(scenarios, servers, results, idle, meta) -> list[str]:
     return lines
 
 
-COLOURS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
+def paired_cell(results, name, reference, scenario, metric) -> str:
+    value, (low, high) = paired_ratio(results, name, reference, scenario, metric)
+    return "n/a" if value is None else f"{value:.2f} ({low:.2f}–{high:.2f})"
+
+
+def floor_table(scenarios, servers, results, meta) -> list[str]:
+    """The floors' own figures and every server's distance to its floor."""
+    floor_of = meta.get("floor_of", {})
+    floors = [f for f in FLOORS if f in servers]
+    others = [n for n in servers if n in floor_of]
+    if not floors:
+        return []
+    lines = ["## Distance to the floor", "",
+             "The floors' own CPU µs/req and syscalls/req (median over rounds), then each server's CPU per "
+             "request over its I/O model's floor (median of per-round ratios, min–max): how far the server is "
+             "from a loop with no HTTP work of its own.", ""]
+    head = ([f"{f} CPU µs/req" for f in floors] + [f"{f} syscalls/req" for f in floors]
+            + [f"{n} ÷ {floor_of[n]}" for n in others])
+    lines += ["| scenario | " + " | ".join(head) + " |", "|---" * (1 + len(head)) + "|"]
+    for s in scenarios:
+        ok = {f: [r for r in results[f].get(s.key, []) if "error" not in r] for f in floors}
+        cells = ([fmt(median([r.get("cpu_us_per_req") for r in ok[f]]), 2) for f in floors]
+                 + [fmt(median([r.get("syscalls_per_req") for r in ok[f]]), 2) for f in floors]
+                 + [paired_cell(results, n, floor_of[n], s.key, "cpu_us_per_req") for n in others])
+        lines.append(f"| {s.title} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def variant_table(scenarios, servers, results, meta) -> list[str]:
+    """Each --variant against its base engine, measured in the same rounds."""
+    base_of = meta.get("base_of", {})
+    if not base_of:
+        return []
+    lines = ["## Variants", "",
+             "Each variant is its base engine with extra switches (see Setup). CPU and req/s: median of "
+             "per-round ratios variant ÷ base (min–max); syscalls/req and p99: variant / base medians.", "",
+             "| scenario | variant | base | CPU µs/req | CPU ÷ base | req/s ÷ base | syscalls/req | p99 ms |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in scenarios:
+        for name, base in base_of.items():
+            mine = [r for r in results[name].get(s.key, []) if "error" not in r]
+            theirs = [r for r in results[base].get(s.key, []) if "error" not in r]
+
+            def both(metric, digits=2):
+                return (f"{fmt(median([r.get(metric) for r in mine]), digits)} / "
+                        f"{fmt(median([r.get(metric) for r in theirs]), digits)}")
+            lines.append(f"| {s.title} | {name} | {base} | {fmt_range([r.get('cpu_us_per_req') for r in mine], 2)} "
+                         f"| {paired_cell(results, name, base, s.key, 'cpu_us_per_req')} "
+                         f"| {paired_cell(results, name, base, s.key, 'rps')} "
+                         f"| {both('syscalls_per_req')} | {both('p99_ms')} |")
+    lines.append("")
+    return lines
+
+
+COLOURS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c",
+           "#ccb974", "#64b5cd"]
 
 
 def write_svg(out_dir: Path, meta: dict, servers: list[str], results: dict) -> Path:
@@ -939,7 +1053,7 @@ def write_svg(out_dir: Path, meta: dict, servers: list[str], results: dict) -> P
     title = f"ringserve vs nginx, {meta['date']}" + (" — SMOKE RUN" if meta["quick"] else "")
     ET.SubElement(svg, "text", x=str(left), y="20", **{"font-size": "15", "font-weight": "bold"}).text = title
     for i, name in enumerate(servers):
-        x = left + i * 130
+        x = left + i * 120
         ET.SubElement(svg, "rect", x=str(x), y="32", width="12", height="12", fill=COLOURS[i % len(COLOURS)])
         ET.SubElement(svg, "text", x=str(x + 16), y="42").text = name
     for row, (metric, label) in enumerate(metrics):
@@ -1025,9 +1139,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "does not touch the CPU figures), or not at all")
     parser.add_argument("--scenarios", help="comma-separated subset of: " + ",".join(s.key for s in SCENARIOS))
     parser.add_argument("--no-nginx", action="store_true", help="compare the ringserve engines only")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the floor servers (benches/floor.rs: floor-uring, floor-epoll), the fixed-"
+                             "response loops every server's CPU per request is divided by in the report "
+                             "(skipped anyway with --tls: they speak plain HTTP only)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=ENGINE:ARGS",
+                        help="also run ENGINE with ARGS (shell words, e.g. hidden switches) as a server called "
+                             "NAME, interleaved with the others and reported with paired ratios to ENGINE "
+                             "(which then runs too); repeatable, e.g. "
+                             "--variant uring-noringfd=uring:--uring-no-ring-fd")
+    parser.add_argument("--servers",
+                        help="comma-separated servers to run, from: " + ",".join(CANDIDATE_ENGINES + [NGINX, *FLOORS])
+                             + " (default: all); every --variant runs, and its base engine with it, e.g. "
+                               "--servers uring,floor-uring --variant ... for a short switch table")
     parser.add_argument("--out", type=Path, help="output directory (default bench-results/<date>[-quick])")
     parser.add_argument("--max-minutes", type=float, default=45, help="abort the whole run after this long")
-    parser.add_argument("--skip-build", action="store_true", help="use the existing release binary")
+    parser.add_argument("--skip-build", action="store_true",
+                        help="use the existing release binary (and the newest floor built in target/release/deps)")
     parser.add_argument("--tls-no-resumption", action="store_true",
                         help="with --tls: session resumption off in every server (no tickets, no cache), so "
                              "close-c64 is a full handshake per request (wrk resumes sessions otherwise)")
@@ -1046,6 +1174,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.idle_connections = 2000 if args.quick else 10000
     if args.rounds < 1 or args.duration < 1 or args.idle_connections < 0:
         parser.error("--rounds and --duration must be at least 1, --idle-connections at least 0")
+    if args.duration != int(args.duration):
+        parser.error("--duration must be whole seconds (wrk rejects fractions)")
+    builtin = CANDIDATE_ENGINES + [NGINX, *FLOORS]
+    args.variants = []
+    for text in args.variant:
+        name, _, rest = text.partition("=")
+        engine, _, extra = rest.partition(":")
+        if not name or not re.fullmatch(r"[A-Za-z0-9_.+-]+", name) or engine not in CANDIDATE_ENGINES:
+            parser.error(f"--variant {text!r}: want NAME=ENGINE:ARGS with ENGINE one of {', '.join(CANDIDATE_ENGINES)}")
+        if name in builtin or name in {v[0] for v in args.variants}:
+            parser.error(f"--variant {text!r}: the name {name} is taken")
+        args.variants.append((name, engine, tuple(shlex.split(extra))))
+    if args.servers:
+        args.servers = [n for n in args.servers.split(",") if n]
+        unknown = [n for n in args.servers if n not in builtin and n not in {v[0] for v in args.variants}]
+        if unknown:
+            parser.error(f"--servers: unknown server(s) {', '.join(unknown)}; known: {', '.join(builtin)}")
     return args
 
 
@@ -1079,10 +1224,32 @@ def main(argv: list[str]) -> int:
     workdir = None
     try:
         tools = ensure_tools(procs)
-        binary = (Path(json.loads(subprocess.run(
+        target_dir = Path(json.loads(subprocess.run(
             ["cargo", "metadata", "--no-deps", "--format-version", "1"], cwd=REPO, check=True,
-            capture_output=True, text=True).stdout)["target_directory"]) / "release" / "ringserve"
-            if args.skip_build else build_ringserve(procs))
+            capture_output=True, text=True).stdout)["target_directory"])
+        binary = target_dir / "release" / "ringserve" if args.skip_build else build_ringserve(procs)
+        wanted = set(args.servers or CANDIDATE_ENGINES + [NGINX, *FLOORS])
+        for _, engine, _ in args.variants:
+            if engine not in wanted:
+                log(f"--variant needs its base engine: running {engine} too")
+                wanted.add(engine)
+        if args.no_nginx:
+            wanted.discard(NGINX)
+        floors_wanted = [f for f in FLOORS if f in wanted and not args.no_floor]
+        floor_note = "not run" + (" (--no-floor)" if args.no_floor else "")
+        if floors_wanted and args.tls:
+            log("floor servers skipped: they speak plain HTTP only (--tls)")
+            floor_note, floors_wanted = "not run (--tls: the floors speak plain HTTP only)", []
+        floor_binary = None
+        if floors_wanted:
+            floor_binary = built_floor(target_dir) if args.skip_build else build_floor(procs)
+            if floor_binary is None:
+                log("floor servers skipped: no built floor executable (run once without --skip-build, "
+                    "or cargo build --release --bench floor)")
+                floor_note, floors_wanted = "not run (not built)", []
+            else:
+                floor_note = (f"{', '.join(floors_wanted)}: benches/floor.rs ({floor_binary.name}), one thread, "
+                              "a fixed precomputed response per file, no parsing beyond the end of each head")
         cpus = os.cpu_count() or 1
         if cpus >= 2:
             server_cpus, load_cpus = str(SERVER_CPU), ("1" if cpus == 2 else f"1-{cpus - 1}")
@@ -1100,29 +1267,52 @@ def main(argv: list[str]) -> int:
         perf_ok, perf_note = perf_available(procs, tools["perf"]) if args.syscalls != "off" else (False, "off")
         setup = Setup(tools["wrk"], tools["perf"], perf_ok, load_cpus, wrk_threads, workdir, args.syscalls)
 
+        server_args = tuple(shlex.split(args.server_args))
+        # name -> (engine, extra ringserve arguments) for every ringserve, variants included;
+        # each engine is followed by its variants in the round order.
+        ringserves: dict[str, tuple[str, tuple[str, ...]]] = {}
+        for engine in CANDIDATE_ENGINES:
+            if engine in wanted:
+                ringserves[engine] = (engine, server_args)
+            for name, base, extra in args.variants:
+                if base == engine:
+                    ringserves[name] = (engine, server_args + extra)
+        base_of = {name: base for name, base, _ in args.variants}
+
         def start_fresh(name: str, instance: str) -> Server | str:
             if name == NGINX:
                 return start_nginx(procs, tools["nginx"], docroot, workdir / f"nginx{instance}", server_cpus)
-            return start_ringserve(procs, binary, name, docroot, workdir, server_cpus, instance,
-                                   tuple(shlex.split(args.server_args)))
+            if name in FLOORS:
+                return start_floor(procs, floor_binary, name, docroot, workdir, server_cpus, instance)
+            engine, extra = ringserves[name]
+            return start_ringserve(procs, binary, engine, docroot, workdir, server_cpus, instance, extra, name)
 
         servers: list[Server] = []
         skipped = {}
-        for engine in CANDIDATE_ENGINES:
-            started = start_ringserve(procs, binary, engine, docroot, workdir, server_cpus,
-                                      extra_args=tuple(shlex.split(args.server_args)))
+        for name, (engine, extra) in ringserves.items():
+            started = start_fresh(name, "")
+            what = f"ringserve --engine {engine}" + (f" {shlex.join(extra)}" if extra else "") + \
+                (f" (variant {name})" if name in base_of else "")
             if isinstance(started, Server):
                 servers.append(started)
-                log(f"ringserve --engine {engine}: listening on 127.0.0.1:{started.port} (pid {started.proc.pid})")
+                log(f"{what}: listening on 127.0.0.1:{started.port} (pid {started.proc.pid})")
             else:
-                skipped[engine] = started
-                log(f"ringserve --engine {engine}: skipped, {started}")
-        if not servers:
-            raise Abort("no ringserve engine started")
-        if not args.no_nginx:
+                skipped[name] = started
+                log(f"{what}: skipped, {started}")
+        if NGINX in wanted:
             nginx = start_nginx(procs, tools["nginx"], docroot, workdir / "nginx", server_cpus)
             servers.append(nginx)
             log(f"nginx: listening on 127.0.0.1:{nginx.port} (master {nginx.proc.pid}, worker {nginx.stats_pid})")
+        for name in floors_wanted:
+            started = start_fresh(name, "")
+            if isinstance(started, Server):
+                servers.append(started)
+                log(f"{name}: listening on 127.0.0.1:{started.port} (pid {started.proc.pid})")
+            else:
+                skipped[name] = started
+                log(f"{name}: skipped, {started}")
+        if not servers:
+            raise Abort("no server started")
         for server in servers:
             check_server(server, docroot)
         names = [s.name for s in servers]
@@ -1153,6 +1343,8 @@ def main(argv: list[str]) -> int:
                     time.sleep(0.3)
             if args.idle_connections:
                 for server in servers:
+                    if server.name in FLOORS:  # a floor holds no state worth measuring
+                        continue
                     fresh = start_fresh(server.name, f"-idle{round_index}")
                     if isinstance(fresh, str):
                         r = {"error": fresh}
@@ -1171,7 +1363,8 @@ def main(argv: list[str]) -> int:
                 for server in servers:
                     if not server.alive:
                         continue
-                    r = measure(procs, setup, server, s, max(1.0, args.duration / 2), True)
+                    # Whole seconds: wrk rejects -d1.5s.
+                    r = measure(procs, setup, server, s, float(max(1, int(args.duration / 2))), True)
                     value = r.get("syscalls_per_req")
                     for run in results[server.name][s.key]:
                         if "error" not in run:
@@ -1186,7 +1379,7 @@ def main(argv: list[str]) -> int:
                                                         + ("-full-handshake" if args.tls_no_resumption else "")
                                                         + ("-quick" if args.quick else ""))
         out_dir.mkdir(parents=True, exist_ok=True)
-        nginx_version = tool_version(procs, [tools["nginx"], "-v"]) if not args.no_nginx else "not run"
+        nginx_version = tool_version(procs, [tools["nginx"], "-v"]) if NGINX in names else "not run"
         syscall_note = (
             ("counted with perf stat -e raw_syscalls:sys_enter -p PID in every timed run" if inline else
              "counted with perf stat -e raw_syscalls:sys_enter -p PID in one extra run per server and "
@@ -1199,14 +1392,20 @@ def main(argv: list[str]) -> int:
             "syscall_note": syscall_note,
             "syscall_pass": separate,
             "tls": args.tls,
+            # Whom each server's CPU per request is divided by.
+            "floor_of": {n: FLOOR_OF.get(base_of.get(n, n)) for n in names
+                         if FLOOR_OF.get(base_of.get(n, n)) in names},
+            "base_of": {n: b for n, b in base_of.items() if n in names and b in names},
             "setup": {
                 "machine": machine_description(),
                 "ringserve": f"commit {git_revision(procs)}, `cargo build --release`, "
-                             f"`--workers 1`, engines: {', '.join(s.name for s in servers if s.name != NGINX)}"
+                             f"`--workers 1`, engines: {', '.join(s.name for s in servers if s.name in ringserves)}"
                              + (f"; skipped: {'; '.join(f'{k} ({v})' for k, v in skipped.items())}" if skipped else ""),
                 "nginx": f"{nginx_version}; `worker_processes 1`, sendfile on, tcp_nopush on, tcp_nodelay on, "
                          "reuseport, backlog 1024, access_log off, open_file_cache, keepalive_requests 10000000 "
-                         "(configuration in results.json)" if not args.no_nginx else "not run",
+                         "(configuration in results.json)" if NGINX in names else "not run",
+                "variants": "; ".join(f"{n} = {e} {shlex.join(x)}" for n, e, x in args.variants) or "none",
+                "floor": floor_note,
                 "pinning": (f"servers on CPU {server_cpus} (taskset), wrk -t{wrk_threads} and this script on CPU "
                             f"{load_cpus}" if server_cpus else "none (one CPU)"),
                 "load generator": f"{tool_version(procs, [tools['wrk'], '--version']).split(' Copyright')[0]} (every scenario; "
@@ -1232,7 +1431,7 @@ def main(argv: list[str]) -> int:
         (out_dir / "results.json").write_text(json.dumps(
             {"meta": meta, "servers": names, "scenarios": [s.__dict__ for s in scenarios],
              "results": results, "idle": idle,
-             "nginx_conf": (workdir / "nginx" / "nginx.conf").read_text() if not args.no_nginx else None},
+             "nginx_conf": (workdir / "nginx" / "nginx.conf").read_text() if NGINX in names else None},
             indent=1))
         report = write_report(out_dir, meta, names, results, idle)
         chart = write_svg(out_dir, meta, names, results)

@@ -16,7 +16,9 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::access_log::{AccessLogConfig, LogDestination, LogFormat};
-use crate::engine::uring::{DEFAULT_BUFFERS, DEFAULT_MIN_WAIT_USEC, DEFAULT_RING_ENTRIES};
+use crate::engine::uring::{
+    DEFAULT_BUFFERS, DEFAULT_DIRECT_DESCRIPTORS, DEFAULT_MIN_WAIT_USEC, DEFAULT_RING_ENTRIES,
+};
 use crate::engine::{
     DEFAULT_BACKLOG, DEFAULT_HEAD_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_LINGER_MS,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_SEND_TIMEOUT_MS, DEFAULT_SHUTDOWN_GRACE_MS, EngineChoice, EngineKind,
@@ -266,6 +268,13 @@ pub struct Cli {
     /// uring: one send per response instead of one per batch.
     #[arg(long, hide = true)]
     pub uring_no_batch: bool,
+    /// uring: direct (fixed-file table) descriptors for accepted sockets.
+    #[arg(long, hide = true, conflicts_with = "uring_no_direct")]
+    pub uring_direct: bool,
+    /// uring: normal descriptors for accepted sockets (the default while
+    /// direct ones do not pay; see `engine::uring`).
+    #[arg(long, hide = true)]
+    pub uring_no_direct: bool,
     /// uring: provided buffers per worker (a power of two up to 32768).
     #[arg(long, hide = true, default_value_t = DEFAULT_BUFFERS,
           value_parser = parse_buffer_count)]
@@ -545,6 +554,8 @@ impl Cli {
                 min_wait_usec: self.uring_min_wait_us,
                 bundle: self.uring_recv_bundle,
                 incremental: self.uring_buf_ring_inc,
+                direct_descriptors: !self.uring_no_direct
+                    && (self.uring_direct || DEFAULT_DIRECT_DESCRIPTORS),
             },
             inherited_listener: None,
         }
@@ -599,19 +610,27 @@ mod tests {
             "--uring-buf-ring-inc",
             "--uring-min-wait-us",
             "20",
+            "--uring-no-direct",
             "--uring-buffers",
             "64",
         ])
         .unwrap();
         let options = cli.server_config().uring;
         assert!(
-            !options.multishot_recv && !options.buffer_ring && !options.defer_taskrun && !options.batch_sends
+            !options.multishot_recv
+                && !options.buffer_ring
+                && !options.defer_taskrun
+                && !options.batch_sends
+                && !options.direct_descriptors
         );
         assert!(options.ring_fd && options.no_sqarray && options.min_wait);
         assert!(options.bundle && options.incremental);
         assert_eq!(options.min_wait_usec, 20);
         assert_eq!(options.buffers, 64);
         assert!(Cli::try_parse_from(["ringserve", "--uring-buffers", "100"]).is_err());
+        let cli = Cli::try_parse_from(["ringserve", "--uring-direct"]).unwrap();
+        assert!(cli.server_config().uring.direct_descriptors);
+        assert!(Cli::try_parse_from(["ringserve", "--uring-direct", "--uring-no-direct"]).is_err());
     }
 
     #[test]

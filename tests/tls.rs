@@ -935,7 +935,9 @@ fn every_uring_switch_serves_https() {
     let mut options = LoadOptions::new(site.path());
     options.max_cached_file_bytes = 64 * 1024;
     type Switch = fn(&mut ringserve::engine::UringOptions);
-    let switches: [(&str, Switch); 4] = [
+    let switches: [(&str, Switch); 6] = [
+        ("direct descriptors", |o| o.direct_descriptors = true),
+        ("no direct descriptors", |o| o.direct_descriptors = false),
         ("no multishot recv", |o| o.multishot_recv = false),
         ("no buffer ring", |o| o.buffer_ring = false),
         ("no batching", |o| o.batch_sends = false),

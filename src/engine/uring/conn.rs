@@ -29,10 +29,10 @@
 //! the read deadline for the session's state and what is in `carry`.
 
 use std::net::IpAddr;
-use std::os::fd::RawFd;
 
 use super::op::OpKind;
 use super::outbox::{Outbox, OutboxPool};
+use super::ring::Socket;
 use crate::engine::READ_BUFFER_BYTES;
 use crate::engine::deadlines::{Millis, TimerSlot};
 use crate::engine::policy::{self, AfterOutput, Carry, Lingering, Serving, Waiting};
@@ -139,6 +139,16 @@ pub enum InputState {
     Eof,
 }
 
+/// Whether a ring `shutdown` of the connection's direct descriptor is in
+/// flight. Its slot is closed only once it is not: the kernel resolves the
+/// index when an io-wq worker runs the shutdown, and a slot closed before
+/// that could already hold the next accepted connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownState {
+    Idle,
+    InFlight,
+}
+
 /// Where the connection's output stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputState {
@@ -154,7 +164,8 @@ pub enum OutputState {
 
 #[derive(Debug)]
 pub struct Conn {
-    pub fd: RawFd,
+    pub socket: Socket,
+    pub shutdown: ShutdownState,
     pub phase: Phase,
     pub recv: RecvState,
     pub input: InputState,
@@ -178,9 +189,10 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(fd: RawFd, peer: Option<Box<IpAddr>>, protocol: Protocol, cx: &ServeContext) -> Conn {
+    pub fn new(socket: Socket, peer: Option<Box<IpAddr>>, protocol: Protocol, cx: &ServeContext) -> Conn {
         Conn {
-            fd,
+            socket,
+            shutdown: ShutdownState::Idle,
             phase: Phase::Open,
             recv: RecvState::Idle,
             input: InputState::Fresh,

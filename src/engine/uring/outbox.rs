@@ -15,6 +15,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use io_uring::{opcode, squeue, types};
 
 use super::op::OpKind;
+use super::ring::Socket;
 use crate::engine::FILE_CHUNK_BYTES;
 use crate::engine::policy::{Pool, Pooled};
 use crate::http::Output;
@@ -87,14 +88,16 @@ impl OutputOp {
     }
 
     /// The submission for this operation on `socket`.
-    pub fn entry(&self, socket: RawFd, user_data: u64) -> squeue::Entry {
+    pub fn entry(&self, socket: Socket, user_data: u64) -> squeue::Entry {
         let entry = match *self {
-            OutputOp::Send { bytes, len } => opcode::Send::new(types::Fd(socket), bytes, len)
+            OutputOp::Send { bytes, len } => opcode::Send::new(socket.raw(), bytes, len)
                 .flags(libc::MSG_NOSIGNAL)
-                .build(),
-            OutputOp::SendMsg { msghdr } => opcode::SendMsg::new(types::Fd(socket), msghdr)
+                .build()
+                .flags(socket.sqe_flags()),
+            OutputOp::SendMsg { msghdr } => opcode::SendMsg::new(socket.raw(), msghdr)
                 .flags(libc::MSG_NOSIGNAL as u32)
-                .build(),
+                .build()
+                .flags(socket.sqe_flags()),
             OutputOp::Read {
                 fd,
                 buffer,
