@@ -182,9 +182,10 @@
 //!   them back at most that long to hand over a larger batch, then returns
 //!   at the first one; an idle or lightly loaded worker never waits for a
 //!   batch, and no completion (a deadline, the stop signal) waits longer
-//!   than the minimum wait. It cuts enters 2.5–5× (keep-alive c64: about
-//!   0.04 syscalls per request instead of 0.13–0.21) but cost 4–8% more CPU
-//!   per request in three paired runs;
+//!   than the minimum wait. It cuts enters 2.5–7× (keep-alive c64: 0.03–0.04
+//!   syscalls per request instead of 0.13–0.23) but cost more CPU per
+//!   request in four paired runs (c64 ×1.04–1.09, pipelined ×1.07–1.13,
+//!   c256 within noise) and raised the median latency at c64;
 //! - `--uring-register-ring-fd`: the ring's descriptor in the thread's
 //!   registered-ring table (`IORING_REGISTER_RING_FDS`), so an enter skips
 //!   the descriptor lookup ([`ring`] makes the enter itself for this);
