@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ringserve::engine::{EngineKind, Listen, ListenKind, ServerConfig};
+use ringserve::engine::{EngineKind, Listen, ListenKind, ServerConfig, UringOptions};
 use ringserve::files::LoadOptions;
 use ringserve::tls::{CertPaths, TlsHandle, certs::load_cert};
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -260,6 +260,94 @@ fn get_book_over_https_with_rustls_and_ureq_on_every_engine() {
                 .is_err()
         );
     });
+}
+
+/// The `uring` engine's issue 15 switches (receive bundles, incremental
+/// buffer consumption, the batched wait, the registered ring descriptor,
+/// NO_SQARRAY), each off in turn and all on, over TLS: ciphertext records
+/// larger than a provided buffer, pipelined requests with large heads, a
+/// head larger than a buffer, keep-alive.
+#[test]
+fn uring_switches_serve_pipelined_large_heads_over_tls() {
+    let pki = make_pki("ringserve test CA", false);
+    let config = client_config(&[&pki.ca_der]);
+    let site = TempSite::new();
+    let mid = support::pattern_bytes(40 * 1024);
+    site.write("mid.bin", &mid)
+        .write("small.txt", b"0123456789abcdef");
+    let all = UringOptions::default();
+    let every = UringOptions {
+        ring_fd: true,
+        no_sqarray: true,
+        min_wait: true,
+        bundle: true,
+        incremental: true,
+        ..all
+    };
+    let variants = [
+        ("default", all),
+        ("every-issue-15-technique", every),
+        ("bundle", UringOptions { bundle: true, ..all }),
+        (
+            "incremental",
+            UringOptions {
+                incremental: true,
+                ..all
+            },
+        ),
+        (
+            "min-wait",
+            UringOptions {
+                min_wait: true,
+                ..all
+            },
+        ),
+        ("ring-fd", UringOptions { ring_fd: true, ..all }),
+        (
+            "no-sqarray",
+            UringOptions {
+                no_sqarray: true,
+                ..all
+            },
+        ),
+    ];
+    for (name, options) in variants {
+        let mut server_config = ServerConfig::loopback_tls(EngineKind::Uring, tls_handle(&pki));
+        server_config.uring = options;
+        let server = TestServer::with_options(server_config, &LoadOptions::new(site.path()));
+        let mut client = TlsClient::connect(server.addr(), &config);
+        let mut burst = Vec::new();
+        for i in 0..16 {
+            let path = if i % 2 == 0 { "/small.txt" } else { "/mid.bin" };
+            let pad = "p".repeat(1500 + i * 13);
+            burst.extend_from_slice(
+                format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nX-Pad: {pad}\r\n\r\n").as_bytes(),
+            );
+        }
+        client.send(&burst);
+        for i in 0..16 {
+            let reply = client.read_reply(false);
+            assert_eq!(reply.status, 200, "{name}: request {i}");
+            if i % 2 == 0 {
+                assert_eq!(reply.body, b"0123456789abcdef", "{name}: request {i}");
+            } else {
+                assert!(reply.body == mid, "{name}: pipelined response {i} differs");
+            }
+        }
+        let pad = "q".repeat(10 * 1024);
+        client.send(format!("GET /mid.bin HTTP/1.1\r\nHost: localhost\r\nX-Pad: {pad}\r\n\r\n").as_bytes());
+        let reply = client.read_reply(false);
+        assert!(
+            reply.status == 200 && reply.body == mid,
+            "{name}: the 10 KiB head"
+        );
+        assert_eq!(
+            client.get("/small.txt").body,
+            b"0123456789abcdef",
+            "{name}: keep-alive"
+        );
+        server.stop();
+    }
 }
 
 #[test]

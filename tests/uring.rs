@@ -199,6 +199,30 @@ fn uring_variants(all: UringOptions) -> Vec<(&'static str, UringOptions)> {
             },
         ),
         (
+            "min-wait",
+            UringOptions {
+                min_wait: true,
+                ..all
+            },
+        ),
+        ("ring-fd", UringOptions { ring_fd: true, ..all }),
+        (
+            "no-sqarray",
+            UringOptions {
+                no_sqarray: true,
+                ..all
+            },
+        ),
+        ("bundle", UringOptions { bundle: true, ..all }),
+        (
+            "incremental",
+            UringOptions {
+                incremental: true,
+                ..all
+            },
+        ),
+        ("every-issue-15-technique", with_issue_15_techniques(all)),
+        (
             "direct",
             UringOptions {
                 direct_descriptors: true,
@@ -206,6 +230,83 @@ fn uring_variants(all: UringOptions) -> Vec<(&'static str, UringOptions)> {
             },
         ),
     ]
+}
+
+/// Every technique of issue 15 on, including those off by default (direct
+/// descriptors too: they change the accept and close paths around the
+/// receives).
+fn with_issue_15_techniques(all: UringOptions) -> UringOptions {
+    UringOptions {
+        ring_fd: true,
+        no_sqarray: true,
+        min_wait: true,
+        bundle: true,
+        incremental: true,
+        direct_descriptors: true,
+        ..all
+    }
+}
+
+/// A request for `path` whose head is padded to about `head_bytes`.
+fn padded_get(path: &str, head_bytes: usize) -> Vec<u8> {
+    let mut request = format!("GET /{path} HTTP/1.1\r\nHost: test\r\nX-Pad: ").into_bytes();
+    let pad = head_bytes.saturating_sub(request.len() + 4);
+    request.extend((0..pad).map(|i| b'a' + (i % 26) as u8));
+    request.extend_from_slice(b"\r\n\r\n");
+    request
+}
+
+/// Sixteen pipelined requests with 1.5 KiB heads in one write (24 KiB: one
+/// receive bundle covers several buffers, and heads straddle buffer ends),
+/// then one head larger than a provided buffer, then plain keep-alive: every
+/// answer in order, on every variant (bundles, incremental consumption and
+/// the batched wait each on and off).
+#[test]
+fn pipelined_large_heads_spanning_buffers_are_answered_in_order() {
+    let multi_before = ringserve::engine::uring::multi_buffer_receives();
+    let shared_before = ringserve::engine::uring::shared_buffer_receives();
+    for (name, config) in variants() {
+        let (server, site) = start(&config);
+        let mut stream = connect(server.local_addr());
+        let mut pending = Vec::new();
+        for round in 0..3 {
+            let mut burst = Vec::new();
+            for i in 0..16 {
+                burst.extend(padded_get(
+                    if i % 4 == 3 { "nope" } else { "k1.txt" },
+                    1536 + i * 7,
+                ));
+            }
+            stream.write_all(&burst).unwrap();
+            for i in 0..16 {
+                let response = read_response(&mut stream, &mut pending, false).unwrap();
+                if i % 4 == 3 {
+                    assert_eq!(response.status, 404, "{name}: round {round}, request {i}");
+                } else {
+                    expect_file(&response, &site, "k1.txt");
+                }
+            }
+            stream.write_all(&padded_get("mid.bin", 10 * 1024)).unwrap();
+            let response = read_response(&mut stream, &mut pending, false).unwrap();
+            assert_eq!(response.status, 200, "{name}: the 10 KiB head, round {round}");
+            expect_file(&response, &site, "mid.bin");
+            stream.write_all(&get("k1.txt")).unwrap();
+            expect_file(
+                &read_response(&mut stream, &mut pending, false).unwrap(),
+                &site,
+                "k1.txt",
+            );
+        }
+        server.stop();
+    }
+    assert!(
+        ringserve::engine::uring::multi_buffer_receives() > multi_before,
+        "no receive bundle covered several buffers"
+    );
+    assert!(
+        ringserve::engine::uring::shared_buffer_receives() > shared_before,
+        "no receive left its buffer to the next (incremental consumption)"
+    );
 }
 
 /// Direct descriptors on and off, everything else as by default.
@@ -366,12 +467,15 @@ fn many_concurrent_connections_each_get_every_byte() {
 /// request may be lost and the worker must not spin.
 #[test]
 fn an_empty_buffer_ring_loses_no_request() {
-    for multishot_recv in [true, false] {
-        let options = UringOptions {
-            buffers: 2,
-            multishot_recv,
-            ..UringOptions::default()
-        };
+    let all = UringOptions {
+        buffers: 2,
+        ..UringOptions::default()
+    };
+    let single = UringOptions {
+        multishot_recv: false,
+        ..all
+    };
+    for options in [all, with_issue_15_techniques(all), single] {
         let (server, site) = start(&config(options));
         let addr = server.local_addr();
         let site = Arc::new(site);
@@ -408,7 +512,7 @@ fn an_empty_buffer_ring_loses_no_request() {
             client.join().expect("a client failed");
         }
         let starved = ringserve::engine::uring::starved_receives() - starved_before;
-        eprintln!("multishot {multishot_recv}: {starved} receives found the ring empty");
+        eprintln!("{options:?}: {starved} receives found the ring empty");
         assert!(starved > 0, "the test did not reach the ENOBUFS path");
         server.stop();
     }
