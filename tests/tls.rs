@@ -262,9 +262,9 @@ fn get_book_over_https_with_rustls_and_ureq_on_every_engine() {
     });
 }
 
-/// The `uring` engine's issue 15 switches (receive bundles, incremental
-/// buffer consumption, the batched wait, the registered ring descriptor,
-/// NO_SQARRAY), each off in turn and all on, over TLS: ciphertext records
+/// Every switch of the `uring` engine ([`support::uring_variants`]: the
+/// issue 15 techniques, direct descriptors, the older `--uring-no-*`
+/// switches), each in turn and issue 15's all on, over TLS: ciphertext records
 /// larger than a provided buffer, pipelined requests with large heads, a
 /// head larger than a buffer, keep-alive.
 #[test]
@@ -275,43 +275,7 @@ fn uring_switches_serve_pipelined_large_heads_over_tls() {
     let mid = support::pattern_bytes(40 * 1024);
     site.write("mid.bin", &mid)
         .write("small.txt", b"0123456789abcdef");
-    let all = UringOptions::default();
-    let every = UringOptions {
-        ring_fd: true,
-        no_sqarray: true,
-        min_wait: true,
-        bundle: true,
-        incremental: true,
-        ..all
-    };
-    let variants = [
-        ("default", all),
-        ("every-issue-15-technique", every),
-        ("bundle", UringOptions { bundle: true, ..all }),
-        (
-            "incremental",
-            UringOptions {
-                incremental: true,
-                ..all
-            },
-        ),
-        (
-            "min-wait",
-            UringOptions {
-                min_wait: true,
-                ..all
-            },
-        ),
-        ("ring-fd", UringOptions { ring_fd: true, ..all }),
-        (
-            "no-sqarray",
-            UringOptions {
-                no_sqarray: true,
-                ..all
-            },
-        ),
-    ];
-    for (name, options) in variants {
+    for (name, options) in support::uring_variants(UringOptions::default()) {
         let mut server_config = ServerConfig::loopback_tls(EngineKind::Uring, tls_handle(&pki));
         server_config.uring = options;
         let server = TestServer::with_options(server_config, &LoadOptions::new(site.path()));

@@ -13,6 +13,8 @@
 //! whose clients left input unread (the case where a shutdown resolved late
 //! once cut the next connection's response).
 
+mod support;
+
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -158,93 +160,12 @@ fn expect_file(response: &Response, site: &Site, name: &str) {
 /// readiness twin (the native `epoll` engine), which must behave the same.
 fn variants() -> Vec<(&'static str, ServerConfig)> {
     let all = UringOptions::default();
-    let mut variants: Vec<(&'static str, ServerConfig)> = uring_variants(all)
+    let mut variants: Vec<(&'static str, ServerConfig)> = support::uring_variants(all)
         .into_iter()
         .map(|(name, options)| (name, config(options)))
         .collect();
     variants.push(("epoll", ServerConfig::loopback(EngineKind::Epoll)));
     variants
-}
-
-fn uring_variants(all: UringOptions) -> Vec<(&'static str, UringOptions)> {
-    vec![
-        ("default", all),
-        (
-            "no-multishot-recv",
-            UringOptions {
-                multishot_recv: false,
-                ..all
-            },
-        ),
-        (
-            "no-buf-ring",
-            UringOptions {
-                buffer_ring: false,
-                multishot_recv: false,
-                ..all
-            },
-        ),
-        (
-            "no-defer-taskrun",
-            UringOptions {
-                defer_taskrun: false,
-                ..all
-            },
-        ),
-        (
-            "no-batch",
-            UringOptions {
-                batch_sends: false,
-                ..all
-            },
-        ),
-        (
-            "min-wait",
-            UringOptions {
-                min_wait: true,
-                ..all
-            },
-        ),
-        ("ring-fd", UringOptions { ring_fd: true, ..all }),
-        (
-            "no-sqarray",
-            UringOptions {
-                no_sqarray: true,
-                ..all
-            },
-        ),
-        ("bundle", UringOptions { bundle: true, ..all }),
-        (
-            "incremental",
-            UringOptions {
-                incremental: true,
-                ..all
-            },
-        ),
-        ("every-issue-15-technique", with_issue_15_techniques(all)),
-        (
-            "direct",
-            UringOptions {
-                direct_descriptors: true,
-                ..all
-            },
-        ),
-    ]
-}
-
-/// Every technique of issue 15 on, including those off by default (direct
-/// descriptors too: they change the accept and close paths around the
-/// receives).
-fn with_issue_15_techniques(all: UringOptions) -> UringOptions {
-    UringOptions {
-        ring_fd: true,
-        no_sqarray: true,
-        min_wait: true,
-        bundle: true,
-        incremental: true,
-        direct_descriptors: true,
-        ..all
-    }
 }
 
 /// A request for `path` whose head is padded to about `head_bytes`.
@@ -475,7 +396,7 @@ fn an_empty_buffer_ring_loses_no_request() {
         multishot_recv: false,
         ..all
     };
-    for options in [all, with_issue_15_techniques(all), single] {
+    for options in [all, support::with_issue_15_techniques(all), single] {
         let (server, site) = start(&config(options));
         let addr = server.local_addr();
         let site = Arc::new(site);

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ringserve::engine::{EngineKind, Server, ServerConfig};
+use ringserve::engine::{EngineKind, Server, ServerConfig, UringOptions};
 use ringserve::files::{LoadOptions, Snapshot};
 
 /// Longest any single read, write or connect may block.
@@ -734,4 +734,88 @@ pub fn ensure_fd_limit(wanted: u64) -> u64 {
     let set = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) };
     assert_eq!(set, 0, "setrlimit: {}", std::io::Error::last_os_error());
     raised.rlim_cur
+}
+
+/// The `uring` engine's switches, each moved from its default in turn
+/// (off, or for the issue 15 techniques and direct descriptors on), and all
+/// of issue 15's on together, named for the failure message.
+pub fn uring_variants(all: UringOptions) -> Vec<(&'static str, UringOptions)> {
+    vec![
+        ("default", all),
+        (
+            "no-multishot-recv",
+            UringOptions {
+                multishot_recv: false,
+                ..all
+            },
+        ),
+        (
+            "no-buf-ring",
+            UringOptions {
+                buffer_ring: false,
+                multishot_recv: false,
+                ..all
+            },
+        ),
+        (
+            "no-defer-taskrun",
+            UringOptions {
+                defer_taskrun: false,
+                ..all
+            },
+        ),
+        (
+            "no-batch",
+            UringOptions {
+                batch_sends: false,
+                ..all
+            },
+        ),
+        (
+            "min-wait",
+            UringOptions {
+                min_wait: true,
+                ..all
+            },
+        ),
+        ("ring-fd", UringOptions { ring_fd: true, ..all }),
+        (
+            "no-sqarray",
+            UringOptions {
+                no_sqarray: true,
+                ..all
+            },
+        ),
+        ("bundle", UringOptions { bundle: true, ..all }),
+        (
+            "incremental",
+            UringOptions {
+                incremental: true,
+                ..all
+            },
+        ),
+        ("every-issue-15-technique", with_issue_15_techniques(all)),
+        (
+            "direct",
+            UringOptions {
+                direct_descriptors: true,
+                ..all
+            },
+        ),
+    ]
+}
+
+/// Every technique of issue 15 on, including those off by default (direct
+/// descriptors too: they change the accept and close paths around the
+/// receives).
+pub fn with_issue_15_techniques(all: UringOptions) -> UringOptions {
+    UringOptions {
+        ring_fd: true,
+        no_sqarray: true,
+        min_wait: true,
+        bundle: true,
+        incremental: true,
+        direct_descriptors: true,
+        ..all
+    }
 }

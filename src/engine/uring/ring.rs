@@ -141,6 +141,20 @@ static RESET_ON_CLOSE: libc::linger = libc::linger {
     l_linger: 0,
 };
 
+/// A `SetSockOpt` (uring_cmd, Linux 6.7) of [`RESET_ON_CLOSE`] on the
+/// direct descriptor `index`. It points only at that static.
+fn reset_on_close_entry(index: u32) -> squeue::Entry {
+    opcode::SetSockOpt::new(
+        types::Fixed(index),
+        libc::SOL_SOCKET as u32,
+        libc::SO_LINGER as u32,
+        (&raw const RESET_ON_CLOSE).cast(),
+        std::mem::size_of::<libc::linger>() as u32,
+    )
+    .build()
+    .user_data(Op::worker(OpKind::SockOpt).encode())
+}
+
 /// The submission side of the ring, and the count of operations whose final
 /// completion has not arrived.
 pub struct Ring {
@@ -227,15 +241,7 @@ impl Ring {
         match socket {
             Socket::Fd(fd) => crate::engine::set_reset_on_close(fd),
             Socket::Direct(index) => {
-                let entry = opcode::SetSockOpt::new(
-                    types::Fixed(index),
-                    libc::SOL_SOCKET as u32,
-                    libc::SO_LINGER as u32,
-                    (&raw const RESET_ON_CLOSE).cast(),
-                    std::mem::size_of::<libc::linger>() as u32,
-                )
-                .build()
-                .user_data(Op::worker(OpKind::SockOpt).encode());
+                let entry = reset_on_close_entry(index);
                 // SAFETY: the entry points at a static.
                 unsafe { self.push_unacknowledged(&entry) };
             }
@@ -259,15 +265,7 @@ impl Ring {
     /// far as the ring still takes submissions. Never panics; nothing of
     /// this is counted or waited for.
     pub fn try_reset_now(&mut self, index: u32) {
-        let reset = opcode::SetSockOpt::new(
-            types::Fixed(index),
-            libc::SOL_SOCKET as u32,
-            libc::SO_LINGER as u32,
-            (&raw const RESET_ON_CLOSE).cast(),
-            std::mem::size_of::<libc::linger>() as u32,
-        )
-        .build()
-        .user_data(Op::worker(OpKind::SockOpt).encode());
+        let reset = reset_on_close_entry(index);
         let close = opcode::Close::new(types::Fixed(index))
             .build()
             .user_data(Op::worker(OpKind::Close).encode());
