@@ -39,10 +39,14 @@
 //! `HTTP/1.1 200 OK` with `Content-Length` (and `Connection: close` when
 //! asked), which wrk counts as a success.
 //!
-//! `Connection: close` is answered without cutting the response: after the
-//! last byte is sent the floor shuts down its write side (`SHUT_WR`, the FIN)
-//! and closes when the client's FIN arrives, or at once if the client had
-//! already closed, so no reset can destroy unread response bytes.
+//! `Connection: close` is answered without cutting the response, by the
+//! rule ringserve follows (its `engine::policy::ending`, nginx's
+//! `lingering_close on`): when the close request is the last thing the
+//! client sent (nothing behind it in the read), the floor closes right after
+//! the last byte is sent (the uring floor links the close to that send);
+//! when more follows it, the floor shuts down its write side (`SHUT_WR`, the
+//! FIN) and closes when the client's FIN arrives, or at once if the client
+//! had already closed, so no reset can destroy unread response bytes.
 //!
 //! `cargo bench` runs this target with `--bench` (and no mode): it prints one
 //! line and exits, so it never hangs a bench run.
@@ -254,8 +258,12 @@ impl Responses {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Close {
     No,
-    /// The last head asked for `Connection: close`: answer it, then close.
+    /// The last head asked for `Connection: close` and nothing follows it:
+    /// answer it, then close at once.
     AfterResponse,
+    /// The last head asked for `Connection: close` with bytes behind it:
+    /// answer it, then shut down and wait for the client's FIN.
+    GracefulAfterResponse,
     /// A head grew past [`MAX_HEAD_BYTES`]: close without answering it.
     Now,
 }
@@ -303,6 +311,9 @@ fn scan(table: &Responses, bytes: &[u8], respond: &mut impl FnMut(&'static [u8])
         start += end + 4;
         let (response, close) = table.answer(head);
         respond(response);
+        if close == Close::AfterResponse && start < bytes.len() {
+            return (Close::GracefulAfterResponse, start);
+        }
         if close != Close::No {
             return (close, start);
         }

@@ -268,6 +268,10 @@ pub struct Cli {
     /// uring: one send per response instead of one per batch.
     #[arg(long, hide = true)]
     pub uring_no_batch: bool,
+    /// uring: an immediate close is submitted when the last send completes,
+    /// instead of linked to that send (`IOSQE_IO_LINK`).
+    #[arg(long, hide = true)]
+    pub uring_no_link_close: bool,
     /// uring: direct (fixed-file table) descriptors for accepted sockets.
     #[arg(long, hide = true, conflicts_with = "uring_no_direct")]
     pub uring_direct: bool,
@@ -546,6 +550,7 @@ impl Cli {
                 buffer_ring: !self.uring_no_buf_ring,
                 defer_taskrun: !self.uring_no_defer_taskrun,
                 batch_sends: !self.uring_no_batch,
+                link_close: !self.uring_no_link_close,
                 buffers: self.uring_buffers,
                 ring_entries: self.uring_ring_entries,
                 ring_fd: self.uring_register_ring_fd,
@@ -603,6 +608,7 @@ mod tests {
             "--uring-no-buf-ring",
             "--uring-no-defer-taskrun",
             "--uring-no-batch",
+            "--uring-no-link-close",
             "--uring-register-ring-fd",
             "--uring-setup-no-sqarray",
             "--uring-min-wait",
@@ -621,6 +627,7 @@ mod tests {
                 && !options.buffer_ring
                 && !options.defer_taskrun
                 && !options.batch_sends
+                && !options.link_close
                 && !options.direct_descriptors
         );
         assert!(options.ring_fd && options.no_sqarray && options.min_wait);

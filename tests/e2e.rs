@@ -867,3 +867,71 @@ fn every_engine_starts() {
         assert!(server.addr().ip().is_loopback() && server.addr().port() != 0);
     });
 }
+
+/// A `Connection: close` (or HTTP/1.0) request with nothing behind it ends
+/// with an immediate close, without lingering (`engine::policy::ending`):
+/// every response still arrives whole, then a clean end of file, never a
+/// reset, for a small and a 1 MiB body (several sends), many connections in
+/// a row, some read only after the server has closed, and for a keep-alive
+/// connection whose last request asks to close. With bytes behind the
+/// request in the same write (more than one receive takes), the server
+/// lingers instead: still the whole response, then the end once the client
+/// is done.
+#[test]
+fn a_close_the_client_asked_for_delivers_the_whole_response_then_a_clean_end() {
+    let site = TempSite::new();
+    let small = pattern_bytes(1024);
+    let large = pattern_bytes(1024 * 1024);
+    site.write("small.bin", &small).write("large.bin", &large);
+    let files = [("/small.bin", &small), ("/large.bin", &large)];
+    let check = |response: &Response, body: &[u8], what: &str| {
+        assert_eq!(response.status, 200, "{what}: {}", response.describe());
+        assert_eq!(response.expect_header("Connection"), "close", "{what}");
+        assert!(response.body == body, "{what}: the body differs");
+    };
+    for_each_engine(|engine| {
+        let server = TestServer::serving(engine, site.path());
+        for i in 0..48 {
+            let (path, body) = files[usize::from(i % 4 == 3)];
+            let raw = if i % 2 == 0 {
+                format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            } else {
+                format!("GET {path} HTTP/1.0\r\n\r\n")
+            };
+            let mut client = server.connect();
+            client.send(raw.as_bytes());
+            if i % 8 >= 6 {
+                // The server sends and closes while nothing is read yet.
+                thread::sleep(Duration::from_millis(30));
+            }
+            check(
+                &client.read_response(false),
+                body,
+                &format!("{engine} #{i} {path}"),
+            );
+            client.expect_closed();
+        }
+        for (path, body) in files {
+            let what = format!("{engine}: {path} with a request behind it");
+            let mut client = server.connect();
+            let mut raw = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").into_bytes();
+            raw.extend_from_slice(b"GET /small.bin HTTP/1.1\r\nHost: a\r\nX-Pad: ");
+            // More than one receive takes: closing at once would leave some
+            // unread in the socket, and the kernel would reset.
+            raw.extend(std::iter::repeat_n(b'p', 160 * 1024));
+            client.send(&raw);
+            thread::sleep(Duration::from_millis(30));
+            check(&client.read_response(false), body, &what);
+            client.shutdown_write();
+            client.expect_closed();
+
+            let what = format!("{engine}: {path} closing a keep-alive connection");
+            let mut client = server.connect();
+            let first = client.request(&get("/small.bin"));
+            assert!(first.status == 200 && first.body == small, "{what}");
+            client.send(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes());
+            check(&client.read_response(false), body, &what);
+            client.expect_closed();
+        }
+    });
+}

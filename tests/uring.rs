@@ -823,3 +823,68 @@ fn graceful_closes_in_a_row_never_cut_a_response() {
         server.stop();
     }
 }
+
+/// Connection-per-request clients whose request is the last thing they send
+/// get an immediate close (the last send linked to the close, or the close
+/// submitted after it): on every variant (direct descriptors, no link, one
+/// buffer per connection, ...) and on the epoll twin, from several clients
+/// at once, every response (1 KiB, 64 KiB, 4 MiB in several sends) arrives
+/// whole and is followed by a clean end of file, never a reset, some read
+/// only after the server has closed; a descriptor or slot closed by the
+/// kernel and reused by the next accept would cut or mix responses.
+#[test]
+fn immediate_closes_in_a_row_deliver_every_byte_then_a_clean_end() {
+    const CLIENTS: usize = 3;
+    const CONNECTIONS_EACH: usize = 40;
+    for (name, config) in variants() {
+        let linked_before = ringserve::engine::uring::linked_closes();
+        let (server, site) = start(&config);
+        let addr = server.local_addr();
+        let site = Arc::new(site);
+        let start_line = Arc::new(Barrier::new(CLIENTS));
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let site = Arc::clone(&site);
+                let start_line = Arc::clone(&start_line);
+                std::thread::spawn(move || {
+                    start_line.wait();
+                    for i in 0..CONNECTIONS_EACH {
+                        let path = match i % 10 {
+                            9 => "big.bin",
+                            4 => "mid.bin",
+                            _ => "k1.txt",
+                        };
+                        let mut stream = connect(addr);
+                        let request = format!("GET /{path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+                        stream.write_all(request.as_bytes()).unwrap();
+                        if i % 7 == 6 {
+                            // The server sends and closes before anything is read.
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        let mut pending = Vec::new();
+                        let response = read_response(&mut stream, &mut pending, false).unwrap_or_else(|e| {
+                            panic!("{name}: #{i} {path}: {e} after {} bytes", pending.len())
+                        });
+                        expect_file(&response, &site, path);
+                        assert!(pending.is_empty(), "{name}: #{i}: bytes after the response");
+                        let mut byte = [0u8; 1];
+                        match stream.read(&mut byte) {
+                            Ok(0) => {}
+                            other => panic!("{name}: #{i} {path}: expected a clean end, got {other:?}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for client in clients {
+            client.join().unwrap();
+        }
+        server.stop();
+        if config.engine == EngineKind::Uring && config.uring.link_close {
+            assert!(
+                ringserve::engine::uring::linked_closes() > linked_before,
+                "{name}: no close was linked to its send"
+            );
+        }
+    }
+}

@@ -10,6 +10,8 @@
 //!   `sendmsg` (one iovec per response); a short send means the socket
 //!   buffer is full, and the `EPOLLOUT` edge resumes it (no extra call to be
 //!   told `EAGAIN`).
+//! - `Connection: close` with nothing behind it: `close` right after the
+//!   last send (no `shutdown`, no wait for the client's FIN).
 //! - The listener is level-triggered; each wake-up accepts with `accept4`
 //!   (non-blocking, close-on-exec) until `EAGAIN`, at most [`ACCEPTS_PER_WAKE`].
 
@@ -32,8 +34,12 @@ const IOV_MAX: usize = 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Life {
     Open,
-    /// `Connection: close` was answered: send the rest, then shut down.
+    /// `Connection: close` was answered and nothing followed it: send the
+    /// rest, then close.
     CloseAfterSend,
+    /// `Connection: close` was answered with bytes behind it: send the
+    /// rest, then shut down.
+    ShutDownAfterSend,
     /// Our FIN is sent; close when the client's arrives.
     ShutDown,
     /// The client closed: send the rest, then close.
@@ -155,6 +161,7 @@ fn on_event(conn: &mut Conn, flags: u32, buf: &mut [u8], table: &Responses) -> N
                     match close {
                         Close::No => {}
                         Close::AfterResponse => conn.life = Life::CloseAfterSend,
+                        Close::GracefulAfterResponse => conn.life = Life::ShutDownAfterSend,
                         Close::Now => return Next::Close,
                     }
                 }
@@ -182,7 +189,9 @@ fn on_event(conn: &mut Conn, flags: u32, buf: &mut [u8], table: &Responses) -> N
     }
     if conn.out.is_empty() {
         match conn.life {
-            Life::CloseAfterSend => {
+            // The read that found the request drained the socket.
+            Life::CloseAfterSend if !hangup => return Next::Close,
+            Life::CloseAfterSend | Life::ShutDownAfterSend => {
                 // SAFETY: plain syscall on our own socket.
                 if unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) } < 0 {
                     return Next::Close;

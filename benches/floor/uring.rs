@@ -13,8 +13,14 @@
 //!   [`BUFFER_BYTES`]; each buffer goes back to the ring as soon as its
 //!   heads are found (the connection keeps only an incomplete head).
 //! - `Connection: close`: no receive is armed while the last response is
-//!   sent; then `shutdown(SHUT_WR)` and one single-shot receive that sees
-//!   the client's FIN (at once if it had already closed), then close.
+//!   sent. With nothing behind the request, the last send is linked
+//!   (`IOSQE_IO_LINK`, with `MSG_WAITALL` so a short send fails and breaks
+//!   the link) to the close (`CQE_SKIP_SUCCESS`): one submission, and
+//!   nothing comes back but the send's completion. (A keep-alive connection
+//!   whose last request asks to close has its multishot receive armed: the
+//!   receive is cancelled, then the socket closed.) With bytes behind it,
+//!   `shutdown(SHUT_WR)` and one single-shot receive that sees the client's
+//!   FIN (at once if it had already closed), then close.
 //! - All responses found in one completion batch for a connection go out in
 //!   one `Send` (one response) or `SendMsg` (one iovec per response); more
 //!   responses found while a send is in flight wait for it.
@@ -58,14 +64,22 @@ const ACCEPT: u64 = 1 << 32;
 const RECV: u64 = 2 << 32;
 const SEND: u64 = 3 << 32;
 const IGNORE: u64 = 4 << 32;
+/// The send that carries the linked close.
+const LAST_SEND: u64 = 5 << 32;
 const KIND_MASK: u64 = !0xffff_ffff;
 
 /// Where a connection is in its life (the same steps as the epoll floor's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Life {
     Open,
-    /// `Connection: close` was answered: send the rest, then shut down.
+    /// `Connection: close` was answered and nothing followed it: send the
+    /// rest, then close (linked to the last send when no receive is armed).
     CloseAfterSend,
+    /// The last send is in flight with the close linked to it.
+    Closing,
+    /// `Connection: close` was answered with bytes behind it: send the
+    /// rest, then shut down.
+    ShutDownAfterSend,
     /// Our FIN is sent; close when the client's arrives (the recv ends).
     ShutDown,
     /// The client closed or the connection failed: close once nothing is in flight.
@@ -179,6 +193,7 @@ impl Floor {
             }
             RECV => self.on_recv(submitter, sq, key, result, flags)?,
             SEND => self.on_send(submitter, sq, key, result)?,
+            LAST_SEND => self.on_last_send(submitter, sq, key, result)?,
             _ => {}
         }
         Ok(())
@@ -231,6 +246,7 @@ impl Floor {
                 match on_bytes(table, &mut conn.carry, data, |response| queued.push(response)) {
                     Close::No => {}
                     Close::AfterResponse => conn.life = Life::CloseAfterSend,
+                    Close::GracefulAfterResponse => conn.life = Life::ShutDownAfterSend,
                     Close::Now => {
                         conn.life = Life::Ending;
                         conn.queued.clear();
@@ -282,6 +298,30 @@ impl Floor {
         self.settle(submitter, sq, key)
     }
 
+    /// The send linked to the close completed: in full, the kernel closed
+    /// the socket; otherwise the link broke (the close was cancelled), and
+    /// the connection closes as a failed one.
+    fn on_last_send(
+        &mut self,
+        submitter: &Submitter<'_>,
+        sq: &mut SubmissionQueue<'_>,
+        key: usize,
+        result: i32,
+    ) -> io::Result<()> {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return Ok(());
+        };
+        let whole: usize = conn.flight.iter().map(|iov| iov.iov_len).sum();
+        if usize::try_from(result).is_ok_and(|sent| sent == whole) {
+            self.conns.remove(key);
+            return Ok(());
+        }
+        conn.sending = false;
+        conn.flight.clear();
+        conn.life = Life::Ending;
+        self.settle(submitter, sq, key)
+    }
+
     /// The step after a completion: shut down after the last response, close
     /// once nothing is in flight, or re-arm the receive.
     fn settle(
@@ -293,7 +333,14 @@ impl Floor {
         let conn = &mut self.conns[key];
         if !conn.sending {
             match conn.life {
+                // Not linked (a receive was armed): cancel it, then close.
                 Life::CloseAfterSend => {
+                    conn.life = Life::Ending;
+                    if conn.input == Input::Armed {
+                        cancel_recv(submitter, sq, key)?;
+                    }
+                }
+                Life::ShutDownAfterSend => {
                     // A direct syscall: `IORING_OP_SHUTDOWN` always runs in an io-wq worker.
                     // SAFETY: plain syscall on our own socket.
                     unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
@@ -315,7 +362,9 @@ impl Floor {
                 // Only the client's FIN is wanted after a shutdown.
                 Life::Open | Life::ShutDown => recv_once(conn.fd, key as u64),
                 // Nothing armed while the last response goes out.
-                Life::CloseAfterSend | Life::Ending => return Ok(()),
+                Life::CloseAfterSend | Life::Closing | Life::ShutDownAfterSend | Life::Ending => {
+                    return Ok(());
+                }
             };
             conn.input = Input::Armed;
             push(submitter, sq, entry)?;
@@ -371,6 +420,26 @@ fn start_send(
             .build()
     };
     conn.sending = true;
+    let last = conn.queued.is_empty() && conn.flight.len() <= IOV_MAX;
+    if conn.life == Life::CloseAfterSend && conn.input != Input::Armed && last {
+        // The close runs only if the send completes in full (MSG_WAITALL
+        // makes a short send a failure, which breaks the link).
+        conn.life = Life::Closing;
+        let close = opcode::Close::new(Fd(conn.fd))
+            .build()
+            .flags(Flags::SKIP_SUCCESS)
+            .user_data(IGNORE);
+        let send = entry.flags(Flags::IO_LINK).user_data(LAST_SEND | key as u64);
+        if sq.capacity() - sq.len() < 2 {
+            // A link cannot span two submissions.
+            sq.sync();
+            submitter.submit()?;
+            sq.sync();
+        }
+        // SAFETY: as in `push`; the close references no memory.
+        return unsafe { sq.push_multiple(&[send, close]) }
+            .map_err(|_| io::Error::other("submission queue full"));
+    }
     push(submitter, sq, entry.user_data(SEND | key as u64))
 }
 

@@ -12,10 +12,12 @@
 //! - [`answer`]: running the sans-I/O core over carried and fresh input,
 //!   keeping only what it did not consume, with the access-log hook
 //!   ([`ConnectionLog`]) when logging is on; [`head_timeout`] for the 408.
-//! - [`after_output`], [`ends_after_output`] and [`Lingering`]: what a
-//!   session's [`Next`] means once its output is written (answer what is
-//!   carried and read on, or shut down the sending side and linger: read and
-//!   discard within bounds, then close).
+//! - [`ending`], [`after_output`], [`ends_after_output`] and [`Lingering`]:
+//!   what a session's [`Next`] means once its output is written (answer what
+//!   is carried and read on; close at once when the client asked to close
+//!   and nothing it sent is unread; otherwise shut down the sending side and
+//!   linger: read and discard within bounds, then close). Every engine, the
+//!   tokio ones included, ends connections by this one rule.
 //! - [`Serving::deadline`]: which deadline governs a connection in each of
 //!   its states ([`Waiting`]), by the core's rules
 //!   ([`crate::http::deadline`]), on the worker's millisecond clock.
@@ -410,43 +412,111 @@ pub fn answer(
 }
 
 /// Whether the connection ends once the output for `next` is written (the
-/// session answered its last request, or refused one): every such end is
-/// graceful — shut down the sending side, then [`Lingering`] — since the
-/// client may still be sending, and closing with its input unread would
-/// reset the connection under the response's end (RFC 9112 §9.6).
-/// An answer that ends the connection always has output; one without
-/// output that asks to end is closed at once.
+/// session answered its last request, or refused one); how it ends is
+/// [`ending`]'s rule. An answer that ends the connection always has output;
+/// one without output that asks to end is closed at once.
 pub fn ends_after_output(next: Next) -> bool {
     matches!(next, Next::Close | Next::Linger)
+}
+
+/// How a connection ends once the output for its last response is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Close now: no `shutdown`, no linger.
+    Close,
+    /// Shut down the sending side (FIN after the response), then read and
+    /// discard what still comes ([`Lingering`]) before closing.
+    Linger,
+}
+
+/// The rule for ending a connection after its output is written (`None`:
+/// it does not end), the same in every engine; `unread` is how many bytes
+/// the client sent that nobody read (carried, or left by the session).
+///
+/// The danger is a reset: closing a socket with input unread makes the
+/// kernel send RST, and a client that gets it may lose the end of the
+/// response it has not read yet (RFC 9112 §9.6). Lingering avoids it at the
+/// price of a `shutdown`, one more receive (the client's FIN) and one more
+/// wake-up per connection. As with nginx's `lingering_close on` (its
+/// default), the close is immediate ([`End::Close`]) when all of these hold:
+/// - the end is the client's choice: [`Next::Close`], a request with
+///   `Connection: close` (or HTTP/1.0 without keep-alive) after which the
+///   client sent nothing, no body still to come (the session's rule,
+///   [`crate::http::Session`]). A client that asked to close MUST NOT send
+///   further requests on the connection (RFC 9112 §9.6), so nothing can
+///   arrive after the close to be answered with a reset;
+/// - nothing it sent is unread: no byte carried, none received by the engine
+///   after the last request was answered, none the engine knows to be
+///   waiting in the socket ([`unread_after_end`] turns a [`Next::Close`]
+///   into [`Next::Linger`] for those);
+/// - the connection is plain HTTP. TLS always lingers: its [`Next::Close`]
+///   also covers fatal alerts after bad input (the client may still be
+///   sending), and the `close_notify` sent after the last response invites
+///   the client's own, which would arrive after an immediate close and be
+///   answered with a reset.
+///
+/// Everything else lingers: refusals, errors and timeouts ([`Next::Linger`]:
+/// the client may still be sending a body or requests), a close with input
+/// behind it, and TLS. (A client that breaks the rule and sends after its
+/// `Connection: close` request, with the bytes arriving only after the
+/// server read the request, can still get a reset; so can it with nginx.)
+pub fn ending(next: Next, protocol: &Protocol, unread: usize) -> Option<End> {
+    match next {
+        Next::Read | Next::Write => None,
+        Next::Close if unread == 0 && !protocol.is_tls() => Some(End::Close),
+        Next::Close | Next::Linger => Some(End::Linger),
+    }
+}
+
+/// Input reached the connection after its last response was decided (the
+/// session said [`Next::Close`]), or may be waiting in its socket: the
+/// close can no longer be immediate, the connection lingers ([`ending`]).
+pub fn unread_after_end(next: &mut Next) {
+    if *next == Next::Close {
+        *next = Next::Linger;
+    }
 }
 
 /// What follows once all of a connection's output is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterOutput {
-    /// The session ended the connection ([`ends_after_output`]): shut down
-    /// the sending side and linger, counting what was carried as discarded.
+    /// The client asked to close and nothing it sent is unread
+    /// ([`End::Close`]): close now, without `shutdown` or linger.
+    Close,
+    /// The session ended the connection ([`End::Linger`]): shut down the
+    /// sending side and linger, counting what was carried as discarded.
     Linger(Lingering),
     /// Keep-alive: answer what is carried (input left by back-pressure), if
     /// anything, then read on.
     Continue,
 }
 
-/// The rule for the end of an output, the same in both native engines:
-/// `after_send` is what the session said when it was produced, `carry` what
-/// was received meanwhile (dropped when lingering: never answered; its
-/// buffer kept if `keep_buffer`, for an engine that may be receiving into it).
-pub fn after_output(after_send: &mut Next, carry: &mut Carry, keep_buffer: bool) -> AfterOutput {
-    if ends_after_output(*after_send) {
-        let lingering = Lingering::new(carry.len());
-        if keep_buffer {
-            carry.clear();
-        } else {
-            carry.release();
-        }
-        return AfterOutput::Linger(lingering);
+/// The rule for the end of an output, the same in both native engines
+/// ([`ending`]): `after_send` is what the session said when it was
+/// produced (turned into [`Next::Linger`] by [`unread_after_end`] if input
+/// arrived since), `carry` what is unread (dropped when the connection
+/// ends: never answered; its buffer kept if `keep_buffer`, for an engine
+/// that may be receiving into it).
+pub fn after_output(
+    after_send: &mut Next,
+    carry: &mut Carry,
+    protocol: &Protocol,
+    keep_buffer: bool,
+) -> AfterOutput {
+    let Some(end) = ending(*after_send, protocol, carry.len()) else {
+        *after_send = Next::Read;
+        return AfterOutput::Continue;
+    };
+    let lingering = Lingering::new(carry.len());
+    if keep_buffer {
+        carry.clear();
+    } else {
+        carry.release();
     }
-    *after_send = Next::Read;
-    AfterOutput::Continue
+    match end {
+        End::Close => AfterOutput::Close,
+        End::Linger => AfterOutput::Linger(lingering),
+    }
 }
 
 /// Input discarded while lingering, bounded by [`LINGER_MAX_BYTES`].
@@ -653,16 +723,50 @@ mod tests {
     fn after_an_ending_output_the_connection_lingers_and_drops_what_it_carried() {
         let mut carry = Carry::default();
         carry.extend_from_slice(b"GET /smuggled HTTP/1.1\r\n");
+        let plain = Protocol::Plain(Session::new());
         let mut next = Next::Linger;
-        let AfterOutput::Linger(mut lingering) = after_output(&mut next, &mut carry, false) else {
+        let AfterOutput::Linger(mut lingering) = after_output(&mut next, &mut carry, &plain, false) else {
             panic!("a refusal ends in lingering")
         };
         assert!(carry.is_empty());
         assert!(lingering.discard(LINGER_MAX_BYTES - 25));
         assert!(!lingering.discard(1), "the linger bound counts what was carried");
         let mut next = Next::Write;
-        assert_eq!(after_output(&mut next, &mut carry, false), AfterOutput::Continue);
+        assert_eq!(
+            after_output(&mut next, &mut carry, &plain, false),
+            AfterOutput::Continue
+        );
         assert_eq!(next, Next::Read);
+    }
+
+    #[test]
+    fn a_close_the_client_asked_for_is_immediate_only_with_nothing_unread_on_plain_http() {
+        let plain = Protocol::Plain(Session::new());
+        assert_eq!(ending(Next::Close, &plain, 0), Some(End::Close));
+        assert_eq!(ending(Next::Close, &plain, 1), Some(End::Linger), "input unread");
+        assert_eq!(ending(Next::Linger, &plain, 0), Some(End::Linger), "a refusal");
+        assert_eq!(ending(Next::Read, &plain, 0), None);
+        assert_eq!(ending(Next::Write, &plain, 5), None);
+        let mut next = Next::Close;
+        unread_after_end(&mut next);
+        assert_eq!(next, Next::Linger, "input arrived after the last request");
+        let mut next = Next::Read;
+        unread_after_end(&mut next);
+        assert_eq!(next, Next::Read, "keep-alive input is simply answered");
+
+        let mut carry = Carry::default();
+        let mut next = Next::Close;
+        assert_eq!(
+            after_output(&mut next, &mut carry, &plain, false),
+            AfterOutput::Close
+        );
+        carry.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        let mut next = Next::Close;
+        assert!(matches!(
+            after_output(&mut next, &mut carry, &plain, false),
+            AfterOutput::Linger(_)
+        ));
+        assert!(carry.is_empty(), "what was carried is dropped");
     }
 
     #[test]

@@ -19,7 +19,9 @@
 //! from disk here in chunks of [`FILE_CHUNK_BYTES`]; then, for TLS, the
 //! sealed records [`write_sealed`] pulls from the protocol, file chunks read
 //! here and sealed there), and read, write again,
-//! close or linger as its [`Next`] says. Every read and every write operation is raced
+//! close or linger as its [`Next`] says, by the rule every engine shares
+//! ([`policy::ending`]: an immediate close when the client asked for it and
+//! nothing it sent is unread). Every read and every write operation is raced
 //! against the deadline the core decides ([`DeadlineClock`]) on one timer per
 //! connection ([`timer::before`]).
 //!
@@ -45,6 +47,7 @@ use tokio::time::Sleep;
 
 use crate::access_log::{ConnectionLog, MAX_FLUSH_DELAY, WorkerLog};
 use crate::engine::connections::{Connections, Registration};
+use crate::engine::policy::{self, End};
 use crate::engine::timer::{self, connection_timer};
 use crate::engine::{
     AcceptBackoff, FILE_CHUNK_BYTES, FaultCountdown, LINGER_MAX_BYTES, READ_BUFFER_BYTES, Ready, Worker,
@@ -330,9 +333,17 @@ async fn run_connection<C: ConnectionIo, O: Observer>(
         match progress.next {
             Next::Read => {}
             Next::Write => continue,
-            // Never close with input unread (RFC 9112 §9.6): the kernel would
-            // answer with a reset that can destroy the response's end.
-            Next::Close | Next::Linger => return linger(connection, input, timeouts).await,
+            // The shared rule (RFC 9112 §9.6): close at once only when the
+            // client asked to and nothing it sent is unread (no read runs
+            // while output is written, so `input` is all there is);
+            // otherwise linger, or the kernel would answer the unread input
+            // with a reset that can destroy the response's end.
+            next @ (Next::Close | Next::Linger) => {
+                return match policy::ending(next, protocol, input.len()) {
+                    Some(End::Close) => Ending::Clean,
+                    Some(End::Linger) | None => linger(connection, input, timeouts).await,
+                };
+            }
         }
         let buffered = protocol.buffered(input.len());
         let deadline = clock.for_read(protocol.session(), buffered, Instant::now(), timeouts);

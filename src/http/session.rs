@@ -12,20 +12,28 @@
 //!   again without reading, once the output is written (back-pressure: a
 //!   client pipelining requests for a large file cannot make us buffer them
 //!   all);
-//! - [`Next::Close`]: the last response is written (the client asked to
-//!   close, or spoke HTTP/1.0); the connection ends gracefully, as for
-//!   [`Next::Linger`];
-//! - [`Next::Linger`]: the request was refused and the connection must end.
+//! - [`Next::Close`]: the last response is written: the client asked to
+//!   close (`Connection: close`, or HTTP/1.0 without keep-alive) and sent
+//!   nothing after that request: no body still to read, no byte behind it.
+//!   The engine may close at once once the output is written (see below);
+//! - [`Next::Linger`]: the connection must end gracefully: the request was
+//!   refused, or the client asked to close but sent more behind its request
+//!   (pipelined requests, a body not yet read in full).
 //!
-//! Every end after a response is graceful (RFC 9112 §9.6): once the output
-//! is written, the engine shuts down its sending side, then reads and
-//! discards what the client still sends (a body, pipelined requests) for a
-//! bounded time ([`crate::http::Timeouts::linger`], at most
+//! Ending with unread input is what must never happen: closing a socket
+//! whose receive queue holds data makes the kernel answer with a reset that
+//! destroys whatever of the response the client has not read yet (RFC 9112
+//! §9.6). So after [`Next::Linger`] the engine shuts down its sending side,
+//! then reads and discards what the client still sends for a bounded time
+//! ([`crate::http::Timeouts::linger`], at most
 //! [`crate::engine::LINGER_MAX_BYTES`]) or until the client closes, and only
-//! then closes: closing with unread input makes the kernel answer with a
-//! reset that destroys whatever of the response the client has not read yet.
-//! The two variants differ only in what they tell a reader of the code (and
-//! of an access log): the client's choice, or the server's refusal.
+//! then closes. After [`Next::Close`] nothing is unread that the session
+//! saw, and the client, having asked to close, MUST NOT send further
+//! requests (RFC 9112 §9.6): so, as nginx's `lingering_close on` does, the
+//! engines close at once, without the `shutdown`, the extra receive and the
+//! extra wake-up of lingering, unless input the session never saw is waiting
+//! in the engine or the socket, or the connection is TLS (the rule and its
+//! exceptions: [`crate::engine::policy::ending`]).
 //!
 //! Per request: parse the head ([`request`]), normalise the target
 //! ([`target`]), resolve it in the snapshot, and let [`resource`] choose the
@@ -264,6 +272,10 @@ impl Session {
                     let line = first_line(&rest[..head_len], usize::MAX);
                     let next = self.answer(&head, line, snapshot, out, &date, observer);
                     if next != Next::Read {
+                        let next = match next {
+                            Next::Close if !ends_input(head.body_len, &input[pos..]) => Next::Linger,
+                            next => next,
+                        };
                         return Progress {
                             consumed: input.len(),
                             next,
@@ -369,6 +381,15 @@ impl Session {
         }
         keep_going
     }
+}
+
+/// Whether a request that ends the connection is the last thing the client
+/// sent: its body (`body_len` bytes) is all in `after_head` (what was
+/// received behind its head), and nothing follows it. Otherwise the client
+/// is still sending, or sent more than it should, and the connection must
+/// linger rather than close with that input unread ([`Next::Close`]).
+fn ends_input(body_len: u64, after_head: &[u8]) -> bool {
+    after_head.len() as u64 == body_len
 }
 
 /// `https://HOST[:PORT]/path?query` for a request to `target` with `Host:
@@ -640,6 +661,43 @@ mod tests {
             4096,
         );
         assert!(close);
+    }
+
+    #[test]
+    fn a_close_is_clean_only_when_nothing_follows_the_request() {
+        let (snapshot, _dir) = site();
+        let next = |input: &[u8]| {
+            let mut out = Output::new();
+            Session::new()
+                .on_input(input, &snapshot, &Limits::default(), &mut out)
+                .next
+        };
+        let close = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+        assert_eq!(next(close), Next::Close);
+        assert_eq!(next(b"GET / HTTP/1.0\r\n\r\n"), Next::Close);
+        assert_eq!(
+            next(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"),
+            Next::Close,
+            "the last of a pipelined batch"
+        );
+        let mut pipelined = close.to_vec();
+        pipelined.extend_from_slice(b"GET /book HTTP/1.1\r\n");
+        assert_eq!(next(&pipelined), Next::Linger, "bytes behind it");
+        assert_eq!(next(&[&close[..], b"\r\n"].concat()), Next::Linger);
+        let with_body = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(next(with_body), Next::Linger, "its body is still coming");
+        assert_eq!(next(&[&with_body[..], b"abc"].concat()), Next::Linger);
+        assert_eq!(
+            next(&[&with_body[..], b"abcde"].concat()),
+            Next::Close,
+            "all of it read"
+        );
+        assert_eq!(next(&[&with_body[..], b"abcdef"].concat()), Next::Linger);
+        assert_eq!(
+            next(b"GET /%zz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"),
+            Next::Linger,
+            "a refusal"
+        );
     }
 
     #[test]

@@ -461,6 +461,15 @@ mod tests {
         (server, Arc::new(client))
     }
 
+    #[test]
+    fn a_tls_connection_always_lingers() {
+        use crate::engine::policy::{End, ending};
+        let (server, _) = configs();
+        let tls = crate::protocol::Protocol::tls(server).unwrap();
+        assert_eq!(ending(Next::Close, &tls, 0), Some(End::Linger));
+        assert_eq!(ending(Next::Linger, &tls, 0), Some(End::Linger));
+    }
+
     /// Plays the engine: hands `input` to the session `split` bytes at a
     /// time, then pulls everything (reading file chunks with `pread`).
     fn exchange(server: &mut TlsSession, snapshot: &Snapshot, input: &[u8], split: usize) -> (Vec<u8>, Next) {

@@ -772,6 +772,13 @@ pub fn uring_variants(all: UringOptions) -> Vec<(&'static str, UringOptions)> {
             },
         ),
         (
+            "no-link-close",
+            UringOptions {
+                link_close: false,
+                ..all
+            },
+        ),
+        (
             "min-wait",
             UringOptions {
                 min_wait: true,

@@ -90,7 +90,8 @@ pub enum Reaction {
     Flush,
     /// Shut down the sending side; the connection now lingers.
     StartLinger,
-    /// Close the connection now.
+    /// Close the connection now (after an error, or at the end the client
+    /// asked for: [`policy::ending`]).
     Close,
 }
 
@@ -228,7 +229,7 @@ impl Conn {
     }
 
     /// Writes the outbox until it is done or the socket is full; then moves
-    /// on as the session said (answer what is carried, or linger).
+    /// on as the session said (answer what is carried, close, or linger).
     pub fn write(&mut self, serving: &Serving, pool: &mut OutboxPool) -> Reaction {
         self.output = OutputState::Idle;
         loop {
@@ -261,7 +262,14 @@ impl Conn {
             if let Some(outbox) = self.outbox.take() {
                 pool.give(outbox);
             }
-            match policy::after_output(&mut self.after_send, &mut self.carry, false) {
+            if matches!(self.input, InputState::Readable | InputState::ReadableToEnd) {
+                // An edge came since the last read (or reading stopped
+                // before the socket was empty): input may be waiting, and
+                // closing over it would reset the connection.
+                policy::unread_after_end(&mut self.after_send);
+            }
+            match policy::after_output(&mut self.after_send, &mut self.carry, &self.protocol, false) {
+                AfterOutput::Close => return Reaction::Close,
                 AfterOutput::Linger(lingering) => {
                     self.phase = Phase::Lingering(lingering);
                     return Reaction::StartLinger;

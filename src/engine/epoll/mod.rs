@@ -41,11 +41,15 @@
 //! by the protocol instead of `sendfile` ([`outbox`]); the loop has no TLS
 //! logic of its own. A handshake is bounded by the head deadline.
 //!
-//! Every end after a response is graceful (RFC 9112 §9.6): once the last
-//! response is written, `shutdown(SHUT_WR)` sends FIN, and input is read and
-//! discarded until the client closes, [`LINGER_MAX_BYTES`](crate::engine::LINGER_MAX_BYTES)
-//! or the linger deadline; closing is then a plain `close(2)` (no operation
-//! is ever in flight in the kernel, unlike io_uring).
+//! Ending a connection follows the shared rule ([`policy::ending`]): when
+//! the client asked to close and nothing it sent is unread (nothing carried,
+//! and no readiness edge since the last read, which emptied the socket), a
+//! plain `close(2)` right after the last write. Otherwise the end is
+//! graceful (RFC 9112 §9.6): `shutdown(SHUT_WR)` sends FIN, and input is
+//! read and discarded until the client closes,
+//! [`LINGER_MAX_BYTES`](crate::engine::LINGER_MAX_BYTES) or the linger
+//! deadline, then `close(2)` (no operation is ever in flight in the kernel,
+//! unlike io_uring).
 //!
 //! **Graceful stop**: the worker's [`Shutdown`] eventfd is in the epoll set.
 //! On it the loop closes its listeners (new clients are refused), shuts down

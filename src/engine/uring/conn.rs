@@ -35,7 +35,7 @@ use super::outbox::{Outbox, OutboxPool};
 use super::ring::Socket;
 use crate::engine::READ_BUFFER_BYTES;
 use crate::engine::deadlines::{Millis, TimerSlot};
-use crate::engine::policy::{self, AfterOutput, Carry, Lingering, Serving, Waiting};
+use crate::engine::policy::{self, AfterOutput, Carry, End, Lingering, Serving, Waiting};
 use crate::http::{DeadlineClock, Expiry, Next};
 use crate::protocol::Protocol;
 
@@ -160,6 +160,15 @@ pub enum OutputState {
     /// An operation of the outbox (a send, or the read of a file chunk) is
     /// in flight.
     InFlight(OpKind),
+    /// The outbox's last send is in flight, linked (`IOSQE_IO_LINK`) to the
+    /// close of the socket ([`Conn::may_link_close`]): once it completes in
+    /// full, the kernel closes the socket by itself and the connection must
+    /// never name it again (the descriptor or slot may already belong to the
+    /// next accepted connection). Short or failed, the link breaks, the close
+    /// completes with `ECANCELED`, and the connection closes as any other
+    /// (with a reset if `reset`: a deadline that passed meanwhile asked for
+    /// one, which could not be set while the kernel might be closing).
+    LastSend { reset: bool },
 }
 
 #[derive(Debug)]
@@ -234,7 +243,33 @@ impl Conn {
 
     /// Whether an operation of the outbox is in flight.
     pub fn output_in_flight(&self) -> bool {
-        matches!(self.output, OutputState::InFlight(_))
+        matches!(
+            self.output,
+            OutputState::InFlight(_) | OutputState::LastSend { .. }
+        )
+    }
+
+    /// Whether the send about to be submitted, if it sends everything left,
+    /// may carry the connection's close linked to it: the shared rule says
+    /// the end is an immediate close ([`policy::ending`]: the client asked
+    /// to close, nothing it sent is unread, plain HTTP), and no receive is
+    /// in the kernel (an armed receive holds the socket, so the close would
+    /// not send FIN; the first receive is single-shot and no receive is
+    /// re-armed once the last response is decided, see
+    /// [`Conn::wants_recv`]). Nothing can change that before the send
+    /// completes: without a receive, no input arrives.
+    pub fn may_link_close(&self) -> bool {
+        self.phase == Phase::Open
+            && self.recv == RecvState::Idle
+            && self.shutdown == ShutdownState::Idle
+            && policy::ending(self.after_send, &self.protocol, self.carry.len()) == Some(End::Close)
+    }
+
+    /// Whether the socket may still be named: not once the last send,
+    /// linked to the close, is in flight (the kernel may have closed it
+    /// already, and its number be the next connection's).
+    pub fn socket_is_ours(&self) -> bool {
+        !matches!(self.output, OutputState::LastSend { .. })
     }
 
     /// Whether nothing more will happen but closing: the peer is done and
@@ -267,13 +302,22 @@ impl Conn {
         cx.deadline(waiting, &mut self.clock, &self.protocol, self.carry.len())
     }
 
-    /// Records that an output operation of kind `op` is being submitted (the
-    /// first one of an outbox starts the no-progress clock).
-    pub fn on_output_submitted(&mut self, op: OpKind, now: Millis) {
+    /// Records that an output operation is being submitted (`InFlight` or
+    /// `LastSend`; the first one of an outbox starts the no-progress clock).
+    pub fn on_output_submitted(&mut self, state: OutputState, now: Millis) {
         if !self.output_in_flight() && self.outbox.as_ref().is_some_and(|o| o.is_untouched()) {
             self.send_progress = now;
         }
-        self.output = OutputState::InFlight(op);
+        self.output = state;
+    }
+
+    /// The last send, linked to the close, completed with `result` (bytes,
+    /// or -errno): whether it sent everything left, so that the kernel ran
+    /// the close (a short or failed send broke the link: see
+    /// [`OutputState::LastSend`]).
+    pub fn last_send_completed(&self, result: i32) -> bool {
+        let left = self.outbox.as_ref().map_or(0, |outbox| outbox.left());
+        usize::try_from(result).is_ok_and(|sent| sent > 0 && sent == left)
     }
 
     /// Received bytes: answer what can be answered now, keep the rest.
@@ -299,7 +343,9 @@ impl Conn {
         }
         if matches!(self.after_send, Next::Close | Next::Linger) {
             // The connection's last response is queued; what follows is
-            // never answered.
+            // never answered, and closing over it could reset the
+            // connection: it ends lingering.
+            policy::unread_after_end(&mut self.after_send);
             if let Input::InCarry(len) = input {
                 self.carry.truncate(self.carry.len() - len);
             }
@@ -385,7 +431,15 @@ impl Conn {
         // With own buffers a single-shot receive into `carry` may be armed
         // (a 408 is sent while the head is still awaited): emptied, never
         // freed under the kernel.
-        match policy::after_output(&mut self.after_send, &mut self.carry, cx.own_buffers) {
+        match policy::after_output(
+            &mut self.after_send,
+            &mut self.carry,
+            &self.protocol,
+            cx.own_buffers,
+        ) {
+            // Cancels a receive still armed (a keep-alive connection whose
+            // last request asked to close), then closes.
+            AfterOutput::Close => Reaction::Close,
             AfterOutput::Linger(lingering) => {
                 self.phase = Phase::Lingering(lingering);
                 Reaction::StartLinger

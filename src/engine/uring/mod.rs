@@ -51,7 +51,25 @@
 //!    linger) is the core's rule ([`crate::http::deadline`]); the deadlines
 //!    live in a lazy queue ([`deadlines`]) checked once per iteration, and
 //!    one io_uring timeout, armed for the earliest, wakes the loop.
-//! 6. **Graceful, async close**: every end after a response is graceful
+//! 6. **Async close, immediate or graceful**, by the shared rule
+//!    ([`policy::ending`]). When the client asked to close and nothing it
+//!    sent is unread (nothing carried, no receive since the request was
+//!    answered, and the receive that brought it did not report more waiting
+//!    in the socket, `IORING_CQE_F_SOCK_NONEMPTY`), the close is immediate:
+//!    a connection's first receive is single-shot, so no receive is armed
+//!    while a `Connection: close` response is sent, and the last send is
+//!    submitted **linked to the close** (`IOSQE_IO_LINK`, the send with
+//!    `MSG_WAITALL` so that a short send fails and breaks the link; the
+//!    close with `IOSQE_CQE_SKIP_SUCCESS`, see [`outbox::OutputOp::entry`]
+//!    and `conn::OutputState::LastSend`). A connection-per-request client
+//!    then costs one receive, one send and the close, all in the ring: no
+//!    syscall of its own and no completion but the send's. If the send is
+//!    short or fails (or a deadline cancels it), the close completes with
+//!    `ECANCELED` and the connection closes as any other. Where a send
+//!    cannot carry the close (a keep-alive connection whose last request
+//!    asks to close still has its multishot receive armed; a response
+//!    streamed from disk ends with a read; `--uring-no-link-close`), the
+//!    close follows the send's completion. Every other end is graceful
 //!    (RFC 9112 §9.6): once the last response is sent, `shutdown(SHUT_WR)`
 //!    sends FIN, and input is received and discarded (lingering)
 //!    until the client closes, [`LINGER_MAX_BYTES`](crate::engine::LINGER_MAX_BYTES)
@@ -59,9 +77,7 @@
 //!    the connection under the response's end. An armed multishot receive
 //!    holds a reference to the socket, so closing would not send FIN:
 //!    closing cancels the receive (and any send), waits for their final
-//!    completions, then submits `Close`. A connection's first receive is
-//!    single-shot, and no receive is armed while a `Connection: close`
-//!    response is sent, so a connection-per-request client costs one
+//!    completions, then submits `Close`. A lingering connection costs one
 //!    receive, one send, one `shutdown` syscall, the receive that sees its
 //!    FIN, and one close, with no cancel. The shutdown is a direct syscall,
 //!    not `IORING_OP_SHUTDOWN`: the kernel always runs that one in an io-wq
@@ -89,6 +105,12 @@
 //!    the engine is never refused for it. The access log needs the peer's
 //!    address (`getpeername`, which takes a descriptor), so with the log on
 //!    sockets are normal descriptors.
+//!
+//!    The immediate close needs no shutdown: on a direct descriptor it is
+//!    the same `Close` of the slot, linked to the last send, with no io-wq
+//!    hop (the slot is freed when the close runs, after the send; the
+//!    connection never names it after that send, see
+//!    `conn::OutputState::LastSend`).
 //!
 //!    **The ordering of shutdown and close.** A direct descriptor has no
 //!    descriptor for `shutdown(2)`, so the graceful close's `SHUT_WR` (and
@@ -152,7 +174,9 @@
 //!
 //! **Switches for measurement** ([`UringOptions`], hidden command-line flags
 //! `--uring-no-multishot-recv`, `--uring-no-buf-ring`,
-//! `--uring-no-defer-taskrun`, `--uring-no-batch`, `--uring-buffers N`,
+//! `--uring-no-defer-taskrun`, `--uring-no-batch`, `--uring-no-link-close`
+//! (the immediate close submitted on the last send's completion instead of
+//! linked to it), `--uring-buffers N`,
 //! `--uring-ring-entries N`, and `--uring-direct` / `--uring-no-direct`):
 //! each turns one technique off (direct descriptors: on) so its
 //! contribution can be measured. Direct descriptors, measured 2026-12-03
@@ -288,6 +312,10 @@ pub struct UringOptions {
     pub defer_taskrun: bool,
     /// All responses to one iteration's input in one send.
     pub batch_sends: bool,
+    /// An immediate close ([`policy::ending`]) is linked to the last send
+    /// (`IOSQE_IO_LINK`) where it can be, instead of submitted when that
+    /// send completes.
+    pub link_close: bool,
     /// Provided buffers per worker (a power of two).
     pub buffers: u16,
     /// Submission queue entries (a power of two).
@@ -321,6 +349,7 @@ impl Default for UringOptions {
             buffer_ring: true,
             defer_taskrun: true,
             batch_sends: true,
+            link_close: true,
             buffers: DEFAULT_BUFFERS,
             ring_entries: DEFAULT_RING_ENTRIES,
             ring_fd: false,
@@ -417,6 +446,16 @@ pub fn shared_buffer_receives() -> u64 {
     SHARED_BUFFER_RECEIVES.load(Ordering::Relaxed)
 }
 
+/// Connections the kernel closed through a close linked to their last send
+/// (the send completed in full), all workers together: counted so tests can
+/// tell the link is used.
+static LINKED_CLOSES: AtomicU64 = AtomicU64::new(0);
+
+#[doc(hidden)]
+pub fn linked_closes() -> u64 {
+    LINKED_CLOSES.load(Ordering::Relaxed)
+}
+
 /// Times a connection stopped receiving because too much unanswered input
 /// piled up (a client pipelining faster than it reads); rare, counted for
 /// the same reason.
@@ -493,6 +532,8 @@ struct Driver {
     accepted: Accepted,
     completions: Vec<(u64, i32, u32)>,
     mode: RecvMode,
+    /// Link an immediate close to the last send ([`UringOptions::link_close`]).
+    link_close: bool,
     /// What answering needs (snapshot, limits, timeouts, access log, the
     /// worker's clock), lent to one connection at a time.
     cx: ServeContext,
@@ -651,6 +692,7 @@ impl Driver {
             accepted,
             completions: Vec::with_capacity(1024),
             mode,
+            link_close: options.link_close,
             cx: ServeContext {
                 serving: Serving::for_worker(&mut worker),
                 batch: options.batch_sends,
@@ -715,10 +757,10 @@ impl Driver {
             self.expire_deadlines();
         }
         // Closes queued by the last iteration (the listener's, the last
-        // connections') are not counted in flight: submit them.
-        if !self.ring.ring.submission().is_empty() {
-            let _ = self.ring.submit();
-        }
+        // connections') are not counted in flight: submit them, and let the
+        // kernel run what is due (a close linked to a send that completed
+        // runs as deferred task work, inside an enter that collects).
+        let _ = self.ring.enter(Wait::Collect);
         if let Some(log) = &self.cx.log {
             log.borrow_mut().flush();
         }
@@ -1049,6 +1091,14 @@ impl Driver {
             conn.request_close();
             Reaction::Nothing
         };
+        if result > 0 && !cqueue::more(flags) && cqueue::sock_nonempty(flags) {
+            // The receive ended with more input waiting in the socket (it
+            // filled its buffer): if the last response is decided, closing
+            // at once would close over that input.
+            if let Some(conn) = self.conns.get_mut(key) {
+                policy::unread_after_end(&mut conn.after_send);
+            }
+        }
         self.react(key, reaction);
         self.settle(key);
     }
@@ -1157,16 +1207,30 @@ impl Driver {
             return;
         };
         let op = outbox.next_op();
-        let entry = op.entry(socket, Op::conn(op.kind(), key).encode());
-        conn.on_output_submitted(op.kind(), self.cx.now);
+        let link = self.link_close && outbox.sends_rest(&op) && conn.may_link_close();
+        let entry = op.entry(socket, Op::conn(op.kind(), key).encode(), link);
+        let state = if link {
+            OutputState::LastSend { reset: false }
+        } else {
+            OutputState::InFlight(op.kind())
+        };
+        conn.on_output_submitted(state, self.cx.now);
         // SAFETY: the entry points into the boxed outbox (output bytes, the
         // file chunk buffer, iovecs, msghdr) and at a file the output holds
         // open. The connection keeps the box, unchanged, until this
         // operation's completion: `on_send` and `on_file_read` are the only
         // places an outbox with an operation in flight is released or
         // changed, and a closing connection's slot is freed only once no
-        // output operation is in flight.
-        unsafe { self.ring.push(&entry) };
+        // output operation is in flight. (The linked close references no
+        // memory.)
+        unsafe {
+            if link {
+                self.ring
+                    .push_send_then_close(&entry, socket, Op::conn(OpKind::Close, key));
+            } else {
+                self.ring.push(&entry);
+            }
+        }
     }
 
     fn on_file_read(&mut self, key: SlotKey, result: i32) {
@@ -1189,7 +1253,23 @@ impl Driver {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if matches!(conn.phase, Phase::Closing { .. }) {
+        if let OutputState::LastSend { reset } = conn.output {
+            conn.output = OutputState::Idle;
+            if conn.last_send_completed(result) {
+                // The kernel runs the linked close (whatever the phase: a
+                // cancel that came too late changes nothing): the
+                // connection is over, and its socket is not ours any more.
+                LINKED_CLOSES.fetch_add(1, Ordering::Relaxed);
+                self.forget(key);
+                return;
+            }
+            // The link broke and the close was cancelled: close as any
+            // other connection.
+            if reset {
+                self.ring.push_reset_on_close(conn.socket);
+            }
+            conn.request_close();
+        } else if matches!(conn.phase, Phase::Closing { .. }) {
             conn.output = OutputState::Idle;
         } else if result <= 0 {
             // EPIPE, ECONNRESET, or no progress.
@@ -1272,6 +1352,7 @@ impl Driver {
             let cancel_recv = conn.recv == RecvState::Armed;
             let cancel_output = match conn.output {
                 OutputState::InFlight(kind) => Some(kind),
+                OutputState::LastSend { .. } => Some(OpKind::Send),
                 OutputState::Idle | OutputState::Queued => None,
             };
             if cancel_recv {
@@ -1297,16 +1378,8 @@ impl Driver {
                 // Nothing of this connection is in the kernel any more: free
                 // its slot and close its descriptor.
                 let socket = conn.socket;
-                if let Some(conn) = self.conns.remove(key) {
-                    conn.release(&mut self.pool);
-                }
-                self.cx.count_connection(false);
+                self.forget(key);
                 self.ring.push_close(socket, Op::conn(OpKind::Close, key));
-                if self.deadlines.is_sparse(self.conns.len()) {
-                    let conns = &self.conns;
-                    self.deadlines
-                        .compact(|key| conns.get(key).map(|conn| &conn.timer));
-                }
             }
             return;
         }
@@ -1322,13 +1395,31 @@ impl Driver {
         }
     }
 
+    /// Frees the slot of a connection that nothing of ours is in flight for
+    /// (its socket closed, or about to be by the caller or the kernel).
+    fn forget(&mut self, key: SlotKey) {
+        if let Some(conn) = self.conns.remove(key) {
+            conn.release(&mut self.pool);
+            self.cx.count_connection(false);
+        }
+        if self.deadlines.is_sparse(self.conns.len()) {
+            let conns = &self.conns;
+            self.deadlines
+                .compact(|key| conns.get(key).map(|conn| &conn.timer));
+        }
+    }
+
     /// Ends a connection now: with a reset if `reset` (a peer that stopped
     /// reading: its unsent data is useless), after cancelling what is in
     /// flight.
     fn abort(&mut self, key: SlotKey, reset: bool) {
         if let Some(conn) = self.conns.get_mut(key) {
-            if reset {
-                self.ring.push_reset_on_close(conn.socket);
+            match conn.output {
+                // The kernel may be closing the socket: the reset waits for
+                // the send's completion (if the link broke, see `on_send`).
+                OutputState::LastSend { .. } if reset => conn.output = OutputState::LastSend { reset },
+                _ if reset => self.ring.push_reset_on_close(conn.socket),
+                _ => {}
             }
             conn.request_close();
         }
@@ -1437,7 +1528,9 @@ impl Driver {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            if matches!(conn.phase, Phase::Closing { .. }) {
+            // A connection whose last send carries its close finishes by
+            // itself, and its socket may already be closed.
+            if matches!(conn.phase, Phase::Closing { .. }) || !conn.socket_is_ours() {
                 continue;
             }
             // A connection waiting for a request sees end-of-file and
@@ -1482,8 +1575,11 @@ impl Drop for Driver {
             // ring, dropped next, cancels it).
             std::mem::forget(self.buffers.take());
             let conns = self.conns.drain_values();
+            // Not the socket of a last send linked to its close: the kernel
+            // may have closed it already, and its number be another's.
             for socket in conns
                 .iter()
+                .filter(|conn| conn.socket_is_ours())
                 .map(|conn| conn.socket)
                 .chain(self.waiting.drain(..).map(|(socket, _)| socket))
             {
@@ -1511,7 +1607,7 @@ impl Drop for Driver {
         // Only reachable if the loop was left early; close what is open.
         // Direct descriptors close with the ring's table, when it drops.
         for conn in self.conns.drain_values() {
-            if let Some(fd) = conn.socket.fd() {
+            if let Some(fd) = conn.socket.fd().filter(|_| conn.socket_is_ours()) {
                 // SAFETY: the descriptor belongs to this connection alone.
                 unsafe { libc::close(fd) };
             }

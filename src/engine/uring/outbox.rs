@@ -87,17 +87,37 @@ impl OutputOp {
         }
     }
 
-    /// The submission for this operation on `socket`.
-    pub fn entry(&self, socket: Socket, user_data: u64) -> squeue::Entry {
+    /// The submission for this operation on `socket`. With `link`, a send
+    /// is the head of a link (`IOSQE_IO_LINK`) whose next entry (the close)
+    /// runs only if the send succeeds, and it is sent with `MSG_WAITALL`:
+    /// in io_uring/net.c (`io_send`, `io_sendmsg`), `MSG_WAITALL` sets the
+    /// minimum result to the whole length; a partial send on a stream socket
+    /// is retried from where it stopped (`io_net_retry`: `MSG_WAITALL` and
+    /// `SOCK_STREAM`) until all of it is sent, and a send that ends short
+    /// (an error after partial progress, a cancel) is marked failed
+    /// (`req_set_fail`), which breaks the link: the close then completes
+    /// with `ECANCELED` instead of closing under a partial response. (On a
+    /// plain send, without the flag, a short send is a success and the
+    /// close would follow it.) `MSG_WAITALL` means nothing to TCP's own
+    /// `sendmsg`: only io_uring reads it.
+    pub fn entry(&self, socket: Socket, user_data: u64, link: bool) -> squeue::Entry {
+        let (msg_flags, sqe_flags) = if link {
+            (
+                libc::MSG_NOSIGNAL | libc::MSG_WAITALL,
+                socket.sqe_flags() | squeue::Flags::IO_LINK,
+            )
+        } else {
+            (libc::MSG_NOSIGNAL, socket.sqe_flags())
+        };
         let entry = match *self {
             OutputOp::Send { bytes, len } => opcode::Send::new(socket.raw(), bytes, len)
-                .flags(libc::MSG_NOSIGNAL)
+                .flags(msg_flags)
                 .build()
-                .flags(socket.sqe_flags()),
+                .flags(sqe_flags),
             OutputOp::SendMsg { msghdr } => opcode::SendMsg::new(socket.raw(), msghdr)
-                .flags(libc::MSG_NOSIGNAL as u32)
+                .flags(msg_flags as u32)
                 .build()
-                .flags(socket.sqe_flags()),
+                .flags(sqe_flags),
             OutputOp::Read {
                 fd,
                 buffer,
@@ -137,6 +157,23 @@ impl Outbox {
     /// Whether every byte has been sent.
     pub fn is_done(&self) -> bool {
         self.sent >= self.output.len()
+    }
+
+    /// Bytes not sent yet.
+    pub fn left(&self) -> usize {
+        self.output.len().saturating_sub(self.sent)
+    }
+
+    /// Whether `op` (the last [`Outbox::next_op`]) sends everything left: a
+    /// send that completes in full leaves nothing to send. (HTTPS output
+    /// is never complete until the protocol says so, and is never asked.)
+    pub fn sends_rest(&self, op: &OutputOp) -> bool {
+        let bytes = match *op {
+            OutputOp::Send { len, .. } => len as usize,
+            OutputOp::SendMsg { .. } => self.iovecs.iter().map(|iovec| iovec.iov_len).sum(),
+            OutputOp::Read { .. } => return false,
+        };
+        self.seal.is_none() && bytes == self.left()
     }
 
     /// The operation that moves the output on: one `send` when it is

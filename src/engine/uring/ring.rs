@@ -232,6 +232,52 @@ impl Ring {
         unsafe { self.push_unacknowledged(&entry.user_data(op.encode())) };
     }
 
+    /// Queues `send` as the head of a link and the close of `socket` as its
+    /// second entry: the close runs only once the send succeeded, and
+    /// completes silently then (`IOSQE_CQE_SKIP_SUCCESS`, so it is not
+    /// counted in flight); if the send fails, the close completes with
+    /// `ECANCELED` under `close_op` (see `OutputState::LastSend` in `conn`).
+    /// Both go into the queue together: a link cannot span two submissions
+    /// (the kernel ends a chain at the end of a submission, and a close
+    /// split from its send would run at once).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Ring::push`], for what `send` points to; `send` must carry
+    /// `IOSQE_IO_LINK`.
+    pub unsafe fn push_send_then_close(&mut self, send: &squeue::Entry, socket: Socket, close_op: Op) {
+        let close = match socket {
+            Socket::Fd(fd) => opcode::Close::new(types::Fd(fd)).build(),
+            Socket::Direct(index) => opcode::Close::new(types::Fixed(index)).build(),
+        }
+        .flags(squeue::Flags::SKIP_SUCCESS)
+        .user_data(close_op.encode());
+        let free = {
+            let queue = self.ring.submission();
+            queue.capacity() - queue.len()
+        };
+        if free < 2 {
+            while let Err(e) = self.submit() {
+                if !retry_enter(&e) {
+                    panic!("io_uring submission failed: {e}");
+                }
+                std::thread::yield_now();
+            }
+        }
+        // SAFETY: the queue has room for both (checked, or just emptied by
+        // the submit), so they are adjacent in one submission; the send's
+        // memory is the caller's contract, the close references none.
+        unsafe {
+            self.ring
+                .submission()
+                .push_multiple(&[send.clone(), close])
+                .expect("room for a send and its close");
+        }
+        // The send is counted; the close completes silently unless the link
+        // breaks, and its ECANCELED completion is not counted (`counted`).
+        self.in_flight += 1;
+    }
+
     /// Makes closing `socket` send a reset (`SO_LINGER` zero). A descriptor
     /// gets a direct `setsockopt`; a direct descriptor a `SetSockOpt`
     /// uring_cmd (Linux 6.7), which the kernel runs inline at submission,
