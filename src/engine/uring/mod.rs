@@ -188,7 +188,20 @@
 //! against 25.5 µs. Without the io-wq cap, 28.3 µs; on a machine busy with
 //! other work the io-wq hop cost far more (46 against 27 µs). Pinning the
 //! io-wq worker to the worker's CPUs changed nothing. Fewer syscalls, more
-//! CPU: off by default.
+//! CPU: off by default. Since the immediate close (issue 15 item 3: no
+//! shutdown, so no io-wq hop, for a `Connection: close` request with nothing
+//! behind it), `Connection: close` c64 with direct descriptors costs 0.91
+//! (0.91–1.00) and 0.97 (0.96–1.09) of the default in two paired runs of 3 ×
+//! 3 s: no longer a loss, not yet a proven gain; still off by default (the
+//! graceful close of a refusal still takes the hop).
+//!
+//! The linked close (`--uring-no-link-close` to submit the close on the last
+//! send's completion instead), measured 2026-12-03 on the same runs:
+//! without the link 1.04 (1.02–1.05) and 1.05 (1.00–1.18) of the CPU per
+//! request with it, 0.71–0.72 syscalls per request against 0.60–0.80.
+//! Against the commit before (graceful close for every `Connection: close`,
+//! `ci/bench_ab.py`, 4 × 3 s): 0.80 (0.75–0.95) of the CPU per request, 0.58
+//! syscalls per request against 1.93 (`bench-results/2026-12-03-close15`).
 //!
 //! Without multishot, a single-shot receive still selects a provided buffer and is
 //! armed only while the connection waits for a request; without the buffer
