@@ -308,6 +308,10 @@ pub struct Cli {
     /// default: no measurable gain.
     #[arg(long, hide = true)]
     pub uring_buf_ring_inc: bool,
+    /// uring: files streamed from disk to plain-HTTP connections go
+    /// file → pipe → socket with IORING_OP_SPLICE instead of read + send.
+    #[arg(long, hide = true)]
+    pub uring_splice: bool,
 
     /// Tests only: worker 0 fails as if its event loop had broken once it has
     /// accepted N connections (the server must then stop and exit 1).
@@ -554,6 +558,7 @@ impl Cli {
                 min_wait_usec: self.uring_min_wait_us,
                 bundle: self.uring_recv_bundle,
                 incremental: self.uring_buf_ring_inc,
+                splice: self.uring_splice,
                 direct_descriptors: !self.uring_no_direct
                     && (self.uring_direct || DEFAULT_DIRECT_DESCRIPTORS),
             },
@@ -608,6 +613,7 @@ mod tests {
             "--uring-min-wait",
             "--uring-recv-bundle",
             "--uring-buf-ring-inc",
+            "--uring-splice",
             "--uring-min-wait-us",
             "20",
             "--uring-no-direct",
@@ -624,7 +630,7 @@ mod tests {
                 && !options.direct_descriptors
         );
         assert!(options.ring_fd && options.no_sqarray && options.min_wait);
-        assert!(options.bundle && options.incremental);
+        assert!(options.bundle && options.incremental && options.splice);
         assert_eq!(options.min_wait_usec, 20);
         assert_eq!(options.buffers, 64);
         assert!(Cli::try_parse_from(["ringserve", "--uring-buffers", "100"]).is_err());

@@ -794,6 +794,7 @@ pub fn uring_variants(all: UringOptions) -> Vec<(&'static str, UringOptions)> {
                 ..all
             },
         ),
+        ("splice", UringOptions { splice: true, ..all }),
         ("every-issue-15-technique", with_issue_15_techniques(all)),
         (
             "direct",
@@ -807,7 +808,7 @@ pub fn uring_variants(all: UringOptions) -> Vec<(&'static str, UringOptions)> {
 
 /// Every technique of issue 15 on, including those off by default (direct
 /// descriptors too: they change the accept and close paths around the
-/// receives).
+/// receives; and splice, whose splices into the socket then name a slot).
 pub fn with_issue_15_techniques(all: UringOptions) -> UringOptions {
     UringOptions {
         ring_fd: true,
@@ -816,6 +817,7 @@ pub fn with_issue_15_techniques(all: UringOptions) -> UringOptions {
         bundle: true,
         incremental: true,
         direct_descriptors: true,
+        splice: true,
         ..all
     }
 }

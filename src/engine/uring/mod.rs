@@ -207,6 +207,7 @@ mod buffers;
 mod conn;
 mod op;
 mod outbox;
+mod pipes;
 mod probe;
 mod ring;
 
@@ -312,6 +313,9 @@ pub struct UringOptions {
     /// Accepted sockets as direct descriptors (the ring's fixed-file table)
     /// where the kernel allows it and the access log is off.
     pub direct_descriptors: bool,
+    /// Files streamed from disk to plain-HTTP connections go file → pipe →
+    /// socket with `IORING_OP_SPLICE` instead of a read and a send.
+    pub splice: bool,
 }
 
 impl Default for UringOptions {
@@ -330,6 +334,7 @@ impl Default for UringOptions {
             bundle: false,
             incremental: false,
             direct_descriptors: DEFAULT_DIRECT_DESCRIPTORS,
+            splice: false,
         }
     }
 }
@@ -606,7 +611,12 @@ impl Driver {
         } else {
             Accepted::Descriptors
         };
-        if accepted == Accepted::Direct {
+        // With splice the io-wq also runs every splice, and a splice into a
+        // socket whose client does not read blocks its io-wq worker: one
+        // worker for all would let one slow client stall every other
+        // connection's splices (and the shutdowns), so the cap is left to
+        // the kernel then.
+        if accepted == Accepted::Direct && !options.splice {
             // The ring's shutdowns are the only unbounded io-wq work (socket
             // I/O that must wait is polled, file reads are bounded work): one
             // worker runs them in turn, instead of the kernel creating and
@@ -655,6 +665,7 @@ impl Driver {
                 serving: Serving::for_worker(&mut worker),
                 batch: options.batch_sends,
                 own_buffers: mode == RecvMode::SingleOwned,
+                splice: options.splice,
             },
             snapshots: worker.snapshot.cache(),
             grace: worker.shutdown_grace,
@@ -1153,15 +1164,17 @@ impl Driver {
             return;
         };
         let socket = conn.socket;
+        let splice = self.cx.splice && !conn.is_tls();
         let Some(outbox) = conn.outbox.as_mut() else {
             return;
         };
-        let op = outbox.next_op();
+        let op = outbox.next_op(splice.then_some(&mut self.pool.pipes));
         let entry = op.entry(socket, Op::conn(op.kind(), key).encode());
         conn.on_output_submitted(op.kind(), self.cx.now);
         // SAFETY: the entry points into the boxed outbox (output bytes, the
         // file chunk buffer, iovecs, msghdr) and at a file the output holds
-        // open. The connection keeps the box, unchanged, until this
+        // open (and a splice at the outbox's pipe, which it keeps, open,
+        // until the outbox is given back). The connection keeps the box, unchanged, until this
         // operation's completion: `on_send` and `on_file_read` are the only
         // places an outbox with an operation in flight is released or
         // changed, and a closing connection's slot is freed only once no
