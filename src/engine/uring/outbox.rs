@@ -148,21 +148,23 @@ impl OutputOp {
             } => opcode::Read::new(types::Fd(fd), buffer, len)
                 .offset(offset)
                 .build(),
-            // SPLICE_F_NONBLOCK: the pipe is empty before a splice into it
+            // The pipe is empty before a splice into it (it takes what fits)
             // and holds `len` bytes before one out of it, so neither waits on
-            // the pipe (and a mistake would fail, not hang an io-wq worker).
+            // the pipe; the latter says so (SPLICE_F_NONBLOCK: a mistake
+            // would fail, not hang an io-wq worker). The former does not: a
+            // page-cache miss must wait for the disk, not fail.
             OutputOp::SpliceIn {
                 fd,
                 offset,
                 pipe,
                 len,
-            } => opcode::Splice::new(types::Fd(fd), offset as i64, types::Fd(pipe), -1, len)
-                .flags(libc::SPLICE_F_NONBLOCK)
-                .build(),
-            OutputOp::SpliceOut { pipe, len } => opcode::Splice::new(types::Fd(pipe), -1, socket.raw(), -1, len)
-                .flags(libc::SPLICE_F_NONBLOCK)
-                .build()
-                .flags(socket.sqe_flags()),
+            } => opcode::Splice::new(types::Fd(fd), offset as i64, types::Fd(pipe), -1, len).build(),
+            OutputOp::SpliceOut { pipe, len } => {
+                opcode::Splice::new(types::Fd(pipe), -1, socket.raw(), -1, len)
+                    .flags(libc::SPLICE_F_NONBLOCK)
+                    .build()
+                    .flags(socket.sqe_flags())
+            }
         };
         entry.user_data(user_data)
     }
@@ -190,9 +192,7 @@ impl Outbox {
     /// Whether nothing of it has been sent or read yet (its first
     /// operation starts the no-progress clock).
     pub fn is_untouched(&self) -> bool {
-        self.sent == 0
-            && self.chunk.is_empty()
-            && matches!(self.piped, PipeState::Empty | PipeState::Filling)
+        self.sent == 0 && self.chunk.is_empty() && matches!(self.piped, PipeState::Empty | PipeState::Filling)
     }
 
     /// Whether every byte has been sent.
@@ -444,13 +444,18 @@ mod tests {
     use crate::files::DiskFile;
 
     /// Plays the kernel: runs the outbox's operations until it is done,
-    /// sending at most `max_send` bytes per send; returns what was sent and
-    /// how many file reads it took.
-    fn run_outbox(outbox: &mut Outbox, max_send: usize) -> (Vec<u8>, usize) {
+    /// sending at most `max_send` bytes per send (or splice into the socket),
+    /// splicing through a pipe from `pipes` if given; returns what was sent
+    /// and how many file reads (or splices from the file) it took.
+    fn run_outbox(
+        outbox: &mut Outbox,
+        max_send: usize,
+        mut pipes: Option<&mut PipePool>,
+    ) -> (Vec<u8>, usize) {
         let mut sent = Vec::new();
         let mut reads = 0;
         while !outbox.is_done() {
-            match outbox.next_op(None) {
+            match outbox.next_op(pipes.as_deref_mut()) {
                 OutputOp::Send { bytes, len } => {
                     let len = (len as usize).min(max_send);
                     // SAFETY: the operation points into the outbox, which is
@@ -486,9 +491,36 @@ mod tests {
                     let n = unsafe { libc::pread(fd, buffer.cast(), len as usize, offset as libc::off_t) };
                     assert!(outbox.on_read(usize::try_from(n).unwrap()), "read {n}");
                 }
+                OutputOp::SpliceIn {
+                    fd,
+                    offset,
+                    pipe,
+                    len,
+                } => {
+                    reads += 1;
+                    assert!(len as usize <= FILE_CHUNK_BYTES);
+                    let n = splice_in(fd, offset, pipe, len);
+                    assert!(outbox.on_read(usize::try_from(n).unwrap()), "splice {n}");
+                }
+                OutputOp::SpliceOut { pipe, len } => {
+                    let mut bytes = vec![0u8; (len as usize).min(max_send)];
+                    // SAFETY: read(2) writes at most `bytes.len()` bytes into it.
+                    let n = unsafe { libc::read(pipe, bytes.as_mut_ptr().cast(), bytes.len()) };
+                    assert_eq!(n, bytes.len() as isize, "the pipe holds what the outbox says");
+                    sent.extend_from_slice(&bytes);
+                    outbox.on_sent(bytes.len());
+                }
             }
         }
         (sent, reads)
+    }
+
+    /// `splice(2)` of up to `len` bytes of `fd` at `offset` into `pipe`.
+    fn splice_in(fd: RawFd, offset: u64, pipe: RawFd, len: u32) -> isize {
+        let mut offset = offset as libc::loff_t;
+        // SAFETY: splice reads and updates the one offset we pass; it moves
+        // bytes between two descriptors we own.
+        unsafe { libc::splice(fd, &mut offset, pipe, std::ptr::null_mut(), len as usize, 0) }
     }
 
     #[test]
@@ -497,16 +529,37 @@ mod tests {
         let (body, path) = DiskFile::body_for_tests(&content);
         let shared = Bytes::from(vec![b's'; 20_000]);
         let mut pool = OutboxPool::default();
-        for max_send in [usize::MAX, 50_000, 7] {
-            let mut outbox = pool.take();
-            let expected =
-                crate::engine::policy::mixed_output_for_tests(&mut outbox.output, &body, &content, &shared);
-            let (sent, reads) = run_outbox(&mut outbox, max_send);
-            assert!(sent == expected, "max_send {max_send}: bytes differ");
-            // 300 KiB in 128 KiB chunks, then the 10-byte range.
-            assert_eq!(reads, 4, "max_send {max_send}");
-            assert!(outbox.chunk.capacity() <= FILE_CHUNK_BYTES);
-            pool.give(outbox);
+        for splice in [false, true] {
+            for max_send in [usize::MAX, 50_000, 7] {
+                let mut outbox = pool.take();
+                let expected = crate::engine::policy::mixed_output_for_tests(
+                    &mut outbox.output,
+                    &body,
+                    &content,
+                    &shared,
+                );
+                let (sent, reads) = run_outbox(&mut outbox, max_send, splice.then_some(&mut pool.pipes));
+                assert!(
+                    sent == expected,
+                    "splice {splice}, max_send {max_send}: bytes differ"
+                );
+                assert!(outbox.chunk.capacity() <= FILE_CHUNK_BYTES);
+                if splice {
+                    assert!(outbox.chunk.capacity() == 0, "spliced, never read");
+                    let capacity = outbox.pipe.as_ref().unwrap().capacity();
+                    // 300 KiB in chunks of the pipe's size, then the 10-byte range.
+                    assert_eq!(reads, (300usize * 1024 + 17).div_ceil(capacity) + 1);
+                } else {
+                    // 300 KiB in 128 KiB chunks, then the 10-byte range.
+                    assert_eq!(reads, 4, "max_send {max_send}");
+                }
+                pool.give(outbox);
+                assert_eq!(
+                    pool.pipes.pooled(),
+                    usize::from(splice),
+                    "an emptied pipe is pooled"
+                );
+            }
         }
         let _ = std::fs::remove_file(path);
     }
@@ -533,8 +586,57 @@ mod tests {
             panic!("then sends the chunk")
         };
         outbox.on_sent(len as usize);
-        assert!(matches!(outbox.next_op(None), OutputOp::Read { offset: 1000, .. }));
+        assert!(matches!(
+            outbox.next_op(None),
+            OutputOp::Read { offset: 1000, .. }
+        ));
         assert!(!outbox.on_read(0), "end of file before the range's end");
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_file_cut_short_fails_the_spliced_response_and_its_pipe_is_not_reused() {
+        let (longer, path) = DiskFile::shrunk_body_for_tests();
+        let mut pool = OutboxPool::default();
+        let mut outbox = pool.take();
+        outbox.output.push_whole_body(&longer);
+        let OutputOp::SpliceIn {
+            fd,
+            offset,
+            pipe,
+            len,
+        } = outbox.next_op(Some(&mut pool.pipes))
+        else {
+            panic!("the first operation splices the file into the pipe")
+        };
+        assert_eq!(splice_in(fd, offset, pipe, len), 1000);
+        assert!(outbox.on_read(1000));
+        // The socket takes 400 bytes, then the rest of what the pipe holds.
+        let OutputOp::SpliceOut { len: 1000, .. } = outbox.next_op(Some(&mut pool.pipes)) else {
+            panic!("then splices the pipe into the socket")
+        };
+        outbox.on_sent(400);
+        let OutputOp::SpliceOut { pipe, len: 600 } = outbox.next_op(Some(&mut pool.pipes)) else {
+            panic!("a short splice continues with what the pipe still holds")
+        };
+        let mut drained = [0u8; 1000];
+        // SAFETY: read(2) writes at most 1000 bytes into the array.
+        let drained_len = unsafe { libc::read(pipe, drained.as_mut_ptr().cast(), 1000) };
+        assert_eq!(drained_len, 1000);
+        outbox.on_sent(600);
+        let OutputOp::SpliceIn {
+            fd,
+            offset: 1000,
+            pipe,
+            len,
+        } = outbox.next_op(Some(&mut pool.pipes))
+        else {
+            panic!("then splices the next chunk")
+        };
+        assert_eq!(splice_in(fd, 1000, pipe, len), 0);
+        assert!(!outbox.on_read(0), "end of file before the range's end");
+        pool.give(outbox);
+        assert_eq!(pool.pipes.pooled(), 0, "a pipe in an unknown state is closed");
         let _ = std::fs::remove_file(path);
     }
 }

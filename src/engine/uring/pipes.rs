@@ -46,14 +46,22 @@ impl Pipe {
         // SAFETY: fcntl on a descriptor we own; F_SETPIPE_SZ and
         // F_GETPIPE_SZ take an integer and read no memory.
         let capacity = unsafe {
-            libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, FILE_CHUNK_BYTES as libc::c_int);
+            libc::fcntl(
+                write.as_raw_fd(),
+                libc::F_SETPIPE_SZ,
+                FILE_CHUNK_BYTES as libc::c_int,
+            );
             libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ)
         };
         let capacity = usize::try_from(capacity).unwrap_or(0).min(FILE_CHUNK_BYTES);
         if capacity == 0 {
             return Err(std::io::Error::other("pipe without capacity"));
         }
-        Ok(Pipe { read, write, capacity })
+        Ok(Pipe {
+            read,
+            write,
+            capacity,
+        })
     }
 
     /// The end a splice from a file writes into.
