@@ -312,6 +312,10 @@ pub struct Cli {
     /// file → pipe → socket with IORING_OP_SPLICE instead of read + send.
     #[arg(long, hide = true)]
     pub uring_splice: bool,
+    /// uring: with --uring-splice, the most io-wq workers per worker for the
+    /// splices (0: the kernel's default).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub uring_splice_io_workers: u32,
 
     /// Tests only: worker 0 fails as if its event loop had broken once it has
     /// accepted N connections (the server must then stop and exit 1).
@@ -559,6 +563,7 @@ impl Cli {
                 bundle: self.uring_recv_bundle,
                 incremental: self.uring_buf_ring_inc,
                 splice: self.uring_splice,
+                splice_io_workers: self.uring_splice_io_workers,
                 direct_descriptors: !self.uring_no_direct
                     && (self.uring_direct || DEFAULT_DIRECT_DESCRIPTORS),
             },
@@ -614,6 +619,8 @@ mod tests {
             "--uring-recv-bundle",
             "--uring-buf-ring-inc",
             "--uring-splice",
+            "--uring-splice-io-workers",
+            "2",
             "--uring-min-wait-us",
             "20",
             "--uring-no-direct",
@@ -631,6 +638,7 @@ mod tests {
         );
         assert!(options.ring_fd && options.no_sqarray && options.min_wait);
         assert!(options.bundle && options.incremental && options.splice);
+        assert_eq!(options.splice_io_workers, 2);
         assert_eq!(options.min_wait_usec, 20);
         assert_eq!(options.buffers, 64);
         assert!(Cli::try_parse_from(["ringserve", "--uring-buffers", "100"]).is_err());

@@ -41,7 +41,9 @@
 //!    operations in flight, so responses stay in order. A file too large for
 //!    memory is streamed: an io_uring `read` at an offset into a chunk buffer
 //!    of at most [`FILE_CHUNK_BYTES`](crate::engine::FILE_CHUNK_BYTES), sent
-//!    (with what follows it) before the next chunk is read ([`outbox::Outbox`]).
+//!    (with what follows it) before the next chunk is read ([`outbox::Outbox`]);
+//!    with `--uring-splice`, a plain-HTTP connection splices it instead,
+//!    file → pipe → socket (see the switches).
 //!    Every iteration answers from one snapshot, refreshed from the worker's
 //!    [`SnapshotCache`] so a reload takes effect at the next iteration; an
 //!    idle worker wakes once a second ([`SNAPSHOT_REFRESH_MS`]) so that it
@@ -122,9 +124,10 @@
 //! ([`op`]): slot index and generation ([`slots`]), so a late completion can
 //! never touch a connection that reused the slot.
 //!
-//! **Memory handed to the kernel** is audited in three small files: [`ring`]
+//! **Memory handed to the kernel** is audited in four small files: [`ring`]
 //! (every submission, and the count of what is in flight), [`buffers`]
-//! (receive buffers) and [`outbox`] (send memory). It is never moved or freed while an
+//! (receive buffers), [`outbox`] (send memory) and [`pipes`] (the pipes a
+//! splice goes through, whose state the outbox keeps). It is never moved or freed while an
 //! operation that uses it is in flight: provided buffers live in one
 //! allocation for the worker's lifetime (and are read only while lent to us,
 //! see [`buffers`]); a send's bytes, iovecs and `msghdr` live in a boxed
@@ -153,7 +156,8 @@
 //! **Switches for measurement** ([`UringOptions`], hidden command-line flags
 //! `--uring-no-multishot-recv`, `--uring-no-buf-ring`,
 //! `--uring-no-defer-taskrun`, `--uring-no-batch`, `--uring-buffers N`,
-//! `--uring-ring-entries N`, and `--uring-direct` / `--uring-no-direct`):
+//! `--uring-ring-entries N`, `--uring-direct` / `--uring-no-direct`, and
+//! the on-switches of issue 15 listed below, `--uring-splice` among them):
 //! each turns one technique off (direct descriptors: on) so its
 //! contribution can be measured. Direct descriptors, measured 2026-12-03
 //! (4 paired rounds of 3 s, server pinned to CPU 0, wrk on CPU 1, 1 KiB):
@@ -198,6 +202,40 @@
 //!   (`IOU_PBUF_RING_INC`, 6.12): small receives fill one buffer one after
 //!   the other instead of taking a whole 4 KiB buffer each ([`buffers`]
 //!   keeps the accounting for both).
+//!
+//! **Splice** (issue 15, `--uring-splice`, off by default, and
+//! `--uring-splice-io-workers N`): a file streamed from disk to a plain-HTTP
+//! connection goes file → pipe → socket, two `IORING_OP_SPLICE`s per chunk
+//! of at most [`FILE_CHUNK_BYTES`](crate::engine::FILE_CHUNK_BYTES) (the
+//! pipe is grown to it with `F_SETPIPE_SZ`), one after the other: a short
+//! splice breaks an `IOSQE_IO_LINK` chain, and the second's length is the
+//! first's result. Heads, multipart boundaries and in-memory bodies still go
+//! by send; TLS keeps read + seal + send (its bytes must be encrypted here).
+//! A streaming connection holds a pipe from the worker's pool ([`pipes`]);
+//! a short splice into the socket continues with what the pipe still holds,
+//! and a pipe that may hold bytes (an error, a close mid-splice) is closed,
+//! never reused. The kernel runs every splice in an io-wq worker
+//! (`io_uring/splice.c` marks it `REQ_F_FORCE_ASYNC`; the sockets are
+//! blocking, so a splice into the socket of a client that does not read
+//! blocks its io-wq worker until it reads, or until the send deadline resets
+//! the connection and the cancel interrupts the worker). So the io-wq is
+//! left uncapped by default (and direct descriptors' cap of one is not
+//! applied with splice): with a cap of N, N clients that stop reading would
+//! stall every other connection's splices until the send deadline. The
+//! io-wq workers are threads of the process, on the worker's CPUs, and their
+//! CPU time is in the process's. Measured 2026-12-03 (bench-compare, 4
+//! paired rounds of 3 s, `--max-cached-file 65536`, server on CPU 0, wrk on
+//! CPU 1, other helpers' builds beside): keep-alive 1 MiB c16, CPU per
+//! request splice ÷ read+send 0.57 (0.50–0.62) and 0.53 (0.46–0.58) in two
+//! runs (≈ 350 against 640 µs: no copy file → user → socket), req/s ×1.74
+//! and ×1.90, but 7–14 syscalls per request against 1.1 (each splice
+//! completes from an io-wq worker and wakes the loop on its own); 16 MiB
+//! c16, CPU ÷ 0.51 and 0.55, req/s ×0.97 and ×0.86 with a worse p99 (about
+//! 1.6×) and hundreds of loopback TCP retransmits per run that read+send
+//! does not have; the kernel ran about 11 io-wq workers for 16 connections.
+//! Capped at two io-wq workers the 16 MiB case gained (req/s ×1.60, fewer
+//! retransmits) at the same CPU, but for the stall above it is only a
+//! switch.
 //!
 //! These and the minimum wait need kernels newer than the engine's 6.1
 //! floor; each is turned off by itself where the kernel lacks it (see
@@ -316,6 +354,9 @@ pub struct UringOptions {
     /// Files streamed from disk to plain-HTTP connections go file → pipe →
     /// socket with `IORING_OP_SPLICE` instead of a read and a send.
     pub splice: bool,
+    /// With `splice`: the most io-wq workers (unbounded work) the kernel may
+    /// run for the worker's splices; 0 leaves it to the kernel.
+    pub splice_io_workers: u32,
 }
 
 impl Default for UringOptions {
@@ -335,6 +376,7 @@ impl Default for UringOptions {
             incremental: false,
             direct_descriptors: DEFAULT_DIRECT_DESCRIPTORS,
             splice: false,
+            splice_io_workers: 0,
         }
     }
 }
@@ -616,7 +658,12 @@ impl Driver {
         // worker for all would let one slow client stall every other
         // connection's splices (and the shutdowns), so the cap is left to
         // the kernel then.
-        if accepted == Accepted::Direct && !options.splice {
+        if options.splice && options.splice_io_workers > 0 {
+            let mut max = [0, options.splice_io_workers];
+            if ring.submitter().register_iowq_max_workers(&mut max).is_err() && worker.index == 0 {
+                eprintln!("ringserve: uring: could not cap the io-wq workers for splices");
+            }
+        } else if accepted == Accepted::Direct && !options.splice {
             // The ring's shutdowns are the only unbounded io-wq work (socket
             // I/O that must wait is polled, file reads are bounded work): one
             // worker runs them in turn, instead of the kernel creating and
