@@ -220,22 +220,27 @@
 //! blocks its io-wq worker until it reads, or until the send deadline resets
 //! the connection and the cancel interrupts the worker). So the io-wq is
 //! left uncapped by default (and direct descriptors' cap of one is not
-//! applied with splice): with a cap of N, N clients that stop reading would
-//! stall every other connection's splices until the send deadline. The
-//! io-wq workers are threads of the process, on the worker's CPUs, and their
-//! CPU time is in the process's. Measured 2026-12-03 (bench-compare, 4
-//! paired rounds of 3 s, `--max-cached-file 65536`, server on CPU 0, wrk on
-//! CPU 1, other helpers' builds beside): keep-alive 1 MiB c16, CPU per
-//! request splice ÷ read+send 0.57 (0.50–0.62) and 0.53 (0.46–0.58) in two
-//! runs (≈ 350 against 640 µs: no copy file → user → socket), req/s ×1.74
-//! and ×1.90, but 7–14 syscalls per request against 1.1 (each splice
-//! completes from an io-wq worker and wakes the loop on its own); 16 MiB
-//! c16, CPU ÷ 0.51 and 0.55, req/s ×0.97 and ×0.86 with a worse p99 (about
-//! 1.6×) and hundreds of loopback TCP retransmits per run that read+send
-//! does not have; the kernel ran about 11 io-wq workers for 16 connections.
-//! Capped at two io-wq workers the 16 MiB case gained (req/s ×1.60, fewer
-//! retransmits) at the same CPU, but for the stall above it is only a
-//! switch.
+//! applied with splice): with a cap of N, N clients that stop reading stall
+//! every other connection's splices until the send deadline (measured: cap
+//! 1, two stalled clients, `--send-timeout-ms 5000`: another client's 1 MiB
+//! took 4.5 s, against 0.05 s uncapped). The io-wq workers are threads of
+//! the process, on the worker's CPUs, and their CPU time is in the
+//! process's. Measured 2026-12-03 (bench-compare, 3 runs of 4 paired rounds
+//! of 3 s, `--max-cached-file 65536`, server on CPU 0, wrk on CPU 1, other
+//! helpers' builds beside), CPU per request splice ÷ read+send:
+//! keep-alive 1 MiB c16 0.53 (0.46–0.58), 0.57 (0.50–0.62), 0.60
+//! (0.54–0.65): 300–360 against 560–640 µs (no copy file → user →
+//! socket), req/s ×1.74–1.90; but 6.6–14 syscalls per request against 1.1,
+//! all `io_uring_enter` (each splice completes from an io-wq worker and
+//! wakes the loop on its own: 7.6 context switches per request against
+//! 0.06), and about 11 io-wq workers for 16 connections. 16 MiB c16: CPU ÷
+//! 0.55, 0.51, 0.58, but req/s ×0.86, ×0.97, ×0.84, a p99 about 1.6× and
+//! hundreds of loopback TCP retransmits per run that read+send does not
+//! have; capped at two io-wq workers, req/s ×1.60 and ×1.51 at the same
+//! CPU, but for the stall above that is only a switch. The `epoll` twin's
+//! `sendfile` stays far cheaper (1 MiB: 124 µs per request; 16 MiB: 2,512
+//! against splice's 5,873): splice wins over read + send, not over
+//! sendfile.
 //!
 //! These and the minimum wait need kernels newer than the engine's 6.1
 //! floor; each is turned off by itself where the kernel lacks it (see
