@@ -16,9 +16,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::access_log::{AccessLogConfig, LogDestination, LogFormat};
-use crate::engine::uring::{
-    DEFAULT_BUFFERS, DEFAULT_DIRECT_DESCRIPTORS, DEFAULT_MIN_WAIT_USEC, DEFAULT_RING_ENTRIES,
-};
+use crate::engine::uring::{DEFAULT_BUFFERS, DEFAULT_DIRECT_DESCRIPTORS, DEFAULT_RING_ENTRIES};
 use crate::engine::{
     DEFAULT_BACKLOG, DEFAULT_HEAD_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_LINGER_MS,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_SEND_TIMEOUT_MS, DEFAULT_SHUTDOWN_GRACE_MS, EngineChoice, EngineKind,
@@ -283,31 +281,6 @@ pub struct Cli {
     #[arg(long, hide = true, default_value_t = DEFAULT_RING_ENTRIES,
           value_parser = clap::value_parser!(u32).range(8..=32768))]
     pub uring_ring_entries: u32,
-    /// uring: register the ring's descriptor (IORING_REGISTER_RING_FDS);
-    /// off by default: no measurable gain.
-    #[arg(long, hide = true)]
-    pub uring_register_ring_fd: bool,
-    /// uring: no submission queue index array (IORING_SETUP_NO_SQARRAY);
-    /// off by default: no measurable gain.
-    #[arg(long, hide = true)]
-    pub uring_setup_no_sqarray: bool,
-    /// uring: after a busy iteration, wait for a batch of completions with a
-    /// minimum wait (6.12); off by default: fewer syscalls, but more CPU.
-    #[arg(long, hide = true)]
-    pub uring_min_wait: bool,
-    /// uring: with --uring-min-wait, how long a batched enter may hold
-    /// completions back, in µs.
-    #[arg(long, hide = true, default_value_t = DEFAULT_MIN_WAIT_USEC,
-          value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub uring_min_wait_us: u32,
-    /// uring: multishot receives as bundles (IORING_RECVSEND_BUNDLE);
-    /// off by default: no measurable gain.
-    #[arg(long, hide = true)]
-    pub uring_recv_bundle: bool,
-    /// uring: incremental buffer consumption (IOU_PBUF_RING_INC); off by
-    /// default: no measurable gain.
-    #[arg(long, hide = true)]
-    pub uring_buf_ring_inc: bool,
     /// uring: files streamed from disk to plain-HTTP connections go
     /// file → pipe → socket with IORING_OP_SPLICE instead of read + send.
     #[arg(long, hide = true)]
@@ -556,12 +529,6 @@ impl Cli {
                 batch_sends: !self.uring_no_batch,
                 buffers: self.uring_buffers,
                 ring_entries: self.uring_ring_entries,
-                ring_fd: self.uring_register_ring_fd,
-                no_sqarray: self.uring_setup_no_sqarray,
-                min_wait: self.uring_min_wait,
-                min_wait_usec: self.uring_min_wait_us,
-                bundle: self.uring_recv_bundle,
-                incremental: self.uring_buf_ring_inc,
                 splice: self.uring_splice,
                 splice_io_workers: self.uring_splice_io_workers,
                 direct_descriptors: !self.uring_no_direct
@@ -613,16 +580,9 @@ mod tests {
             "--uring-no-buf-ring",
             "--uring-no-defer-taskrun",
             "--uring-no-batch",
-            "--uring-register-ring-fd",
-            "--uring-setup-no-sqarray",
-            "--uring-min-wait",
-            "--uring-recv-bundle",
-            "--uring-buf-ring-inc",
             "--uring-splice",
             "--uring-splice-io-workers",
             "2",
-            "--uring-min-wait-us",
-            "20",
             "--uring-no-direct",
             "--uring-buffers",
             "64",
@@ -636,10 +596,8 @@ mod tests {
                 && !options.batch_sends
                 && !options.direct_descriptors
         );
-        assert!(options.ring_fd && options.no_sqarray && options.min_wait);
-        assert!(options.bundle && options.incremental && options.splice);
+        assert!(options.splice);
         assert_eq!(options.splice_io_workers, 2);
-        assert_eq!(options.min_wait_usec, 20);
         assert_eq!(options.buffers, 64);
         assert!(Cli::try_parse_from(["ringserve", "--uring-buffers", "100"]).is_err());
         let cli = Cli::try_parse_from(["ringserve", "--uring-direct"]).unwrap();

@@ -736,9 +736,8 @@ pub fn ensure_fd_limit(wanted: u64) -> u64 {
     raised.rlim_cur
 }
 
-/// The `uring` engine's switches, each moved from its default in turn
-/// (off, or for the issue 15 techniques and direct descriptors on), and all
-/// of issue 15's on together, named for the failure message.
+/// The `uring` engine's switches, each moved from its default in turn (off,
+/// or for direct descriptors on), named for the failure message.
 pub fn uring_variants(all: UringOptions) -> Vec<(&'static str, UringOptions)> {
     vec![
         ("default", all),
@@ -771,31 +770,15 @@ pub fn uring_variants(all: UringOptions) -> Vec<(&'static str, UringOptions)> {
                 ..all
             },
         ),
-        (
-            "min-wait",
-            UringOptions {
-                min_wait: true,
-                ..all
-            },
-        ),
-        ("ring-fd", UringOptions { ring_fd: true, ..all }),
-        (
-            "no-sqarray",
-            UringOptions {
-                no_sqarray: true,
-                ..all
-            },
-        ),
-        ("bundle", UringOptions { bundle: true, ..all }),
-        (
-            "incremental",
-            UringOptions {
-                incremental: true,
-                ..all
-            },
-        ),
         ("splice", UringOptions { splice: true, ..all }),
-        ("every-issue-15-technique", with_issue_15_techniques(all)),
+        (
+            "splice-direct",
+            UringOptions {
+                splice: true,
+                direct_descriptors: true,
+                ..all
+            },
+        ),
         (
             "direct",
             UringOptions {
@@ -804,20 +787,4 @@ pub fn uring_variants(all: UringOptions) -> Vec<(&'static str, UringOptions)> {
             },
         ),
     ]
-}
-
-/// Every technique of issue 15 on, including those off by default (direct
-/// descriptors too: they change the accept and close paths around the
-/// receives; and splice, whose splices into the socket then name a slot).
-pub fn with_issue_15_techniques(all: UringOptions) -> UringOptions {
-    UringOptions {
-        ring_fd: true,
-        no_sqarray: true,
-        min_wait: true,
-        bundle: true,
-        incremental: true,
-        direct_descriptors: true,
-        splice: true,
-        ..all
-    }
 }

@@ -6,47 +6,21 @@
 //! shared with the kernel. Ownership of each buffer moves like this:
 //!
 //! 1. In the ring: the kernel owns it and may write into it at any time.
-//! 2. A receive completion names it (`IORING_CQE_F_BUFFER`, the first buffer
-//!    of the completion) and its byte count: [`BufRing::take`] turns that
-//!    into [`Segment`]s, the byte ranges the kernel handed us, which the
-//!    driver reads ([`BufRing::bytes`]) and then releases
-//!    ([`BufRing::release`]).
-//! 3. A buffer the kernel is done with (it moved its head past it) is
-//!    *lent*: releasing its last segment writes its descriptor back at our
-//!    tail, and [`BufRing::publish`] makes the new tail visible to the
-//!    kernel (once per loop iteration, before entering the kernel): back to
-//!    step 1.
-//!
-//! Which buffers a completion covers depends on two optional kernel
-//! features, both accounted for here:
-//!
-//! - **Bundles** (`IORING_RECVSEND_BUNDLE`, 6.10): one completion covers
-//!   several buffers, the named one and those in the *ring slots* after it
-//!   (not the following buffer ids: buffers come back in any order), each
-//!   filled before the next. The ring remembers which buffer it put in each
-//!   slot (`slot_bid`) and where each buffer sits (`position`) to walk them.
-//! - **Incremental consumption** (`IOU_PBUF_RING_INC`, 6.12): the kernel
-//!   uses a buffer from where its last receive stopped, so many small
-//!   receives share one buffer; a completion with `IORING_CQE_F_BUF_MORE`
-//!   leaves the buffer in the ring with the rest still the kernel's. The
-//!   ring counts the bytes handed out of each buffer (`handed`): a segment
-//!   starts there, and the buffer is lent (and recycled once read) only when
-//!   the kernel has moved past it. Bytes below `handed` are never written
-//!   again before the buffer is recycled (the kernel advanced its descriptor
-//!   past them), so reading them while the kernel fills the rest is sound.
+//! 2. A receive completion names it (`IORING_CQE_F_BUFFER`): the kernel has
+//!    taken it out of the ring and filled it. The driver marks it lent
+//!    ([`BufRing::lend`]) and reads it ([`BufRing::lent_bytes`]).
+//! 3. [`BufRing::recycle`] writes its descriptor back at our tail, and
+//!    [`BufRing::publish`] makes the new tail visible to the kernel (once per
+//!    loop iteration, before entering the kernel): back to step 1.
 //!
 //! The lent set is tracked (one bit per buffer), so reading a buffer the
 //! kernel still owns, or recycling one twice (which would let the kernel
-//! write into a buffer we still read, or hand it out twice), is a panic
-//! rather than corruption. A completion that carries no data never consumes
-//! a buffer with bundles or incremental consumption (the kernel commits
-//! zero buffers, or zero bytes); without either, the kernel did consume the
-//! one it names, which goes back at once.
+//! write into a buffer we still read), is a panic rather than corruption.
 //!
 //! Memory: the descriptor ring and the buffers are allocated once, page
 //! aligned, and never moved or freed while the ring is registered; only raw
 //! pointers cover the whole region (the kernel writes into buffers we do not
-//! hold at any time), and references are made only to handed-out ranges.
+//! hold at any time), and references are made only to lent buffers.
 
 use std::alloc::{self, Layout};
 use std::io;
@@ -90,25 +64,6 @@ pub struct BufRing {
     /// One bit per buffer: set while lent to us.
     lent: Vec<u64>,
     lent_count: usize,
-    /// Registered with `IOU_PBUF_RING_INC`.
-    incremental: bool,
-    /// The buffer put in each ring slot (slot = position & (count - 1)).
-    slot_bid: Vec<u16>,
-    /// The position (our tail when it was put back) of each buffer.
-    position: Vec<u16>,
-    /// With incremental consumption: bytes of each buffer handed to us since
-    /// it was last put back.
-    handed: Vec<u32>,
-}
-
-/// A byte range of one buffer that a completion handed us.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Segment {
-    bid: u16,
-    offset: u32,
-    len: u32,
-    /// The kernel is done with the buffer: releasing the segment recycles it.
-    last_of_buffer: bool,
 }
 
 impl BufRing {
@@ -149,10 +104,6 @@ impl BufRing {
             published_tail: 0,
             lent: vec![0; usize::from(count).div_ceil(64)],
             lent_count: 0,
-            incremental: false,
-            slot_bid: vec![0; usize::from(count)],
-            position: vec![0; usize::from(count)],
-            handed: vec![0; usize::from(count)],
         };
         for bid in 0..count {
             ring.put_back(bid);
@@ -161,131 +112,23 @@ impl BufRing {
         Ok(ring)
     }
 
-    /// Registers the ring with the kernel as [`BUFFER_GROUP`], with
-    /// incremental consumption if `incremental` and the kernel has it (6.12;
-    /// an older one refuses the flag, and the ring is registered without).
-    /// Must be called before any buffer is taken.
+    /// Registers the ring with the kernel as [`BUFFER_GROUP`].
     ///
     /// # Safety
     ///
     /// `self` must outlive the registration: it may be dropped only after the
     /// group is unregistered or the io_uring is closed, and only when no
     /// operation that selects from the group is in flight.
-    pub unsafe fn register(&mut self, submitter: &Submitter<'_>, incremental: bool) -> io::Result<()> {
-        let register = |flags: u16| {
-            // SAFETY: the descriptor ring is page aligned, holds `count`
-            // entries and stays allocated as long as `self` (the caller's
-            // contract).
-            unsafe {
-                submitter.register_buf_ring_with_flags(
-                    self.descriptors.as_ptr() as u64,
-                    self.count,
-                    BUFFER_GROUP,
-                    flags,
-                )
-            }
-        };
-        if incremental {
-            match register(io_uring::types::IOU_PBUF_RING_INC as u16) {
-                Ok(()) => {
-                    self.incremental = true;
-                    return Ok(());
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.incremental = false;
-        register(0)
-    }
-
-    /// Whether the kernel consumes buffers incrementally.
-    pub fn is_incremental(&self) -> bool {
-        self.incremental
-    }
-
-    /// The byte ranges a receive completion handed us: `len` (> 0) bytes
-    /// starting in buffer `first`, `more` if the completion carried
-    /// `IORING_CQE_F_BUF_MORE` (the kernel keeps using the last buffer).
-    /// Appends them to `segments`, in order; each must be released.
-    ///
-    /// Panics if the completion names a buffer that is not in the ring, or
-    /// covers more than the ring holds: corrupted bookkeeping.
-    pub fn take(&mut self, first: u16, len: usize, more: bool, segments: &mut Vec<Segment>) {
-        assert!(first < self.count, "buffer id {first} out of range");
-        assert!(len > 0, "a completion without data hands out no buffer");
-        let mask = self.count - 1;
-        let mut position = self.position[usize::from(first)];
-        assert_eq!(
-            self.slot_bid[usize::from(position & mask)],
-            first,
-            "buffer {first} is not where it was put back"
-        );
-        let mut left = len;
-        let mut bid = first;
-        for _ in 0..self.count {
-            assert!(!self.is_lent(bid), "buffer {bid} handed out twice");
-            let index = usize::from(bid);
-            let offset = if self.incremental { self.handed[index] } else { 0 };
-            let room = (self.buffer_bytes - offset) as usize;
-            assert!(room > 0, "buffer {bid} handed out beyond its end");
-            let taken = left.min(room);
-            left -= taken;
-            // Every buffer but the last is filled to its end. The last one
-            // stays in the ring only with incremental consumption, when the
-            // kernel says it keeps using it.
-            let last_of_buffer = left > 0 || !(self.incremental && more);
-            debug_assert!(
-                !self.incremental || last_of_buffer == (taken == room),
-                "the kernel's BUF_MORE disagrees with the bytes handed out of buffer {bid}"
-            );
-            if last_of_buffer {
-                self.lend(bid);
-            } else {
-                self.handed[index] += taken as u32;
-            }
-            segments.push(Segment {
-                bid,
-                offset,
-                len: taken as u32,
-                last_of_buffer,
-            });
-            if left == 0 {
-                return;
-            }
-            position = position.wrapping_add(1);
-            bid = self.slot_bid[usize::from(position & mask)];
-        }
-        panic!("a completion of {len} bytes covers more than the whole ring");
-    }
-
-    /// The bytes of a segment [`take`](Self::take) handed us.
-    pub fn bytes(&self, segment: &Segment) -> &[u8] {
-        let bid = segment.bid;
-        let end = segment.offset as usize + segment.len as usize;
-        let handed = if self.is_lent(bid) {
-            self.buffer_bytes as usize
-        } else {
-            self.handed[usize::from(bid)] as usize
-        };
-        assert!(end <= handed, "buffer {bid} read while the kernel owns it");
-        let start = usize::from(bid) * self.buffer_bytes as usize + segment.offset as usize;
-        // SAFETY: the range lies inside the allocation (bid < count, end ≤
-        // buffer_bytes), which lives as long as `self`. The kernel is done
-        // with it: the buffer is lent (out of the ring until `recycle`, which
-        // needs `&mut self` and so cannot run while this borrow lives), or,
-        // with incremental consumption, the range lies below what the kernel
-        // handed out, and it writes only beyond that until the buffer is
-        // recycled. Its bytes are initialised (zeroed at allocation, then
-        // written by the kernel).
-        unsafe { std::slice::from_raw_parts(self.memory.as_ptr().add(start), segment.len as usize) }
-    }
-
-    /// Done reading `segment`: a buffer the kernel has finished with goes
-    /// back to the ring (visible after `publish`).
-    pub fn release(&mut self, segment: Segment) {
-        if segment.last_of_buffer {
-            self.recycle(segment.bid);
+    pub unsafe fn register(&self, submitter: &Submitter<'_>) -> io::Result<()> {
+        // SAFETY: the descriptor ring is page aligned, holds `count` entries
+        // and stays allocated as long as `self` (the caller's contract).
+        unsafe {
+            submitter.register_buf_ring_with_flags(
+                self.descriptors.as_ptr() as u64,
+                self.count,
+                BUFFER_GROUP,
+                0,
+            )
         }
     }
 
@@ -306,8 +149,7 @@ impl BufRing {
         self.lent[usize::from(bid) / 64] & (1 << (bid % 64)) != 0
     }
 
-    /// Records that the kernel is done with buffer `bid` (for a completion
-    /// without data that consumed it: `take` lends the others).
+    /// Records that a completion handed us buffer `bid`.
     ///
     /// Panics if `bid` is out of range or already lent: the kernel never
     /// hands out a buffer twice, so either means corrupted bookkeeping.
@@ -318,12 +160,25 @@ impl BufRing {
         self.lent_count += 1;
     }
 
+    /// The first `len` bytes of lent buffer `bid`.
+    pub fn lent_bytes(&self, bid: u16, len: usize) -> &[u8] {
+        assert!(self.is_lent(bid), "buffer {bid} read while the kernel owns it");
+        assert!(len <= self.buffer_bytes as usize);
+        let offset = usize::from(bid) * self.buffer_bytes as usize;
+        // SAFETY: the range lies inside the allocation (bid < count, len ≤
+        // buffer_bytes), which lives as long as `self`. The buffer is lent:
+        // it is not in the ring, so the kernel does not write it until
+        // `recycle`, which needs `&mut self` and so cannot run while this
+        // borrow lives. Its bytes are initialised (zeroed at allocation,
+        // then written by the kernel).
+        unsafe { std::slice::from_raw_parts(self.memory.as_ptr().add(offset), len) }
+    }
+
     /// Gives lent buffer `bid` back to the kernel (visible after `publish`).
     pub fn recycle(&mut self, bid: u16) {
         assert!(self.is_lent(bid), "buffer {bid} recycled but not lent");
         self.lent[usize::from(bid) / 64] &= !(1 << (bid % 64));
         self.lent_count -= 1;
-        self.handed[usize::from(bid)] = 0;
         self.put_back(bid);
     }
 
@@ -346,8 +201,6 @@ impl BufRing {
             ptr::addr_of_mut!((*descriptor).len).write(self.buffer_bytes);
             ptr::addr_of_mut!((*descriptor).bid).write(bid);
         }
-        self.slot_bid[index] = bid;
-        self.position[usize::from(bid)] = self.tail;
         self.tail = self.tail.wrapping_add(1);
     }
 
@@ -431,13 +284,7 @@ mod tests {
         ring.lend(2);
         ring.lend(0);
         ring.buffer_mut(2)[..5].copy_from_slice(b"hello");
-        let hello = Segment {
-            bid: 2,
-            offset: 0,
-            len: 5,
-            last_of_buffer: true,
-        };
-        assert_eq!(ring.bytes(&hello), b"hello");
+        assert_eq!(ring.lent_bytes(2, 5), b"hello");
         assert_eq!(ring.lent_count(), 2);
         ring.recycle(2);
         assert_eq!(ring.shared_tail(), 4, "not visible before publish");
@@ -484,123 +331,7 @@ mod tests {
     #[should_panic(expected = "while the kernel owns it")]
     fn reading_a_buffer_in_the_ring_is_caught() {
         let ring = BufRing::new(4, 16).unwrap();
-        let _ = ring.bytes(&Segment {
-            bid: 0,
-            offset: 0,
-            len: 1,
-            last_of_buffer: true,
-        });
-    }
-
-    /// What `take` handed out, as (bid, offset, len, last_of_buffer).
-    fn take(ring: &mut BufRing, first: u16, len: usize, more: bool) -> Vec<(u16, u32, u32, bool)> {
-        let mut segments = Vec::new();
-        ring.take(first, len, more, &mut segments);
-        segments
-            .iter()
-            .map(|s| (s.bid, s.offset, s.len, s.last_of_buffer))
-            .collect()
-    }
-
-    fn release_all(ring: &mut BufRing, first: u16, len: usize, more: bool) {
-        let mut segments = Vec::new();
-        ring.take(first, len, more, &mut segments);
-        for segment in segments {
-            ring.release(segment);
-        }
-    }
-
-    #[test]
-    fn a_bundle_covers_the_following_ring_slots_not_the_following_ids() {
-        let mut ring = BufRing::new(4, 16).unwrap();
-        // Without bundles: one buffer per completion, handed out whole.
-        assert_eq!(take(&mut ring, 0, 10, false), [(0, 0, 10, true)]);
-        assert_eq!(ring.lent_count(), 1);
-        // A bundle of 40 bytes from buffer 1: buffers 1 and 2 full, 3 partly.
-        let mut segments = Vec::new();
-        ring.take(1, 40, false, &mut segments);
-        let seen: Vec<_> = segments.iter().map(|s| (s.bid, s.offset, s.len)).collect();
-        assert_eq!(seen, [(1, 0, 16), (2, 0, 16), (3, 0, 8)]);
-        assert_eq!(ring.lent_count(), 4);
-        ring.buffer_mut(2)[..3].copy_from_slice(b"abc");
-        assert_eq!(&ring.bytes(&segments[1])[..3], b"abc");
-        // Back in another order: slots 4, 5, 6, 7 now hold 3, 1, 2, 0.
-        for segment in [segments[2], segments[0], segments[1]] {
-            ring.release(segment);
-        }
-        ring.recycle(0);
-        ring.publish();
-        assert_eq!(ring.lent_count(), 0);
-        assert_eq!(ring.shared_tail(), 8);
-        // The kernel's head is at slot 4 (buffer 3): a bundle from there
-        // walks the slots, 3 then 1 then 2.
-        assert_eq!(
-            take(&mut ring, 3, 33, false),
-            [(3, 0, 16, true), (1, 0, 16, true), (2, 0, 1, true)]
-        );
-    }
-
-    #[test]
-    fn incremental_consumption_hands_out_ranges_and_recycles_when_done() {
-        let mut ring = BufRing::new(4, 16).unwrap();
-        ring.incremental = true;
-        // Three small receives share buffer 0; the kernel keeps it (MORE)
-        // until the last one fills it.
-        assert_eq!(take(&mut ring, 0, 5, true), [(0, 0, 5, false)]);
-        assert_eq!(take(&mut ring, 0, 7, true), [(0, 5, 7, false)]);
-        assert_eq!(ring.lent_count(), 0, "the kernel still owns the rest");
-        ring.buffer_mut(0)[5..12].copy_from_slice(b"request");
-        let middle = Segment {
-            bid: 0,
-            offset: 5,
-            len: 7,
-            last_of_buffer: false,
-        };
-        assert_eq!(ring.bytes(&middle), b"request");
-        ring.release(middle);
-        assert_eq!(ring.shared_tail(), 4, "a buffer in use stays in the ring");
-        let mut segments = Vec::new();
-        ring.take(0, 4, false, &mut segments);
-        assert_eq!(segments[0].offset, 12);
-        assert_eq!(ring.lent_count(), 1);
-        ring.release(segments[0]);
-        ring.publish();
-        assert_eq!(ring.shared_tail(), 5);
-        // Put back whole, from its start.
-        assert_eq!(ring.descriptor(4), (ring.memory.as_ptr() as u64, 16, 0));
-        // A bundle with incremental consumption: buffer 1 filled, buffer 2
-        // started and kept by the kernel.
-        assert_eq!(take(&mut ring, 1, 20, true), [(1, 0, 16, true), (2, 0, 4, false)]);
-        assert_eq!(take(&mut ring, 2, 12, false), [(2, 4, 12, true)]);
-    }
-
-    #[test]
-    #[should_panic(expected = "while the kernel owns it")]
-    fn reading_beyond_what_was_handed_out_is_caught() {
-        let mut ring = BufRing::new(4, 16).unwrap();
-        ring.incremental = true;
-        release_all(&mut ring, 0, 4, true);
-        let _ = ring.bytes(&Segment {
-            bid: 0,
-            offset: 4,
-            len: 1,
-            last_of_buffer: false,
-        });
-    }
-
-    #[test]
-    #[should_panic(expected = "handed out twice")]
-    fn a_completion_naming_a_lent_buffer_is_caught() {
-        let mut ring = BufRing::new(4, 16).unwrap();
-        let _ = take(&mut ring, 2, 16, false);
-        let _ = take(&mut ring, 2, 16, false);
-    }
-
-    #[test]
-    #[should_panic(expected = "covers more than the whole ring")]
-    fn a_bundle_larger_than_the_ring_is_caught() {
-        let mut ring = BufRing::new(2, 16).unwrap();
-        let _ = take(&mut ring, 0, 40, false);
+        let _ = ring.lent_bytes(0, 1);
     }
 
     #[test]

@@ -157,8 +157,8 @@
 //! `--uring-no-multishot-recv`, `--uring-no-buf-ring`,
 //! `--uring-no-defer-taskrun`, `--uring-no-batch`, `--uring-buffers N`,
 //! `--uring-ring-entries N`, `--uring-direct` / `--uring-no-direct`, and
-//! the on-switches of issue 15 listed below, `--uring-splice` among them):
-//! each turns one technique off (direct descriptors: on) so its
+//! `--uring-splice` with `--uring-splice-io-workers N`, see **Splice**
+//! below): each turns one technique off (direct descriptors, splice: on) so its
 //! contribution can be measured. Direct descriptors, measured 2026-12-03
 //! (4 paired rounds of 3 s, server pinned to CPU 0, wrk on CPU 1, 1 KiB):
 //! `Connection: close` c64 26.2 µs of CPU per request with them against
@@ -176,32 +176,29 @@
 //! as multishot receive needs provided buffers); without batching, each
 //! response goes out in its own send.
 //!
-//! **Measured and left off** (issue 15: no gain measurable on this kind of
-//! machine in paired runs, or a cost; kept, tested on and off, behind
-//! on-switches):
-//! - `--uring-min-wait` (with `--uring-min-wait-us N`, default
-//!   [`DEFAULT_MIN_WAIT_USEC`]): after a busy iteration (at least
-//!   `BUSY_BATCH` completions) the enter asks for as many completions again
-//!   with a *minimum wait* ([`ring::Wait::Batch`], 6.12): the kernel holds
-//!   them back at most that long to hand over a larger batch, then returns
-//!   at the first one; an idle or lightly loaded worker never waits for a
-//!   batch, and no completion (a deadline, the stop signal) waits longer
-//!   than the minimum wait. It cuts enters 2.5–7× (keep-alive c64: 0.03–0.04
-//!   syscalls per request instead of 0.13–0.23) but cost more CPU per
-//!   request in four paired runs (c64 ×1.04–1.09, pipelined ×1.07–1.13,
-//!   c256 within noise) and raised the median latency at c64;
-//! - `--uring-register-ring-fd`: the ring's descriptor in the thread's
-//!   registered-ring table (`IORING_REGISTER_RING_FDS`), so an enter skips
-//!   the descriptor lookup ([`ring`] makes the enter itself for this);
-//! - `--uring-setup-no-sqarray`: no submission queue index array
-//!   (`IORING_SETUP_NO_SQARRAY`, 6.6);
-//! - `--uring-recv-bundle`: multishot receives as *bundles*
-//!   (`IORING_RECVSEND_BUNDLE`, 6.10): one completion hands over all the data
-//!   ready, over several buffers, each read in turn;
-//! - `--uring-buf-ring-inc`: buffers consumed *incrementally*
-//!   (`IOU_PBUF_RING_INC`, 6.12): small receives fill one buffer one after
-//!   the other instead of taking a whole 4 KiB buffer each ([`buffers`]
-//!   keeps the accounting for both).
+//! **Measured and removed** (issue 15): five newer io_uring features were
+//! built behind switches, tested, and measured in paired rounds against the
+//! defaults (server pinned to CPU 0, wrk on CPU 1, 1 KiB; two sessions,
+//! 3 rounds x 3 s and 6 rounds x 5 s / 5 rounds x 4 s; the reports are
+//! `bench-results/2026-12-03-switches*`). None helped measurably, so they
+//! were removed (the floor server keeps the first two):
+//! - the registered ring descriptor (`IORING_REGISTER_RING_FDS`): CPU per
+//!   request ×0.93 / ×1.10 / ×1.00 at keep-alive c64 / c256 / pipelined
+//!   (it saves one descriptor lookup per enter, and an enter serves 5–12
+//!   requests here);
+//! - `IORING_SETUP_NO_SQARRAY`: ×0.94 / ×1.10 / ×1.04;
+//! - a minimum wait per enter (`min_wait_usec`, 6.12) after a busy
+//!   iteration: 5× fewer enters (0.04 syscalls per request at c64 instead
+//!   of 0.20) for more CPU in every run (×1.06–1.15) and a higher median
+//!   latency;
+//! - receive bundles (`IORING_RECVSEND_BUNDLE`, 6.10): ×1.05 / ×1.04 / ×1.01
+//!   (×0.89 / ×0.90 / ×0.96 in the first session: noise either way);
+//! - incremental buffer consumption (`IOU_PBUF_RING_INC`, 6.12): ×1.03 /
+//!   ×1.01 / ×1.05.
+//!
+//! A smaller submission queue (`--uring-ring-entries 256` or `32`, the
+//! completion queue staying sized for the connection cap) measured ×1.00 /
+//! ×1.02 at c256 and ×1.01 / ×0.96 pipelined: the default stays.
 //!
 //! **Splice** (issue 15, `--uring-splice`, off by default, and
 //! `--uring-splice-io-workers N`): a file streamed from disk to a plain-HTTP
@@ -241,10 +238,6 @@
 //! `sendfile` stays far cheaper (1 MiB: 124 µs per request; 16 MiB: 2,512
 //! against splice's 5,873): splice wins over read + send, not over
 //! sendfile.
-//!
-//! These and the minimum wait need kernels newer than the engine's 6.1
-//! floor; each is turned off by itself where the kernel lacks it (see
-//! [`probe`]), so none makes the engine refuse.
 
 mod buffers;
 mod conn;
@@ -309,19 +302,9 @@ fn completion_entries(submission_entries: u32, max_connections: usize) -> u32 {
 /// can be open.
 pub const DEFAULT_BUFFERS: u16 = 1024;
 
-/// A batched wait's minimum wait (see [`ring::Wait::Batch`]): how long at
-/// most the kernel holds completions back to hand over a larger batch.
-pub const DEFAULT_MIN_WAIT_USEC: u32 = 50;
-/// An iteration that handled at least this many completions counts as busy:
-/// the next enter waits for as many with the minimum wait. Below it (one
-/// connection, a few) the enter returns at the first completion.
-const BUSY_BATCH: usize = 8;
-
 /// Which io_uring techniques the engine uses; each switch exists to measure
 /// what the technique contributes. On by default are those that measurably
-/// help (issue 15: the registered ring descriptor, NO_SQARRAY, receive
-/// bundles and incremental consumption did not, and the minimum wait cost
-/// CPU; they are off).
+/// help (direct descriptors are off: see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UringOptions {
     /// Multishot receive (needs `buffer_ring`).
@@ -336,23 +319,6 @@ pub struct UringOptions {
     pub buffers: u16,
     /// Submission queue entries (a power of two).
     pub ring_entries: u32,
-    /// Register the ring's descriptor (`IORING_REGISTER_RING_FDS`) so each
-    /// enter skips the descriptor lookup.
-    pub ring_fd: bool,
-    /// `IORING_SETUP_NO_SQARRAY` (6.6): no indirection array between the
-    /// submission ring and its entries.
-    pub no_sqarray: bool,
-    /// After a busy iteration, wait for a batch of completions with a
-    /// minimum wait ([`ring::Wait::Batch`], 6.12).
-    pub min_wait: bool,
-    /// How long a batched wait may hold completions back, in microseconds.
-    pub min_wait_usec: u32,
-    /// Multishot receives as bundles (`IORING_RECVSEND_BUNDLE`, 6.10): one
-    /// completion for all the data ready, over several buffers.
-    pub bundle: bool,
-    /// Incremental buffer consumption (`IOU_PBUF_RING_INC`, 6.12): small
-    /// receives share a buffer.
-    pub incremental: bool,
     /// Accepted sockets as direct descriptors (the ring's fixed-file table)
     /// where the kernel allows it and the access log is off.
     pub direct_descriptors: bool,
@@ -373,12 +339,6 @@ impl Default for UringOptions {
             batch_sends: true,
             buffers: DEFAULT_BUFFERS,
             ring_entries: DEFAULT_RING_ENTRIES,
-            ring_fd: false,
-            no_sqarray: false,
-            min_wait: false,
-            min_wait_usec: DEFAULT_MIN_WAIT_USEC,
-            bundle: false,
-            incremental: false,
             direct_descriptors: DEFAULT_DIRECT_DESCRIPTORS,
             splice: false,
             splice_io_workers: 0,
@@ -450,23 +410,6 @@ static STARVED_RECEIVES: AtomicU64 = AtomicU64::new(0);
 #[doc(hidden)]
 pub fn starved_receives() -> u64 {
     STARVED_RECEIVES.load(Ordering::Relaxed)
-}
-
-/// Receive completions whose data spanned several provided buffers (a
-/// bundle), and those that left their buffer in the ring for the next
-/// receive (incremental consumption), all workers together: counted so
-/// tests can tell they reached these paths.
-static MULTI_BUFFER_RECEIVES: AtomicU64 = AtomicU64::new(0);
-static SHARED_BUFFER_RECEIVES: AtomicU64 = AtomicU64::new(0);
-
-#[doc(hidden)]
-pub fn multi_buffer_receives() -> u64 {
-    MULTI_BUFFER_RECEIVES.load(Ordering::Relaxed)
-}
-
-#[doc(hidden)]
-pub fn shared_buffer_receives() -> u64 {
-    SHARED_BUFFER_RECEIVES.load(Ordering::Relaxed)
 }
 
 /// Times a connection stopped receiving because too much unanswered input
@@ -574,16 +517,6 @@ struct Driver {
     timer_cancelled: bool,
     /// The timeout's duration; read by the kernel when the entry is submitted.
     timer_spec: types::Timespec,
-    /// The minimum wait of a batched enter (`None`: always wait for one
-    /// completion; switched off or a kernel before 6.12).
-    min_wait_usec: Option<u32>,
-    /// Completions handled in the last iteration: how busy the worker is.
-    last_batch: usize,
-    /// Multishot receives are bundles (one completion, several buffers).
-    bundle: bool,
-    /// The buffer ranges of the receive completion being handled (kept for
-    /// its allocation).
-    segments: Vec<buffers::Segment>,
     /// Test-only fault injection ([`crate::engine::FaultCountdown`]) ...
     fault: FaultCountdown,
     /// ... and whether it is due: the next enter fails as a broken ring would.
@@ -599,7 +532,7 @@ impl Driver {
             (true, true) => RecvMode::Multishot,
         };
         let entries = options.ring_entries.clamp(8, 32768).next_power_of_two();
-        let build = |no_sqarray: bool| {
+        let mut ring = {
             let mut builder = IoUring::builder();
             builder
                 .setup_single_issuer()
@@ -611,20 +544,11 @@ impl Driver {
             } else {
                 builder.setup_taskrun_flag();
             }
-            if no_sqarray {
-                builder.setup_no_sqarray();
-            }
             builder.build(entries)
-        };
-        // NO_SQARRAY is an optimisation a kernel before 6.6 refuses with
-        // EINVAL: then the ring is built without it. ENOSYS and EPERM pass
-        // through unchanged: the server reports them as "io_uring is not
-        // available"; EINVAL without it means a kernel too old for the base
-        // flags.
-        let mut ring = match build(options.no_sqarray) {
-            Err(e) if options.no_sqarray && e.raw_os_error() == Some(libc::EINVAL) => build(false),
-            built => built,
         }
+        // ENOSYS and EPERM pass through unchanged: the server reports them as
+        // "io_uring is not available"; EINVAL means a kernel too old for the
+        // base flags.
         .map_err(|e| match e.raw_os_error() {
             Some(libc::EINVAL) => io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -632,14 +556,6 @@ impl Driver {
             ),
             _ => e,
         })?;
-        // Bundles need 6.10; without them a receive takes one buffer.
-        let bundle =
-            options.bundle && mode == RecvMode::Multishot && ring.params().is_feature_recvsend_bundle();
-        // A kernel before 6.12 ignores the minimum wait (the field was
-        // padding) and would wait for the whole batch: batch only if it
-        // says it knows the field.
-        let min_wait_usec = (options.min_wait && ring.params().is_feature_min_timeout())
-            .then_some(options.min_wait_usec.max(1));
         // The access log needs each peer's address, and `getpeername` needs a
         // descriptor: direct descriptors only without it.
         let accepted = if options.direct_descriptors && worker.access_log.is_none() {
@@ -682,11 +598,11 @@ impl Driver {
         let buffers = match mode {
             RecvMode::SingleOwned => None,
             RecvMode::Multishot | RecvMode::SingleProvided => {
-                let mut buffers = BufRing::new(options.buffers, READ_BUFFER_BYTES as u32)?;
+                let buffers = BufRing::new(options.buffers, READ_BUFFER_BYTES as u32)?;
                 // SAFETY: the buffer ring is stored in the driver next to the
                 // io_uring, which is dropped first (field order), and the
                 // driver returns only when no operation is in flight.
-                unsafe { buffers.register(&ring.submitter(), options.incremental) }.map_err(|e| {
+                unsafe { buffers.register(&ring.submitter()) }.map_err(|e| {
                     io::Error::new(
                         e.kind(),
                         format!(
@@ -698,11 +614,7 @@ impl Driver {
             }
         };
         let mut driver = Driver {
-            ring: Ring::new(ring, options.ring_fd),
-            min_wait_usec,
-            last_batch: 0,
-            bundle,
-            segments: Vec::new(),
+            ring: Ring::new(ring),
             buffers,
             conns: Slots::default(),
             pool: OutboxPool::default(),
@@ -807,21 +719,12 @@ impl Driver {
     }
 
     /// What this iteration's enter waits for: nothing if starved receives
-    /// wait to be re-armed; a batch (bounded by the minimum wait) if the last
-    /// iteration was busy and the worker is not stopping; else one
-    /// completion.
+    /// wait to be re-armed, else one completion.
     fn wait(&self) -> Wait {
-        if !self.starved.is_empty() {
-            return Wait::Collect;
-        }
-        match self.min_wait_usec {
-            Some(min_wait_usec) if self.last_batch >= BUSY_BATCH && self.stopping.is_running() => {
-                Wait::Batch {
-                    want: u32::try_from(self.last_batch).unwrap_or(u32::MAX),
-                    min_wait_usec,
-                }
-            }
-            _ => Wait::One,
+        if self.starved.is_empty() {
+            Wait::One
+        } else {
+            Wait::Collect
         }
     }
 
@@ -843,7 +746,6 @@ impl Driver {
                 .completion()
                 .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())),
         );
-        self.last_batch = completions.len();
         for &(user_data, result, flags) in &completions {
             // A value this worker never submitted is no operation of ours:
             // it must not be counted (the count could underflow).
@@ -1019,21 +921,9 @@ impl Driver {
             // ring) goes back at once.
             Some(conn) if result > 0 => conn,
             found => {
-                // Without bundles and incremental consumption the kernel
-                // consumed the buffer it names; with either it consumed none
-                // (see `buffers`).
                 if let (Some(bid), Some(buffers)) = (bid, &mut self.buffers) {
-                    if result > 0 {
-                        let mut segments = std::mem::take(&mut self.segments);
-                        buffers.take(bid, result as usize, cqueue::buffer_more(flags), &mut segments);
-                        for segment in segments.drain(..) {
-                            buffers.release(segment);
-                        }
-                        self.segments = segments;
-                    } else if !self.bundle && !buffers.is_incremental() {
-                        buffers.lend(bid);
-                        buffers.recycle(bid);
-                    }
+                    buffers.lend(bid);
+                    buffers.recycle(bid);
                 }
                 // Cannot happen: a slot is freed only after its receive's
                 // final completion.
@@ -1048,35 +938,10 @@ impl Driver {
             let len = result as usize;
             match (bid, &mut self.buffers) {
                 (Some(bid), Some(buffers)) => {
-                    let mut segments = std::mem::take(&mut self.segments);
-                    buffers.take(bid, len, cqueue::buffer_more(flags), &mut segments);
-                    if segments.len() > 1 {
-                        MULTI_BUFFER_RECEIVES.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if cqueue::buffer_more(flags) {
-                        SHARED_BUFFER_RECEIVES.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let mut reaction = Reaction::Nothing;
-                    for segment in &segments {
-                        // One completion of a bundle covers several buffers:
-                        // each is received in turn, as separate completions
-                        // would be, and the strongest reaction wins (after
-                        // `Close` the rest is never read).
-                        let input = Input::Fresh(buffers.bytes(segment));
-                        reaction = match (reaction, conn.on_received(input, cx, &mut self.pool)) {
-                            (Reaction::Close, _) | (_, Reaction::Close) => Reaction::Close,
-                            (Reaction::PauseReads, _) | (_, Reaction::PauseReads) => Reaction::PauseReads,
-                            (Reaction::Nothing, next) => next,
-                            (earlier, _) => earlier,
-                        };
-                        if reaction == Reaction::Close {
-                            break;
-                        }
-                    }
-                    for segment in segments.drain(..) {
-                        buffers.release(segment);
-                    }
-                    self.segments = segments;
+                    buffers.lend(bid);
+                    let input = Input::Fresh(buffers.lent_bytes(bid, len));
+                    let reaction = conn.on_received(input, cx, &mut self.pool);
+                    buffers.recycle(bid);
                     reaction
                 }
                 (None, None) => {
@@ -1124,9 +989,6 @@ impl Driver {
         let socket = conn.socket;
         let fd = socket.raw();
         let entry = match self.mode {
-            RecvMode::Multishot if conn.input != InputState::Fresh && self.bundle => {
-                opcode::RecvMultiBundle::new(fd, BUFFER_GROUP).build()
-            }
             RecvMode::Multishot if conn.input != InputState::Fresh => {
                 opcode::RecvMulti::new(fd, BUFFER_GROUP).build()
             }

@@ -17,16 +17,6 @@
 //!    `DEFER_TASKRUN` (6.1) has both;
 //! 3. registering a provided-buffer ring (5.19), as the engine does.
 //!
-//! Only these base features are probed. The newer ones the engine can use
-//! (most behind on-switches) are optional, and the engine turns each off by
-//! itself where it is missing, so they never make `auto` refuse io_uring:
-//! `IORING_SETUP_NO_SQARRAY` (6.6; the ring is set up again without it on
-//! EINVAL), the registered ring descriptor (5.18; enters name the
-//! descriptor if registering fails), receive bundles (6.10;
-//! `IORING_FEAT_RECVSEND_BUNDLE`), incremental buffer consumption (6.12;
-//! the buffer ring is registered again without it on EINVAL) and the
-//! minimum wait (6.12; `IORING_FEAT_MIN_TIMEOUT`).
-//!
 //! Direct descriptors (off by default) are not part of this question: each
 //! worker asks [`direct_descriptors`] on its own ring at start and, if the
 //! kernel says no, serves with normal descriptors.
@@ -84,10 +74,10 @@ pub fn probe(options: &UringOptions) -> Result<(), String> {
     }
 
     if options.buffer_ring {
-        let mut buffers = BufRing::new(8, 64).map_err(|e| format!("cannot allocate a buffer ring ({e})"))?;
+        let buffers = BufRing::new(8, 64).map_err(|e| format!("cannot allocate a buffer ring ({e})"))?;
         // SAFETY: `buffers` outlives the registration: it is unregistered
         // below, before `buffers` drops, and no operation was submitted.
-        unsafe { buffers.register(&ring.submitter(), false) }
+        unsafe { buffers.register(&ring.submitter()) }
             .map_err(|e| format!("io_uring refused a provided-buffer ring ({e}; needs Linux 5.19)"))?;
         let _ = ring.submitter().unregister_buf_ring(BUFFER_GROUP);
         drop(buffers);

@@ -9,27 +9,6 @@
 //! [`Ring::in_flight`] is zero. The memory itself lives in `buffers`
 //! (receive) and `outbox` (send).
 //!
-//! The enter is made here, not by the `io-uring` crate's `Submitter`, for
-//! the **registered ring descriptor** (`IORING_REGISTER_RING_FDS`): once the
-//! ring is in the thread's registered-ring table, `io_uring_enter` names it
-//! by its index with `IORING_ENTER_REGISTERED_RING` and the kernel skips the
-//! descriptor lookup (`fdget`/`fdput`) on every call. The crate remembers a
-//! registration only on the `Submitter` that made it, and a `Submitter`
-//! borrows the `IoUring`, so keeping it next to the ring would make [`Ring`]
-//! self-referential; two raw syscalls (register, enter) on a stable ABI are
-//! simpler to audit. The registration is undone when the ring drops. Unless
-//! `--uring-register-ring-fd` (measured: no gain), or if the kernel refuses
-//! it, enters name the descriptor.
-//!
-//! **Batching the wait** ([`Wait::Batch`], `--uring-min-wait`, off by
-//! default: it costs more CPU than the syscalls it saves): when the
-//! last iteration was busy, the enter asks for as many completions as it
-//! handled, with a *minimum wait* (`min_wait_usec`, Linux 6.12): the kernel
-//! waits at most that long for the batch, then returns as soon as there is
-//! at least one completion. So no completion (a deadline's timeout, the stop
-//! signal) is ever held back longer than the minimum wait, and an idle or
-//! lightly loaded worker (small batches) never waits for a batch at all.
-//!
 //! A connection's socket is named by a [`Socket`]: a descriptor, or (with
 //! direct descriptors, see the engine's module doc) an index into the ring's
 //! fixed-file table, which has no descriptor and so no syscall of its own:
@@ -37,44 +16,11 @@
 //! the ring.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 
 use io_uring::{IoUring, opcode, squeue, types};
 
 use super::op::{Op, OpKind};
-
-// The kernel ABI for the two syscalls made here (include/uapi/linux/io_uring.h).
-const IORING_ENTER_GETEVENTS: u32 = 1 << 0;
-const IORING_ENTER_EXT_ARG: u32 = 1 << 3;
-const IORING_ENTER_REGISTERED_RING: u32 = 1 << 4;
-const IORING_REGISTER_RING_FDS: libc::c_uint = 20;
-const IORING_UNREGISTER_RING_FDS: libc::c_uint = 21;
-
-/// `struct io_uring_rsrc_update`.
-#[repr(C)]
-struct RsrcUpdate {
-    offset: u32,
-    resv: u32,
-    data: u64,
-}
-
-/// `struct io_uring_getevents_arg` (`min_wait_usec` was `pad` before 6.12).
-#[repr(C)]
-struct GeteventsArg {
-    sigmask: u64,
-    sigmask_sz: u32,
-    min_wait_usec: u32,
-    ts: u64,
-}
-
-const _: () = assert!(std::mem::size_of::<RsrcUpdate>() == 16);
-const _: () = assert!(std::mem::size_of::<GeteventsArg>() == 24);
-
-/// How long a batched wait may last at most when nothing at all completes
-/// (the loop's own timeout wakes it for deadlines well before): only a
-/// bound, so that after the minimum wait the kernel waits for one
-/// completion rather than returning empty-handed.
-const BATCH_WAIT_LIMIT_SECS: u64 = 1;
 
 /// What the loop's enter waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,16 +29,6 @@ pub enum Wait {
     Collect,
     /// At least one completion.
     One,
-    /// `want` completions, but once `min_wait_usec` has passed, any one.
-    Batch { want: u32, min_wait_usec: u32 },
-}
-
-/// How `io_uring_enter` names the ring.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RingName {
-    Fd(RawFd),
-    /// The index in this thread's registered-ring table.
-    Registered(u32),
 }
 
 /// A connection's socket, as submissions name it.
@@ -162,30 +98,12 @@ pub struct Ring {
     /// Operations submitted (or queued) whose last completion is still to
     /// come. The loop returns only when this is zero.
     pub in_flight: usize,
-    name: RingName,
 }
 
 impl Ring {
-    /// Wraps `ring`, registering its descriptor with the kernel if
-    /// `register_fd` (and the kernel agrees). Must be called on the thread
-    /// that enters the ring: the registered-ring table is per thread.
-    pub fn new(ring: IoUring, register_fd: bool) -> Ring {
-        let fd = ring.as_raw_fd();
-        let name = match register_fd.then(|| register_ring_fd(fd)) {
-            Some(Ok(index)) => RingName::Registered(index),
-            Some(Err(_)) | None => RingName::Fd(fd),
-        };
-        Ring {
-            ring,
-            in_flight: 0,
-            name,
-        }
-    }
-
-    /// Whether enters name the ring by its registered index.
-    #[cfg(test)]
-    pub fn is_fd_registered(&self) -> bool {
-        matches!(self.name, RingName::Registered(_))
+    /// Wraps `ring`, with nothing in flight.
+    pub fn new(ring: IoUring) -> Ring {
+        Ring { ring, in_flight: 0 }
     }
 
     /// Queues `entry`, submitting early if the queue is full.
@@ -303,7 +221,7 @@ impl Ring {
 
     /// Submits what is queued, without waiting or collecting.
     pub fn submit(&mut self) -> io::Result<()> {
-        self.enter_raw(0, 0, None).map(drop)
+        self.ring.submit().map(drop)
     }
 
     /// The loop's one syscall: submits what is queued and waits as `wait`
@@ -311,27 +229,12 @@ impl Ring {
     /// in an enter that asks for completions, which every one here does).
     pub fn enter(&mut self, wait: Wait) -> io::Result<()> {
         let result = match wait {
-            Wait::One => self.enter_raw(1, IORING_ENTER_GETEVENTS, None),
+            Wait::One => self.ring.submit_and_wait(1),
             Wait::Collect => {
                 // A zero timeout: collect what is ready, wait for nothing.
-                let args = GeteventsArg {
-                    sigmask: 0,
-                    sigmask_sz: 0,
-                    min_wait_usec: 0,
-                    ts: 0,
-                };
                 let no_wait = types::Timespec::new();
-                self.enter_with_timeout(1, &args, &no_wait)
-            }
-            Wait::Batch { want, min_wait_usec } => {
-                let args = GeteventsArg {
-                    sigmask: 0,
-                    sigmask_sz: 0,
-                    min_wait_usec,
-                    ts: 0,
-                };
-                let limit = types::Timespec::new().sec(BATCH_WAIT_LIMIT_SECS);
-                self.enter_with_timeout(want.max(1), &args, &limit)
+                let args = types::SubmitArgs::new().timespec(&no_wait);
+                self.ring.submitter().submit_with_args(1, &args)
             }
         };
         match result {
@@ -340,113 +243,6 @@ impl Ring {
             Err(e) => Err(e),
         }
     }
-
-    /// An enter with an extended argument whose wait ends at `timeout`.
-    fn enter_with_timeout(
-        &mut self,
-        min_complete: u32,
-        args: &GeteventsArg,
-        timeout: &types::Timespec,
-    ) -> io::Result<u32> {
-        // `types::Timespec` is `struct __kernel_timespec` (repr(C), two
-        // 64-bit fields); the kernel copies it during the call.
-        let args = GeteventsArg {
-            ts: std::ptr::from_ref(timeout) as u64,
-            ..*args
-        };
-        self.enter_raw(
-            min_complete,
-            IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG,
-            Some(&args),
-        )
-    }
-
-    /// `io_uring_enter(ring, queued, min_complete, flags, args)`.
-    fn enter_raw(&mut self, min_complete: u32, flags: u32, args: Option<&GeteventsArg>) -> io::Result<u32> {
-        // Dropping the queue handle publishes its tail to the kernel.
-        let to_submit = self.ring.submission().len() as u32;
-        let (fd, flags) = match self.name {
-            RingName::Fd(fd) => (fd, flags),
-            RingName::Registered(index) => (index as RawFd, flags | IORING_ENTER_REGISTERED_RING),
-        };
-        let (arg, arg_bytes) = match args {
-            Some(args) => (
-                std::ptr::from_ref(args).cast::<libc::c_void>(),
-                std::mem::size_of::<GeteventsArg>(),
-            ),
-            None => (std::ptr::null(), 0),
-        };
-        // SAFETY: the kernel reads the submission queue entries between its
-        // head and the tail just published (what `push` queued, under its
-        // contract), and, with EXT_ARG, one `io_uring_getevents_arg` and the
-        // timespec it points to, both borrowed for the duration of the call.
-        // Without EXT_ARG the argument is a null signal mask.
-        let result = unsafe {
-            libc::syscall(
-                libc::SYS_io_uring_enter,
-                fd,
-                to_submit,
-                min_complete,
-                flags,
-                arg,
-                arg_bytes,
-            )
-        };
-        if result < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(result as u32)
-        }
-    }
-}
-
-impl Drop for Ring {
-    fn drop(&mut self) {
-        if let RingName::Registered(index) = self.name {
-            let mut update = RsrcUpdate {
-                offset: index,
-                resv: 0,
-                data: 0,
-            };
-            // SAFETY: the kernel reads one `io_uring_rsrc_update` from this
-            // stack frame during the call. Without it, the thread's table
-            // would keep the ring alive until the thread exits.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_io_uring_register,
-                    self.ring.as_raw_fd(),
-                    IORING_UNREGISTER_RING_FDS,
-                    std::ptr::from_mut(&mut update),
-                    1,
-                )
-            };
-        }
-    }
-}
-
-/// Registers `fd` in this thread's registered-ring table; its index there.
-fn register_ring_fd(fd: RawFd) -> io::Result<u32> {
-    let mut update = RsrcUpdate {
-        offset: u32::MAX,
-        resv: 0,
-        data: fd as u64,
-    };
-    // SAFETY: the kernel reads and writes back one `io_uring_rsrc_update`
-    // (offset `u32::MAX`: pick a free index), which lives on this stack
-    // frame for the call.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_io_uring_register,
-            fd,
-            IORING_REGISTER_RING_FDS,
-            std::ptr::from_mut(&mut update),
-            1,
-        )
-    };
-    if result < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(update.offset)
 }
 
 /// Errors after which entering the ring again is right: a signal, a
@@ -481,45 +277,12 @@ mod tests {
     }
 
     #[test]
-    fn enters_work_with_and_without_a_registered_descriptor() {
-        for register in [false, true] {
-            let mut ring = Ring::new(IoUring::builder().build(8).unwrap(), register);
-            assert_eq!(ring.is_fd_registered(), register);
-            assert_eq!(round_trip(&mut ring, 3, Wait::One), 3);
-            assert_eq!(round_trip(&mut ring, 2, Wait::Collect), 2);
-            assert_eq!(
-                round_trip(
-                    &mut ring,
-                    4,
-                    Wait::Batch {
-                        want: 4,
-                        min_wait_usec: 10
-                    }
-                ),
-                4
-            );
-            // Nothing in flight: a batched wait for more than can come ends
-            // after its minimum wait, with what there is.
-            assert_eq!(
-                round_trip(
-                    &mut ring,
-                    1,
-                    Wait::Batch {
-                        want: 8,
-                        min_wait_usec: 10
-                    }
-                ),
-                1
-            );
-            assert_eq!(ring.in_flight, 0);
-        }
-    }
-
-    #[test]
-    fn two_rings_on_one_thread_get_their_own_index() {
-        let a = Ring::new(IoUring::builder().build(8).unwrap(), true);
-        let b = Ring::new(IoUring::builder().build(8).unwrap(), true);
-        assert!(a.is_fd_registered() && b.is_fd_registered());
-        assert_ne!(a.name, b.name);
+    fn enters_wait_for_one_or_collect_what_is_ready() {
+        let mut ring = Ring::new(IoUring::builder().build(8).unwrap());
+        assert_eq!(round_trip(&mut ring, 3, Wait::One), 3);
+        assert_eq!(round_trip(&mut ring, 2, Wait::Collect), 2);
+        // Nothing queued: collecting returns at once, with nothing.
+        assert_eq!(round_trip(&mut ring, 0, Wait::Collect), 0);
+        assert_eq!(ring.in_flight, 0);
     }
 }
