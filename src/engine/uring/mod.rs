@@ -222,19 +222,21 @@
 //! 1, two stalled clients, `--send-timeout-ms 5000`: another client's 1 MiB
 //! took 4.5 s, against 0.05 s uncapped). The io-wq workers are threads of
 //! the process, on the worker's CPUs, and their CPU time is in the
-//! process's. Measured 2026-12-03 (bench-compare, 3 runs of 4 paired rounds
-//! of 3 s, `--max-cached-file 65536`, server on CPU 0, wrk on CPU 1, other
-//! helpers' builds beside), CPU per request splice ÷ read+send:
+//! process's. Measured 2026-12-03 (bench-compare, 5 runs of 4–6 paired
+//! rounds of 3 s, `--max-cached-file 65536`, server on CPU 0, wrk on CPU 1,
+//! other helpers' builds beside), CPU per request splice ÷ read+send:
 //! keep-alive 1 MiB c16 0.53 (0.46–0.58), 0.57 (0.50–0.62), 0.60
 //! (0.54–0.65): 300–360 against 560–640 µs (no copy file → user →
-//! socket), req/s ×1.74–1.90; but 6.6–14 syscalls per request against 1.1,
+//! socket), req/s ×1.74–1.90; on a busier machine (the last two runs) 0.77
+//! (0.43–1.03) and 0.77 (0.60–0.91): the io-wq hops cost more when the CPU
+//! is contended. But 6.6–14 syscalls per request against 1.1,
 //! all `io_uring_enter` (each splice completes from an io-wq worker and
 //! wakes the loop on its own: 7.6 context switches per request against
 //! 0.06), and about 11 io-wq workers for 16 connections. 16 MiB c16: CPU ÷
-//! 0.55, 0.51, 0.58, but req/s ×0.86, ×0.97, ×0.84, a p99 about 1.6× and
+//! 0.55, 0.51, 0.58, 0.54, 0.58, but req/s ×0.74–0.97, a p99 about 1.6× and
 //! hundreds of loopback TCP retransmits per run that read+send does not
-//! have; capped at two io-wq workers, req/s ×1.60 and ×1.51 at the same
-//! CPU, but for the stall above that is only a switch. The `epoll` twin's
+//! have; capped at two io-wq workers, req/s ×1.60, ×1.51 and ×1.08 at
+//! about the same CPU, but for the stall above that is only a switch. The `epoll` twin's
 //! `sendfile` stays far cheaper (1 MiB: 124 µs per request; 16 MiB: 2,512
 //! against splice's 5,873): splice wins over read + send, not over
 //! sendfile.
