@@ -91,7 +91,7 @@ FLOOR_OF = {"uring": FLOOR_URING, "tokio-uring": FLOOR_URING,
 SERVER_CPU = 0
 # Debian package that provides each tool.
 PACKAGES = {"wrk": "wrk", "nginx": "nginx", "perf": "linux-perf"}
-FILES = {"1k.bin": 1024, "16k.bin": 16 * 1024, "1m.bin": 1024 * 1024}
+FILES = {"1k.bin": 1024, "16k.bin": 16 * 1024, "1m.bin": 1024 * 1024, "16m.bin": 16 * 1024 * 1024}
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,11 @@ SCENARIOS = [
     Scenario("close-c64", "Connection: close, 1 KiB, 64 conns", "/1k.bin", 64, close=True),
     Scenario("keepalive-16k-c64", "keep-alive, 16 KiB, 64 conns", "/16k.bin", 64),
     Scenario("keepalive-1m-c16", "keep-alive, 1 MiB, 16 conns", "/1m.bin", 16),
+    # Only when named in --scenarios (OPT_IN_SCENARIOS): a large file, e.g. streamed from disk.
+    Scenario("keepalive-16m-c16", "keep-alive, 16 MiB, 16 conns", "/16m.bin", 16),
 ]
+# Run only when --scenarios names them.
+OPT_IN_SCENARIOS = {"keepalive-16m-c16"}
 # What --tls measures (the scenarios).
 TLS_SCENARIOS = {"keepalive-c64", "keepalive-16k-c64", "keepalive-1m-c16", "close-c64"}
 
@@ -1205,6 +1209,8 @@ def main(argv: list[str]) -> int:
             print(f"bench-compare: unknown scenario(s) {', '.join(unknown)}", file=sys.stderr)
             return 2
         scenarios = [s for s in scenarios if s.key in wanted]
+    else:
+        scenarios = [s for s in scenarios if s.key not in OPT_IN_SCENARIOS]
 
     procs = Processes()
 

@@ -285,6 +285,14 @@ pub struct Cli {
     #[arg(long, hide = true, default_value_t = DEFAULT_RING_ENTRIES,
           value_parser = clap::value_parser!(u32).range(8..=32768))]
     pub uring_ring_entries: u32,
+    /// uring: files streamed from disk to plain-HTTP connections go
+    /// file → pipe → socket with IORING_OP_SPLICE instead of read + send.
+    #[arg(long, hide = true)]
+    pub uring_splice: bool,
+    /// uring: with --uring-splice, the most io-wq workers per worker for the
+    /// splices (0: the kernel's default).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub uring_splice_io_workers: u32,
 
     /// Tests only: worker 0 fails as if its event loop had broken once it has
     /// accepted N connections (the server must then stop and exit 1).
@@ -526,6 +534,8 @@ impl Cli {
                 link_close: !self.uring_no_link_close,
                 buffers: self.uring_buffers,
                 ring_entries: self.uring_ring_entries,
+                splice: self.uring_splice,
+                splice_io_workers: self.uring_splice_io_workers,
                 direct_descriptors: !self.uring_no_direct
                     && (self.uring_direct || DEFAULT_DIRECT_DESCRIPTORS),
             },
@@ -576,6 +586,9 @@ mod tests {
             "--uring-no-defer-taskrun",
             "--uring-no-batch",
             "--uring-no-link-close",
+            "--uring-splice",
+            "--uring-splice-io-workers",
+            "2",
             "--uring-no-direct",
             "--uring-buffers",
             "64",
@@ -590,6 +603,8 @@ mod tests {
                 && !options.link_close
                 && !options.direct_descriptors
         );
+        assert!(options.splice);
+        assert_eq!(options.splice_io_workers, 2);
         assert_eq!(options.buffers, 64);
         assert!(Cli::try_parse_from(["ringserve", "--uring-buffers", "100"]).is_err());
         let cli = Cli::try_parse_from(["ringserve", "--uring-direct"]).unwrap();

@@ -899,13 +899,15 @@ fn every_uring_switch_serves_https() {
     let mut options = LoadOptions::new(site.path());
     options.max_cached_file_bytes = 64 * 1024;
     type Switch = fn(&mut ringserve::engine::UringOptions);
-    let switches: [(&str, Switch); 6] = [
+    let switches: [(&str, Switch); 7] = [
         ("direct descriptors", |o| o.direct_descriptors = true),
         ("no direct descriptors", |o| o.direct_descriptors = false),
         ("no multishot recv", |o| o.multishot_recv = false),
         ("no buffer ring", |o| o.buffer_ring = false),
         ("no batching", |o| o.batch_sends = false),
         ("no DEFER_TASKRUN", |o| o.defer_taskrun = false),
+        // Splice is for plain HTTP: a TLS connection keeps read + seal + send.
+        ("splice", |o| o.splice = true),
     ];
     for (name, switch) in switches {
         let mut server_config = ServerConfig::loopback_tls(EngineKind::Uring, tls_handle(&pki));

@@ -816,6 +816,355 @@ fn graceful_closes_in_a_row_never_cut_a_response() {
     }
 }
 
+// ---- files streamed from disk: read + send, and splice (`--uring-splice`) ----
+
+/// Above this, files are streamed from disk in the tests below.
+const DISK_MAX_CACHED: u64 = 16 * 1024;
+/// Sizes around the chunk (`FILE_CHUNK_BYTES`, 128 KiB): just over the
+/// memory cap, exactly one chunk, several chunks and a remainder, many.
+const DISK_FILES: [(&str, usize); 5] = [
+    ("d-over-cap.bin", 16 * 1024 + 1),
+    ("d-one-chunk.bin", 128 * 1024),
+    ("d-chunks-and-rest.bin", 3 * 128 * 1024 + 12_345),
+    ("d-1m-plus.bin", 1024 * 1024 + 7),
+    ("d-4m.bin", 4 * 1024 * 1024),
+];
+
+/// A site whose `DISK_FILES` are streamed from disk (and `k1.txt` is held in
+/// memory).
+fn disk_site() -> Site {
+    let base = site();
+    let dir = base._dir.0.clone();
+    let mut files = base.files;
+    for (seed, (name, len)) in DISK_FILES.into_iter().enumerate() {
+        let body: Vec<u8> = (0..len)
+            .map(|i| ((i * 131 + i / 7919) as u8).wrapping_add(seed as u8))
+            .collect();
+        std::fs::write(dir.join(name), &body).unwrap();
+        files.insert(name, body);
+    }
+    let mut options = LoadOptions::new(&dir);
+    options.max_cached_file_bytes = DISK_MAX_CACHED;
+    let snapshot = Arc::new(Snapshot::load(&options).unwrap());
+    Site {
+        files,
+        snapshot,
+        _dir: base._dir,
+    }
+}
+
+/// Read + send, splice, splice with direct descriptors (its splices into
+/// the socket name a table slot) and with single-shot receives, and the
+/// `epoll` twin.
+fn disk_variants() -> Vec<(&'static str, ServerConfig)> {
+    let splice = UringOptions {
+        splice: true,
+        ..UringOptions::default()
+    };
+    vec![
+        ("read-send", config(UringOptions::default())),
+        ("splice", config(splice)),
+        (
+            "splice-direct",
+            config(UringOptions {
+                direct_descriptors: true,
+                ..splice
+            }),
+        ),
+        (
+            "splice-no-multishot",
+            config(UringOptions {
+                multishot_recv: false,
+                ..splice
+            }),
+        ),
+        ("epoll", ServerConfig::loopback(EngineKind::Epoll)),
+    ]
+}
+
+fn start_disk(config: &ServerConfig) -> (Server, Site) {
+    let site = disk_site();
+    let server = Server::start(config, Arc::clone(&site.snapshot)).expect("server starts");
+    (server, site)
+}
+
+fn request_with(method: &str, path: &str, header: &str) -> Vec<u8> {
+    format!("{method} /{path} HTTP/1.1\r\nHost: test\r\n{header}\r\n").into_bytes()
+}
+
+/// The parts of a `multipart/byteranges` body, checked against `content`:
+/// each of `ranges` (inclusive) must be there, in order, byte-exact.
+fn expect_multipart(response: &Response, content: &[u8], ranges: &[(usize, usize)], what: &str) {
+    assert_eq!(response.status, 206, "{what}: {}", response.head);
+    let boundary = response
+        .head
+        .lines()
+        .find_map(|line| line.strip_prefix("Content-Type: multipart/byteranges; boundary="))
+        .unwrap_or_else(|| panic!("{what}: not multipart: {}", response.head))
+        .trim()
+        .to_string();
+    let body = &response.body;
+    let mut at = 0;
+    for &(first, last) in ranges {
+        let marker = format!("Content-Range: bytes {first}-{last}/{}\r\n\r\n", content.len());
+        let found = body[at..]
+            .windows(marker.len())
+            .position(|w| w == marker.as_bytes())
+            .unwrap_or_else(|| panic!("{what}: part {first}-{last} missing"));
+        let start = at + found + marker.len();
+        let end = start + (last - first + 1);
+        assert!(
+            body[start..end] == content[first..=last],
+            "{what}: part {first}-{last} differs"
+        );
+        at = end;
+    }
+    let closing = format!("\r\n--{boundary}--\r\n");
+    assert!(
+        body[at..] == *closing.as_bytes(),
+        "{what}: the multipart body does not end right"
+    );
+}
+
+#[test]
+fn files_streamed_from_disk_arrive_byte_exact_whole_head_and_ranges() {
+    for (name, config) in disk_variants() {
+        let (server, site) = start_disk(&config);
+        let mut stream = connect(server.local_addr());
+        let mut pending = Vec::new();
+        for (file, len) in DISK_FILES {
+            let content = &site.files[file];
+            // Whole, twice pipelined with a file held in memory between them.
+            let mut burst = get(file);
+            burst.extend(get("k1.txt"));
+            burst.extend(get(file));
+            stream.write_all(&burst).unwrap();
+            for expected in [file, "k1.txt", file] {
+                let response = read_response(&mut stream, &mut pending, false).unwrap();
+                assert_eq!(response.status, 200, "{name}: {expected}");
+                assert!(
+                    response.body == site.files[expected],
+                    "{name}: {expected} differs"
+                );
+            }
+            // HEAD: the length, no body (the next response follows at once).
+            stream.write_all(&request_with("HEAD", file, "")).unwrap();
+            let head = read_response(&mut stream, &mut pending, true).unwrap();
+            assert_eq!(head.status, 200, "{name}: HEAD {file}");
+            assert!(
+                head.head.contains(&format!("Content-Length: {len}\r\n")),
+                "{name}: {}",
+                head.head
+            );
+            // One range across a chunk boundary, and an open-ended one.
+            let (first, last) = (len / 3, (len / 3 + 200_000).min(len - 1));
+            stream
+                .write_all(&request_with(
+                    "GET",
+                    file,
+                    &format!("Range: bytes={first}-{last}\r\n"),
+                ))
+                .unwrap();
+            let partial = read_response(&mut stream, &mut pending, false).unwrap();
+            assert_eq!(partial.status, 206, "{name}: {file} {first}-{last}");
+            assert!(
+                partial.body == content[first..=last],
+                "{name}: {file} {first}-{last} differs"
+            );
+            stream
+                .write_all(&request_with("GET", file, "Range: bytes=-1000\r\n"))
+                .unwrap();
+            let tail = read_response(&mut stream, &mut pending, false).unwrap();
+            assert!(
+                tail.body == content[len - 1000..],
+                "{name}: {file} the last 1000 bytes"
+            );
+            // Multipart: a few bytes, a large part, the last byte.
+            let ranges = [(0, 9), (1000, len / 2), (len - 1, len - 1)];
+            let spec: Vec<String> = ranges.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+            stream
+                .write_all(&request_with(
+                    "GET",
+                    file,
+                    &format!("Range: bytes={}\r\n", spec.join(",")),
+                ))
+                .unwrap();
+            let multi = read_response(&mut stream, &mut pending, false).unwrap();
+            expect_multipart(&multi, content, &ranges, &format!("{name}: {file}"));
+        }
+        server.stop();
+    }
+}
+
+#[test]
+fn files_streamed_from_disk_to_many_connections_in_a_row_and_at_once() {
+    for (name, config) in disk_variants() {
+        let (server, site) = start_disk(&config);
+        let addr = server.local_addr();
+        for i in 0..40 {
+            let (file, _) = DISK_FILES[i % DISK_FILES.len()];
+            let mut stream = connect(addr);
+            stream.write_all(&get(file)).unwrap();
+            let response = read_response(&mut stream, &mut Vec::new(), false).unwrap();
+            assert!(
+                response.body == site.files[file],
+                "{name}: connection {i}: {file} differs"
+            );
+        }
+        let site = Arc::new(site);
+        let clients: Vec<_> = (0..24)
+            .map(|c| {
+                let site = Arc::clone(&site);
+                std::thread::spawn(move || {
+                    let mut stream = connect(addr);
+                    let mut pending = Vec::new();
+                    for i in 0..6 {
+                        let (file, _) = DISK_FILES[(c + i) % DISK_FILES.len()];
+                        stream.write_all(&get(file)).unwrap();
+                        let response = read_response(&mut stream, &mut pending, false).unwrap();
+                        assert!(response.body == site.files[file], "client {c}: {file} differs");
+                    }
+                })
+            })
+            .collect();
+        for client in clients {
+            client
+                .join()
+                .unwrap_or_else(|_| panic!("{name}: a client failed"));
+        }
+        server.stop();
+    }
+}
+
+/// Clients that leave in the middle of a streamed body (closing, or with a
+/// reset), some with more requests pipelined behind it: the worker goes on,
+/// and the next connections are served whole.
+#[test]
+fn clients_that_leave_mid_body_of_a_streamed_file_do_not_hurt_the_next() {
+    for (name, config) in disk_variants() {
+        let (server, site) = start_disk(&config);
+        let addr = server.local_addr();
+        for i in 0..30 {
+            let mut stream = connect(addr);
+            let mut burst = get("d-4m.bin");
+            if i % 3 == 0 {
+                burst.extend(get("d-1m-plus.bin"));
+            }
+            stream.write_all(&burst).unwrap();
+            let mut some = vec![0u8; 1000 + i * 9000];
+            let _ = stream.read_exact(&mut some);
+            if i % 2 == 0 {
+                socket2::SockRef::from(&stream)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+            }
+            drop(stream);
+            if i % 10 == 9 {
+                let mut next = connect(addr);
+                next.write_all(&get("d-chunks-and-rest.bin")).unwrap();
+                let response = read_response(&mut next, &mut Vec::new(), false).unwrap();
+                assert!(
+                    response.body == site.files["d-chunks-and-rest.bin"],
+                    "{name}: after {i} clients left mid-body"
+                );
+            }
+        }
+        server.stop();
+    }
+}
+
+/// A client that stops reading a streamed file (with splice, the splice into
+/// its socket blocks in an io-wq worker) is dropped after the send timeout;
+/// meanwhile and afterwards, other connections are served.
+#[test]
+fn a_client_that_stops_reading_a_streamed_file_is_dropped_and_others_are_served() {
+    for (name, mut config) in disk_variants() {
+        eprintln!("{name}");
+        config.timeouts.send = Duration::from_millis(400);
+        let (server, site) = start_disk(&config);
+        let addr = server.local_addr();
+        let mut stalled = connect(addr);
+        let mut burst = Vec::new();
+        for _ in 0..4 {
+            burst.extend(get("d-4m.bin"));
+        }
+        stalled.write_all(&burst).unwrap();
+        let mut other = connect(addr);
+        other.write_all(&get("d-1m-plus.bin")).unwrap();
+        let response = read_response(&mut other, &mut Vec::new(), false).unwrap();
+        assert!(
+            response.body == site.files["d-1m-plus.bin"],
+            "{name}: beside a stalled client"
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+        let (bytes, _) = read_to_close(&mut stalled);
+        assert!(bytes.len() < 4 * (4 << 20), "{name}: no timeout happened");
+        let mut next = connect(addr);
+        next.write_all(&get("d-chunks-and-rest.bin")).unwrap();
+        let response = read_response(&mut next, &mut Vec::new(), false).unwrap();
+        assert!(
+            response.body == site.files["d-chunks-and-rest.bin"],
+            "{name}: afterwards"
+        );
+        server.stop();
+    }
+}
+
+/// A file truncated on disk while it is streamed: the response cannot be
+/// completed, so the connection closes short of its Content-Length (both
+/// ways of streaming behave the same), and the worker serves the next. The
+/// file (16 MiB) is larger than the socket buffers can take ahead of a
+/// client with a small receive buffer, so the server is still streaming it
+/// when it shrinks.
+#[test]
+fn a_file_truncated_on_disk_mid_transfer_closes_the_connection() {
+    const LEN: usize = 16 << 20;
+    for (name, config) in disk_variants() {
+        let site = disk_site();
+        let path = site._dir.0.join("t-16m.bin");
+        std::fs::write(&path, vec![b't'; LEN]).unwrap();
+        let mut options = LoadOptions::new(&site._dir.0);
+        options.max_cached_file_bytes = DISK_MAX_CACHED;
+        let snapshot = Arc::new(Snapshot::load(&options).unwrap());
+        let server = Server::start(&config, snapshot).expect("server starts");
+        let addr = server.local_addr();
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(32 * 1024).unwrap();
+        socket.connect(&addr.into()).unwrap();
+        let mut stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.write_all(&get("t-16m.bin")).unwrap();
+        let mut some = vec![0u8; 64 * 1024];
+        stream.read_exact(&mut some).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(256 * 1024)
+            .unwrap();
+        let mut rest = Vec::new();
+        if let Err(e) = stream.read_to_end(&mut rest) {
+            assert!(
+                e.kind() == io::ErrorKind::ConnectionReset,
+                "{name}: reading until close: {e} after {} bytes",
+                some.len() + rest.len()
+            );
+        }
+        assert!(
+            some.len() + rest.len() < LEN,
+            "{name}: a body longer than the file arrived"
+        );
+        let mut next = connect(addr);
+        next.write_all(&get("d-1m-plus.bin")).unwrap();
+        let response = read_response(&mut next, &mut Vec::new(), false).unwrap();
+        assert!(
+            response.body == site.files["d-1m-plus.bin"],
+            "{name}: the next connection"
+        );
+        server.stop();
+    }
+}
+
 /// Connection-per-request clients whose request is the last thing they send
 /// get an immediate close (the last send linked to the close, or the close
 /// submitted after it): on every variant (direct descriptors, no link, one

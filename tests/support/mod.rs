@@ -770,6 +770,15 @@ pub fn uring_variants(all: UringOptions) -> Vec<(&'static str, UringOptions)> {
                 ..all
             },
         ),
+        ("splice", UringOptions { splice: true, ..all }),
+        (
+            "splice-direct",
+            UringOptions {
+                splice: true,
+                direct_descriptors: true,
+                ..all
+            },
+        ),
         (
             "no-link-close",
             UringOptions {

@@ -108,6 +108,9 @@ pub struct ServeContext {
     /// The connection receives into `carry` (no provided buffers): keep its
     /// allocation.
     pub own_buffers: bool,
+    /// Files streamed from disk to plain-HTTP connections are spliced
+    /// through a pipe (`--uring-splice`).
+    pub splice: bool,
 }
 
 impl std::ops::Deref for ServeContext {
@@ -490,6 +493,12 @@ impl Conn {
         }
         self.outbox = Some(outbox);
         Reaction::Flush
+    }
+
+    /// Whether the connection speaks TLS (its bytes must be encrypted in
+    /// user space: no splice).
+    pub fn is_tls(&self) -> bool {
+        self.protocol.is_tls()
     }
 
     fn peer(&self) -> Option<IpAddr> {

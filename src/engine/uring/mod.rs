@@ -41,7 +41,9 @@
 //!    operations in flight, so responses stay in order. A file too large for
 //!    memory is streamed: an io_uring `read` at an offset into a chunk buffer
 //!    of at most [`FILE_CHUNK_BYTES`](crate::engine::FILE_CHUNK_BYTES), sent
-//!    (with what follows it) before the next chunk is read ([`outbox::Outbox`]).
+//!    (with what follows it) before the next chunk is read ([`outbox::Outbox`]);
+//!    with `--uring-splice`, a plain-HTTP connection splices it instead,
+//!    file → pipe → socket (see the switches).
 //!    Every iteration answers from one snapshot, refreshed from the worker's
 //!    [`SnapshotCache`] so a reload takes effect at the next iteration; an
 //!    idle worker wakes once a second ([`SNAPSHOT_REFRESH_MS`]) so that it
@@ -144,9 +146,10 @@
 //! ([`op`]): slot index and generation ([`slots`]), so a late completion can
 //! never touch a connection that reused the slot.
 //!
-//! **Memory handed to the kernel** is audited in three small files: [`ring`]
+//! **Memory handed to the kernel** is audited in four small files: [`ring`]
 //! (every submission, and the count of what is in flight), [`buffers`]
-//! (receive buffers) and [`outbox`] (send memory). It is never moved or freed while an
+//! (receive buffers), [`outbox`] (send memory) and [`pipes`] (the pipes a
+//! splice goes through, whose state the outbox keeps). It is never moved or freed while an
 //! operation that uses it is in flight: provided buffers live in one
 //! allocation for the worker's lifetime (and are read only while lent to us,
 //! see [`buffers`]); a send's bytes, iovecs and `msghdr` live in a boxed
@@ -177,8 +180,9 @@
 //! `--uring-no-defer-taskrun`, `--uring-no-batch`, `--uring-no-link-close`
 //! (the immediate close submitted on the last send's completion instead of
 //! linked to it), `--uring-buffers N`,
-//! `--uring-ring-entries N`, and `--uring-direct` / `--uring-no-direct`):
-//! each turns one technique off (direct descriptors: on) so its
+//! `--uring-ring-entries N`, `--uring-direct` / `--uring-no-direct`, and
+//! `--uring-splice` with `--uring-splice-io-workers N`, see **Splice**
+//! below): each turns one technique off (direct descriptors, splice: on) so its
 //! contribution can be measured. Direct descriptors, measured 2026-12-03
 //! (4 paired rounds of 3 s, server pinned to CPU 0, wrk on CPU 1, 1 KiB):
 //! `Connection: close` c64 26.2 µs of CPU per request with them against
@@ -232,11 +236,53 @@
 //! A smaller submission queue (`--uring-ring-entries 256` or `32`, the
 //! completion queue staying sized for the connection cap) measured ×1.00 /
 //! ×1.02 at c256 and ×1.01 / ×0.96 pipelined: the default stays.
+//!
+//! **Splice** (issue 15, `--uring-splice`, off by default, and
+//! `--uring-splice-io-workers N`): a file streamed from disk to a plain-HTTP
+//! connection goes file → pipe → socket, two `IORING_OP_SPLICE`s per chunk
+//! of at most [`FILE_CHUNK_BYTES`](crate::engine::FILE_CHUNK_BYTES) (the
+//! pipe is grown to it with `F_SETPIPE_SZ`), one after the other: a short
+//! splice breaks an `IOSQE_IO_LINK` chain, and the second's length is the
+//! first's result. Heads, multipart boundaries and in-memory bodies still go
+//! by send; TLS keeps read + seal + send (its bytes must be encrypted here).
+//! A streaming connection holds a pipe from the worker's pool ([`pipes`]);
+//! a short splice into the socket continues with what the pipe still holds,
+//! and a pipe that may hold bytes (an error, a close mid-splice) is closed,
+//! never reused. The kernel runs every splice in an io-wq worker
+//! (`io_uring/splice.c` marks it `REQ_F_FORCE_ASYNC`; the sockets are
+//! blocking, so a splice into the socket of a client that does not read
+//! blocks its io-wq worker until it reads, or until the send deadline resets
+//! the connection and the cancel interrupts the worker). So the io-wq is
+//! left uncapped by default (and direct descriptors' cap of one is not
+//! applied with splice): with a cap of N, N clients that stop reading stall
+//! every other connection's splices until the send deadline (measured: cap
+//! 1, two stalled clients, `--send-timeout-ms 5000`: another client's 1 MiB
+//! took 4.5 s, against 0.05 s uncapped). The io-wq workers are threads of
+//! the process, on the worker's CPUs, and their CPU time is in the
+//! process's. Measured 2026-12-03 (bench-compare, 5 runs of 4–6 paired
+//! rounds of 3 s, `--max-cached-file 65536`, server on CPU 0, wrk on CPU 1,
+//! other helpers' builds beside), CPU per request splice ÷ read+send:
+//! keep-alive 1 MiB c16 0.53 (0.46–0.58), 0.57 (0.50–0.62), 0.60
+//! (0.54–0.65): 300–360 against 560–640 µs (no copy file → user →
+//! socket), req/s ×1.74–1.90; on a busier machine (the last two runs) 0.77
+//! (0.43–1.03) and 0.77 (0.60–0.91): the io-wq hops cost more when the CPU
+//! is contended. But 6.6–14 syscalls per request against 1.1,
+//! all `io_uring_enter` (each splice completes from an io-wq worker and
+//! wakes the loop on its own: 7.6 context switches per request against
+//! 0.06), and about 11 io-wq workers for 16 connections. 16 MiB c16: CPU ÷
+//! 0.55, 0.51, 0.58, 0.54, 0.58, but req/s ×0.74–0.97, a p99 about 1.6× and
+//! hundreds of loopback TCP retransmits per run that read+send does not
+//! have; capped at two io-wq workers, req/s ×1.60, ×1.51 and ×1.08 at
+//! about the same CPU, but for the stall above that is only a switch. The `epoll` twin's
+//! `sendfile` stays far cheaper (1 MiB: 124 µs per request; 16 MiB: 2,512
+//! against splice's 5,873): splice wins over read + send, not over
+//! sendfile.
 
 mod buffers;
 mod conn;
 mod op;
 mod outbox;
+mod pipes;
 mod probe;
 mod ring;
 
@@ -319,6 +365,12 @@ pub struct UringOptions {
     /// Accepted sockets as direct descriptors (the ring's fixed-file table)
     /// where the kernel allows it and the access log is off.
     pub direct_descriptors: bool,
+    /// Files streamed from disk to plain-HTTP connections go file → pipe →
+    /// socket with `IORING_OP_SPLICE` instead of a read and a send.
+    pub splice: bool,
+    /// With `splice`: the most io-wq workers (unbounded work) the kernel may
+    /// run for the worker's splices; 0 leaves it to the kernel.
+    pub splice_io_workers: u32,
 }
 
 impl Default for UringOptions {
@@ -332,6 +384,8 @@ impl Default for UringOptions {
             buffers: DEFAULT_BUFFERS,
             ring_entries: DEFAULT_RING_ENTRIES,
             direct_descriptors: DEFAULT_DIRECT_DESCRIPTORS,
+            splice: false,
+            splice_io_workers: 0,
         }
     }
 }
@@ -576,7 +630,17 @@ impl Driver {
         } else {
             Accepted::Descriptors
         };
-        if accepted == Accepted::Direct {
+        // With splice the io-wq also runs every splice, and a splice into a
+        // socket whose client does not read blocks its io-wq worker: one
+        // worker for all would let one slow client stall every other
+        // connection's splices (and the shutdowns), so the cap is left to
+        // the kernel then.
+        if options.splice && options.splice_io_workers > 0 {
+            let mut max = [0, options.splice_io_workers];
+            if ring.submitter().register_iowq_max_workers(&mut max).is_err() && worker.index == 0 {
+                eprintln!("ringserve: uring: could not cap the io-wq workers for splices");
+            }
+        } else if accepted == Accepted::Direct && !options.splice {
             // The ring's shutdowns are the only unbounded io-wq work (socket
             // I/O that must wait is polled, file reads are bounded work): one
             // worker runs them in turn, instead of the kernel creating and
@@ -622,6 +686,7 @@ impl Driver {
                 serving: Serving::for_worker(&mut worker),
                 batch: options.batch_sends,
                 own_buffers: mode == RecvMode::SingleOwned,
+                splice: options.splice,
             },
             snapshots: worker.snapshot.cache(),
             grace: worker.shutdown_grace,
@@ -1078,10 +1143,11 @@ impl Driver {
             return;
         };
         let socket = conn.socket;
+        let splice = self.cx.splice && !conn.is_tls();
         let Some(outbox) = conn.outbox.as_mut() else {
             return;
         };
-        let op = outbox.next_op();
+        let op = outbox.next_op(splice.then_some(&mut self.pool.pipes));
         let link = self.link_close && outbox.sends_rest(&op) && conn.may_link_close();
         let entry = op.entry(socket, Op::conn(op.kind(), key).encode(), link);
         let state = if link {
@@ -1092,7 +1158,8 @@ impl Driver {
         conn.on_output_submitted(state, self.cx.now);
         // SAFETY: the entry points into the boxed outbox (output bytes, the
         // file chunk buffer, iovecs, msghdr) and at a file the output holds
-        // open. The connection keeps the box, unchanged, until this
+        // open (and a splice at the outbox's pipe, which it keeps, open,
+        // until the outbox is given back). The connection keeps the box, unchanged, until this
         // operation's completion: `on_send` and `on_file_read` are the only
         // places an outbox with an operation in flight is released or
         // changed, and a closing connection's slot is freed only once no

@@ -9,12 +9,23 @@
 //! memory lent to the kernel is in `buffers` (the provided-buffer ring) and
 //! `ring` (the timeout's timespec, and the rule that the loop returns only
 //! when nothing is in flight).
+//!
+//! **Splice** (`--uring-splice`, plain HTTP only: TLS must encrypt the bytes
+//! in user space): a file range then goes file → pipe → socket, two
+//! `IORING_OP_SPLICE`s per chunk, sequential rather than linked (a short
+//! splice breaks an `IOSQE_IO_LINK` chain, and the second splice's length is
+//! only known from the first's result). The outbox holds the connection's
+//! [`Pipe`] while it streams and tracks what it holds ([`PipeState`]): a
+//! short splice into the socket continues with what is left in the pipe,
+//! before anything else; the pipe goes back to the worker's pool only when
+//! empty, and is closed otherwise ([`OutboxPool::give`]).
 
 use std::os::fd::{AsRawFd, RawFd};
 
 use io_uring::{opcode, squeue, types};
 
 use super::op::OpKind;
+use super::pipes::{Pipe, PipePool};
 use super::ring::Socket;
 use crate::engine::FILE_CHUNK_BYTES;
 use crate::engine::policy::{Pool, Pooled};
@@ -59,6 +70,24 @@ pub struct Outbox {
     /// HTTPS: a file chunk to read into `chunk` and seal into `output`
     /// before sending it ([`Pull::ReadFile`]).
     seal: Option<FileChunk>,
+    /// Splice: the pipe file ranges go through (taken on the first range
+    /// spliced), and what it holds.
+    pipe: Option<Pipe>,
+    piped: PipeState,
+}
+
+/// What the outbox's pipe holds. Output bytes in the pipe are always the
+/// next ones to send (from `sent` on): nothing else goes out before them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipeState {
+    /// Nothing (or no pipe).
+    Empty,
+    /// A splice file → pipe is in flight.
+    Filling,
+    /// `n` bytes wait in the pipe.
+    Holding(usize),
+    /// A splice pipe → socket of the `n` bytes held is in flight.
+    Draining(usize),
 }
 
 /// The next operation an outbox needs, described (the driver turns it into
@@ -77,13 +106,26 @@ pub enum OutputOp {
         len: u32,
         offset: u64,
     },
+    /// Splice up to `len` bytes of the file `fd` at `offset` into the pipe
+    /// whose write end is `pipe`.
+    SpliceIn {
+        fd: RawFd,
+        offset: u64,
+        pipe: RawFd,
+        len: u32,
+    },
+    /// Splice the `len` bytes held in the pipe whose read end is `pipe` into
+    /// the socket.
+    SpliceOut { pipe: RawFd, len: u32 },
 }
 
 impl OutputOp {
     pub fn kind(&self) -> OpKind {
         match self {
-            OutputOp::Send { .. } | OutputOp::SendMsg { .. } => OpKind::Send,
-            OutputOp::Read { .. } => OpKind::Read,
+            // A splice into the socket completes as a send would, one from
+            // the file as a read would: the outbox's state says which it was.
+            OutputOp::Send { .. } | OutputOp::SendMsg { .. } | OutputOp::SpliceOut { .. } => OpKind::Send,
+            OutputOp::Read { .. } | OutputOp::SpliceIn { .. } => OpKind::Read,
         }
     }
 
@@ -126,6 +168,23 @@ impl OutputOp {
             } => opcode::Read::new(types::Fd(fd), buffer, len)
                 .offset(offset)
                 .build(),
+            // The pipe is empty before a splice into it (it takes what fits)
+            // and holds `len` bytes before one out of it, so neither waits on
+            // the pipe; the latter says so (SPLICE_F_NONBLOCK: a mistake
+            // would fail, not hang an io-wq worker). The former does not: a
+            // page-cache miss must wait for the disk, not fail.
+            OutputOp::SpliceIn {
+                fd,
+                offset,
+                pipe,
+                len,
+            } => opcode::Splice::new(types::Fd(fd), offset as i64, types::Fd(pipe), -1, len).build(),
+            OutputOp::SpliceOut { pipe, len } => {
+                opcode::Splice::new(types::Fd(pipe), -1, socket.raw(), -1, len)
+                    .flags(libc::SPLICE_F_NONBLOCK)
+                    .build()
+                    .flags(socket.sqe_flags())
+            }
         };
         entry.user_data(user_data)
     }
@@ -145,13 +204,15 @@ impl Outbox {
             // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
             msghdr: unsafe { std::mem::zeroed() },
             seal: None,
+            pipe: None,
+            piped: PipeState::Empty,
         }
     }
 
     /// Whether nothing of it has been sent or read yet (its first
     /// operation starts the no-progress clock).
     pub fn is_untouched(&self) -> bool {
-        self.sent == 0 && self.chunk.is_empty()
+        self.sent == 0 && self.chunk.is_empty() && matches!(self.piped, PipeState::Empty | PipeState::Filling)
     }
 
     /// Whether every byte has been sent.
@@ -171,7 +232,9 @@ impl Outbox {
         let bytes = match *op {
             OutputOp::Send { len, .. } => len as usize,
             OutputOp::SendMsg { .. } => self.iovecs.iter().map(|iovec| iovec.iov_len).sum(),
-            OutputOp::Read { .. } => return false,
+            // A splice into the socket is no send: a short one succeeds,
+            // and a close linked to it would cut the response.
+            OutputOp::Read { .. } | OutputOp::SpliceIn { .. } | OutputOp::SpliceOut { .. } => return false,
         };
         self.seal.is_none() && bytes == self.left()
     }
@@ -183,9 +246,20 @@ impl Outbox {
     /// of their chunk. Call only when no operation of this outbox is in
     /// flight and bytes are left.
     ///
+    /// With `pipes` (splice on, plain HTTP), file ranges are spliced through
+    /// a pipe instead: bytes held in the pipe go first, and a range's next
+    /// chunk is spliced into the pipe when they are gone.
+    ///
     /// The operation points into `self`; see the type's documentation for
     /// what that requires until its completion.
-    pub fn next_op(&mut self) -> OutputOp {
+    pub fn next_op(&mut self, mut pipes: Option<&mut PipePool>) -> OutputOp {
+        if let (PipeState::Holding(held), Some(pipe)) = (self.piped, &self.pipe) {
+            self.piped = PipeState::Draining(held);
+            return OutputOp::SpliceOut {
+                pipe: pipe.read_fd(),
+                len: held as u32,
+            };
+        }
         if let Some(seal) = &self.seal {
             // HTTPS: read the chunk first; it is sealed after what `output`
             // holds, and both go out in the next send.
@@ -224,6 +298,18 @@ impl Outbox {
                         break;
                     } else {
                         let want = (end - cursor).min(FILE_CHUNK_BYTES);
+                        if self.pipe.is_none() {
+                            self.pipe = pipes.as_mut().and_then(|pipes| pipes.take());
+                        }
+                        if let Some(pipe) = &self.pipe {
+                            self.piped = PipeState::Filling;
+                            return OutputOp::SpliceIn {
+                                fd: range.file.as_raw_fd(),
+                                offset: range.offset + (cursor - start) as u64,
+                                pipe: pipe.write_fd(),
+                                len: want.min(pipe.capacity()) as u32,
+                            };
+                        }
                         self.chunk.clear();
                         self.chunk.reserve_exact(want);
                         self.chunk_at = cursor;
@@ -283,8 +369,16 @@ impl Outbox {
         self.sent = 0;
     }
 
-    /// A send took `len` bytes.
+    /// A send (or a splice out of the pipe) took `len` bytes.
     pub fn on_sent(&mut self, len: usize) {
+        if let PipeState::Draining(held) = self.piped {
+            let left = held.saturating_sub(len);
+            self.piped = if left == 0 {
+                PipeState::Empty
+            } else {
+                PipeState::Holding(left)
+            };
+        }
         self.sent += len;
         if self.sent >= self.chunk_at + self.chunk.len() {
             self.chunk.clear();
@@ -295,6 +389,15 @@ impl Outbox {
     /// cannot be completed (0 bytes: the file shrank since the snapshot was
     /// built).
     pub fn on_read(&mut self, len: usize) -> bool {
+        if self.piped == PipeState::Filling {
+            // A splice into the pipe; on failure the pipe is not reused
+            // (`piped` stays `Filling`).
+            if len == 0 || self.pipe.as_ref().is_none_or(|pipe| len > pipe.capacity()) {
+                return false;
+            }
+            self.piped = PipeState::Holding(len);
+            return true;
+        }
         if len == 0 || len > self.chunk.capacity() {
             self.chunk.clear();
             return false;
@@ -319,8 +422,32 @@ fn push_iovec(iovecs: &mut Vec<libc::iovec>, bytes: &[u8]) {
 
 /// Outboxes of connections that have nothing to send, for reuse (boxed:
 /// a send's `msghdr` must not move, and pooling the boxes saves an
-/// allocation).
-pub type OutboxPool = Pool<Outbox>;
+/// allocation), and the worker's empty pipes (splice).
+#[derive(Debug, Default)]
+pub struct OutboxPool {
+    outboxes: Pool<Outbox>,
+    pub pipes: PipePool,
+}
+
+impl OutboxPool {
+    pub fn take(&mut self) -> Box<Outbox> {
+        self.outboxes.take()
+    }
+
+    /// Takes back an outbox with no operation in flight. Its pipe goes back
+    /// to the pool if it is known to be empty; otherwise (an error, a close
+    /// while a splice was in flight: its completion was not counted) it is
+    /// closed, with whatever it held.
+    pub fn give(&mut self, mut outbox: Box<Outbox>) {
+        if let Some(pipe) = outbox.pipe.take() {
+            if outbox.piped == PipeState::Empty {
+                self.pipes.give_empty(pipe);
+            }
+        }
+        outbox.piped = PipeState::Empty;
+        self.outboxes.give(outbox);
+    }
+}
 
 impl Default for Outbox {
     fn default() -> Outbox {
@@ -341,6 +468,9 @@ impl Pooled for Outbox {
         self.chunk_at = 0;
         self.iovecs.clear();
         self.seal = None;
+        // `OutboxPool::give` took the pipe.
+        self.pipe = None;
+        self.piped = PipeState::Empty;
     }
 }
 
@@ -353,13 +483,18 @@ mod tests {
     use crate::files::DiskFile;
 
     /// Plays the kernel: runs the outbox's operations until it is done,
-    /// sending at most `max_send` bytes per send; returns what was sent and
-    /// how many file reads it took.
-    fn run_outbox(outbox: &mut Outbox, max_send: usize) -> (Vec<u8>, usize) {
+    /// sending at most `max_send` bytes per send (or splice into the socket),
+    /// splicing through a pipe from `pipes` if given; returns what was sent
+    /// and how many file reads (or splices from the file) it took.
+    fn run_outbox(
+        outbox: &mut Outbox,
+        max_send: usize,
+        mut pipes: Option<&mut PipePool>,
+    ) -> (Vec<u8>, usize) {
         let mut sent = Vec::new();
         let mut reads = 0;
         while !outbox.is_done() {
-            match outbox.next_op() {
+            match outbox.next_op(pipes.as_deref_mut()) {
                 OutputOp::Send { bytes, len } => {
                     let len = (len as usize).min(max_send);
                     // SAFETY: the operation points into the outbox, which is
@@ -395,9 +530,36 @@ mod tests {
                     let n = unsafe { libc::pread(fd, buffer.cast(), len as usize, offset as libc::off_t) };
                     assert!(outbox.on_read(usize::try_from(n).unwrap()), "read {n}");
                 }
+                OutputOp::SpliceIn {
+                    fd,
+                    offset,
+                    pipe,
+                    len,
+                } => {
+                    reads += 1;
+                    assert!(len as usize <= FILE_CHUNK_BYTES);
+                    let n = splice_in(fd, offset, pipe, len);
+                    assert!(outbox.on_read(usize::try_from(n).unwrap()), "splice {n}");
+                }
+                OutputOp::SpliceOut { pipe, len } => {
+                    let mut bytes = vec![0u8; (len as usize).min(max_send)];
+                    // SAFETY: read(2) writes at most `bytes.len()` bytes into it.
+                    let n = unsafe { libc::read(pipe, bytes.as_mut_ptr().cast(), bytes.len()) };
+                    assert_eq!(n, bytes.len() as isize, "the pipe holds what the outbox says");
+                    sent.extend_from_slice(&bytes);
+                    outbox.on_sent(bytes.len());
+                }
             }
         }
         (sent, reads)
+    }
+
+    /// `splice(2)` of up to `len` bytes of `fd` at `offset` into `pipe`.
+    fn splice_in(fd: RawFd, offset: u64, pipe: RawFd, len: u32) -> isize {
+        let mut offset = offset as libc::loff_t;
+        // SAFETY: splice reads and updates the one offset we pass; it moves
+        // bytes between two descriptors we own.
+        unsafe { libc::splice(fd, &mut offset, pipe, std::ptr::null_mut(), len as usize, 0) }
     }
 
     #[test]
@@ -406,16 +568,37 @@ mod tests {
         let (body, path) = DiskFile::body_for_tests(&content);
         let shared = Bytes::from(vec![b's'; 20_000]);
         let mut pool = OutboxPool::default();
-        for max_send in [usize::MAX, 50_000, 7] {
-            let mut outbox = pool.take();
-            let expected =
-                crate::engine::policy::mixed_output_for_tests(&mut outbox.output, &body, &content, &shared);
-            let (sent, reads) = run_outbox(&mut outbox, max_send);
-            assert!(sent == expected, "max_send {max_send}: bytes differ");
-            // 300 KiB in 128 KiB chunks, then the 10-byte range.
-            assert_eq!(reads, 4, "max_send {max_send}");
-            assert!(outbox.chunk.capacity() <= FILE_CHUNK_BYTES);
-            pool.give(outbox);
+        for splice in [false, true] {
+            for max_send in [usize::MAX, 50_000, 7] {
+                let mut outbox = pool.take();
+                let expected = crate::engine::policy::mixed_output_for_tests(
+                    &mut outbox.output,
+                    &body,
+                    &content,
+                    &shared,
+                );
+                let (sent, reads) = run_outbox(&mut outbox, max_send, splice.then_some(&mut pool.pipes));
+                assert!(
+                    sent == expected,
+                    "splice {splice}, max_send {max_send}: bytes differ"
+                );
+                assert!(outbox.chunk.capacity() <= FILE_CHUNK_BYTES);
+                if splice {
+                    assert!(outbox.chunk.capacity() == 0, "spliced, never read");
+                    let capacity = outbox.pipe.as_ref().unwrap().capacity();
+                    // 300 KiB in chunks of the pipe's size, then the 10-byte range.
+                    assert_eq!(reads, (300usize * 1024 + 17).div_ceil(capacity) + 1);
+                } else {
+                    // 300 KiB in 128 KiB chunks, then the 10-byte range.
+                    assert_eq!(reads, 4, "max_send {max_send}");
+                }
+                pool.give(outbox);
+                assert_eq!(
+                    pool.pipes.pooled(),
+                    usize::from(splice),
+                    "an emptied pipe is pooled"
+                );
+            }
         }
         let _ = std::fs::remove_file(path);
     }
@@ -430,7 +613,7 @@ mod tests {
             buffer,
             len,
             offset,
-        } = outbox.next_op()
+        } = outbox.next_op(None)
         else {
             panic!("the first operation reads the file")
         };
@@ -438,12 +621,61 @@ mod tests {
         let n = unsafe { libc::pread(fd, buffer.cast(), len as usize, offset as libc::off_t) };
         assert_eq!(n, 1000);
         assert!(outbox.on_read(1000));
-        let OutputOp::Send { len, .. } = outbox.next_op() else {
+        let OutputOp::Send { len, .. } = outbox.next_op(None) else {
             panic!("then sends the chunk")
         };
         outbox.on_sent(len as usize);
-        assert!(matches!(outbox.next_op(), OutputOp::Read { offset: 1000, .. }));
+        assert!(matches!(
+            outbox.next_op(None),
+            OutputOp::Read { offset: 1000, .. }
+        ));
         assert!(!outbox.on_read(0), "end of file before the range's end");
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_file_cut_short_fails_the_spliced_response_and_its_pipe_is_not_reused() {
+        let (longer, path) = DiskFile::shrunk_body_for_tests();
+        let mut pool = OutboxPool::default();
+        let mut outbox = pool.take();
+        outbox.output.push_whole_body(&longer);
+        let OutputOp::SpliceIn {
+            fd,
+            offset,
+            pipe,
+            len,
+        } = outbox.next_op(Some(&mut pool.pipes))
+        else {
+            panic!("the first operation splices the file into the pipe")
+        };
+        assert_eq!(splice_in(fd, offset, pipe, len), 1000);
+        assert!(outbox.on_read(1000));
+        // The socket takes 400 bytes, then the rest of what the pipe holds.
+        let OutputOp::SpliceOut { len: 1000, .. } = outbox.next_op(Some(&mut pool.pipes)) else {
+            panic!("then splices the pipe into the socket")
+        };
+        outbox.on_sent(400);
+        let OutputOp::SpliceOut { pipe, len: 600 } = outbox.next_op(Some(&mut pool.pipes)) else {
+            panic!("a short splice continues with what the pipe still holds")
+        };
+        let mut drained = [0u8; 1000];
+        // SAFETY: read(2) writes at most 1000 bytes into the array.
+        let drained_len = unsafe { libc::read(pipe, drained.as_mut_ptr().cast(), 1000) };
+        assert_eq!(drained_len, 1000);
+        outbox.on_sent(600);
+        let OutputOp::SpliceIn {
+            fd,
+            offset: 1000,
+            pipe,
+            len,
+        } = outbox.next_op(Some(&mut pool.pipes))
+        else {
+            panic!("then splices the next chunk")
+        };
+        assert_eq!(splice_in(fd, 1000, pipe, len), 0);
+        assert!(!outbox.on_read(0), "end of file before the range's end");
+        pool.give(outbox);
+        assert_eq!(pool.pipes.pooled(), 0, "a pipe in an unknown state is closed");
         let _ = std::fs::remove_file(path);
     }
 }
