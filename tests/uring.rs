@@ -853,6 +853,15 @@ fn disk_site() -> Site {
     }
 }
 
+/// A new connection to `addr` gets `file` whole (the worker still serves
+/// after what the test did to other connections).
+fn expect_whole_on_a_new_connection(addr: SocketAddr, site: &Site, file: &str, context: &str) {
+    let mut next = connect(addr);
+    next.write_all(&get(file)).unwrap();
+    let response = read_response(&mut next, &mut Vec::new(), false).unwrap();
+    assert!(response.body == site.files[file], "{context}");
+}
+
 /// Read + send, splice, splice with direct descriptors (its splices into
 /// the socket name a table slot) and with single-shot receives, and the
 /// `epoll` twin.
@@ -1060,12 +1069,11 @@ fn clients_that_leave_mid_body_of_a_streamed_file_do_not_hurt_the_next() {
             }
             drop(stream);
             if i % 10 == 9 {
-                let mut next = connect(addr);
-                next.write_all(&get("d-chunks-and-rest.bin")).unwrap();
-                let response = read_response(&mut next, &mut Vec::new(), false).unwrap();
-                assert!(
-                    response.body == site.files["d-chunks-and-rest.bin"],
-                    "{name}: after {i} clients left mid-body"
+                expect_whole_on_a_new_connection(
+                    addr,
+                    &site,
+                    "d-chunks-and-rest.bin",
+                    &format!("{name}: after {i} clients left mid-body"),
                 );
             }
         }
@@ -1099,12 +1107,11 @@ fn a_client_that_stops_reading_a_streamed_file_is_dropped_and_others_are_served(
         std::thread::sleep(Duration::from_millis(1500));
         let (bytes, _) = read_to_close(&mut stalled);
         assert!(bytes.len() < 4 * (4 << 20), "{name}: no timeout happened");
-        let mut next = connect(addr);
-        next.write_all(&get("d-chunks-and-rest.bin")).unwrap();
-        let response = read_response(&mut next, &mut Vec::new(), false).unwrap();
-        assert!(
-            response.body == site.files["d-chunks-and-rest.bin"],
-            "{name}: afterwards"
+        expect_whole_on_a_new_connection(
+            addr,
+            &site,
+            "d-chunks-and-rest.bin",
+            &format!("{name}: afterwards"),
         );
         server.stop();
     }
@@ -1154,12 +1161,11 @@ fn a_file_truncated_on_disk_mid_transfer_closes_the_connection() {
             some.len() + rest.len() < LEN,
             "{name}: a body longer than the file arrived"
         );
-        let mut next = connect(addr);
-        next.write_all(&get("d-1m-plus.bin")).unwrap();
-        let response = read_response(&mut next, &mut Vec::new(), false).unwrap();
-        assert!(
-            response.body == site.files["d-1m-plus.bin"],
-            "{name}: the next connection"
+        expect_whole_on_a_new_connection(
+            addr,
+            &site,
+            "d-1m-plus.bin",
+            &format!("{name}: the next connection"),
         );
         server.stop();
     }
@@ -1227,5 +1233,36 @@ fn immediate_closes_in_a_row_deliver_every_byte_then_a_clean_end() {
                 "{name}: no close was linked to its send"
             );
         }
+    }
+}
+
+/// A keep-alive connection that waits longer than the send timeout (short
+/// here) between requests is idle, not sending: its next request is
+/// answered, whether the last response was streamed from disk or held in
+/// memory. (The uring engine reset it: the deadline of the new response was
+/// taken from the last send progress, long past.)
+#[test]
+fn a_keep_alive_request_after_a_pause_longer_than_the_send_timeout_is_answered() {
+    for (name, mut config) in disk_variants() {
+        config.timeouts.send = Duration::from_millis(300);
+        let (server, site) = start_disk(&config);
+        let mut stream = connect(server.local_addr());
+        let mut pending = Vec::new();
+        for (round, file) in ["d-1m-plus.bin", "k1.txt", "d-1m-plus.bin", "k1.txt"]
+            .into_iter()
+            .enumerate()
+        {
+            if round > 0 {
+                std::thread::sleep(Duration::from_millis(700));
+            }
+            stream.write_all(&get(file)).unwrap();
+            let response = read_response(&mut stream, &mut pending, false)
+                .unwrap_or_else(|e| panic!("{name}: request {round} ({file}) after a pause: {e}"));
+            assert!(
+                response.body == site.files[file],
+                "{name}: request {round} ({file})"
+            );
+        }
+        server.stop();
     }
 }

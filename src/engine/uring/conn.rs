@@ -376,6 +376,14 @@ impl Conn {
     /// Runs the session over `carry` followed by `fresh`, parsing straight
     /// out of `fresh` when nothing is carried.
     fn answer(&mut self, fresh: Option<&[u8]>, cx: &ServeContext, pool: &mut OutboxPool) -> Reaction {
+        if self.outbox.is_none() {
+            // A new response: its no-progress clock starts now. (The
+            // deadline is set before the first send is submitted, and the
+            // last progress may be a response sent long ago: an idle
+            // keep-alive connection's next request was reset at once when
+            // it came later than the send timeout.)
+            self.send_progress = cx.now;
+        }
         let mut outbox = self.outbox.take().unwrap_or_else(|| pool.take());
         let peer = self.peer();
         let progress = policy::answer(
@@ -478,6 +486,7 @@ impl Conn {
             return Reaction::Close;
         }
         let mut outbox = pool.take();
+        self.send_progress = cx.now;
         let peer = self.peer();
         self.after_send = policy::head_timeout(
             &mut self.protocol,
