@@ -1151,7 +1151,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="also run ENGINE with ARGS (shell words, e.g. hidden switches) as a server called "
                              "NAME, interleaved with the others and reported with paired ratios to ENGINE "
                              "(which then runs too); repeatable, e.g. "
-                             "--variant direct=uring:--uring-direct")
+                             "--variant splice=uring:--uring-splice")
     parser.add_argument("--servers",
                         help="comma-separated servers to run, from: " + ",".join(CANDIDATE_ENGINES + [NGINX, *FLOORS])
                              + " (default: all); every --variant runs, and its base engine with it, e.g. "

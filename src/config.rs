@@ -16,7 +16,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::access_log::{AccessLogConfig, LogDestination, LogFormat};
-use crate::engine::uring::{DEFAULT_BUFFERS, DEFAULT_DIRECT_DESCRIPTORS, DEFAULT_RING_ENTRIES};
+use crate::engine::uring::{DEFAULT_BUFFERS, DEFAULT_RING_ENTRIES};
 use crate::engine::{
     DEFAULT_BACKLOG, DEFAULT_HEAD_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_LINGER_MS,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_SEND_TIMEOUT_MS, DEFAULT_SHUTDOWN_GRACE_MS, EngineChoice, EngineKind,
@@ -270,13 +270,6 @@ pub struct Cli {
     /// instead of linked to that send (`IOSQE_IO_LINK`).
     #[arg(long, hide = true)]
     pub uring_no_link_close: bool,
-    /// uring: direct (fixed-file table) descriptors for accepted sockets.
-    #[arg(long, hide = true, conflicts_with = "uring_no_direct")]
-    pub uring_direct: bool,
-    /// uring: normal descriptors for accepted sockets (the default while
-    /// direct ones do not pay; see `engine::uring`).
-    #[arg(long, hide = true)]
-    pub uring_no_direct: bool,
     /// uring: provided buffers per worker (a power of two up to 32768).
     #[arg(long, hide = true, default_value_t = DEFAULT_BUFFERS,
           value_parser = parse_buffer_count)]
@@ -536,8 +529,6 @@ impl Cli {
                 ring_entries: self.uring_ring_entries,
                 splice: self.uring_splice,
                 splice_io_workers: self.uring_splice_io_workers,
-                direct_descriptors: !self.uring_no_direct
-                    && (self.uring_direct || DEFAULT_DIRECT_DESCRIPTORS),
             },
             inherited_listener: None,
         }
@@ -589,7 +580,6 @@ mod tests {
             "--uring-splice",
             "--uring-splice-io-workers",
             "2",
-            "--uring-no-direct",
             "--uring-buffers",
             "64",
         ])
@@ -601,15 +591,11 @@ mod tests {
                 && !options.defer_taskrun
                 && !options.batch_sends
                 && !options.link_close
-                && !options.direct_descriptors
         );
         assert!(options.splice);
         assert_eq!(options.splice_io_workers, 2);
         assert_eq!(options.buffers, 64);
         assert!(Cli::try_parse_from(["ringserve", "--uring-buffers", "100"]).is_err());
-        let cli = Cli::try_parse_from(["ringserve", "--uring-direct"]).unwrap();
-        assert!(cli.server_config().uring.direct_descriptors);
-        assert!(Cli::try_parse_from(["ringserve", "--uring-direct", "--uring-no-direct"]).is_err());
     }
 
     #[test]

@@ -263,10 +263,10 @@ fn get_book_over_https_with_rustls_and_ureq_on_every_engine() {
 }
 
 /// Every switch of the `uring` engine ([`support::uring_variants`]: the
-/// issue 15 techniques, direct descriptors, the older `--uring-no-*`
-/// switches), each in turn and issue 15's all on, over TLS: ciphertext records
-/// larger than a provided buffer, pipelined requests with large heads, a
-/// head larger than a buffer, keep-alive.
+/// issue 15 techniques, the older `--uring-no-*` switches), each in turn and
+/// issue 15's all on, over TLS: ciphertext records larger than a provided
+/// buffer, pipelined requests with large heads, a head larger than a buffer,
+/// keep-alive.
 #[test]
 fn uring_switches_serve_pipelined_large_heads_over_tls() {
     let pki = make_pki("ringserve test CA", false);
@@ -899,9 +899,8 @@ fn every_uring_switch_serves_https() {
     let mut options = LoadOptions::new(site.path());
     options.max_cached_file_bytes = 64 * 1024;
     type Switch = fn(&mut ringserve::engine::UringOptions);
-    let switches: [(&str, Switch); 7] = [
-        ("direct descriptors", |o| o.direct_descriptors = true),
-        ("no direct descriptors", |o| o.direct_descriptors = false),
+    let switches: [(&str, Switch); 6] = [
+        ("default", |_| {}),
         ("no multishot recv", |o| o.multishot_recv = false),
         ("no buffer ring", |o| o.buffer_ring = false),
         ("no batching", |o| o.batch_sends = false),

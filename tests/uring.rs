@@ -8,10 +8,9 @@
 //!
 //! The shared suite (`tests/e2e.rs`) covers HTTP behaviour on every engine.
 //!
-//! Connection churn runs with direct descriptors on and off: close per
-//! request, keep-alive, and the graceful close of many connections in a row
-//! whose clients left input unread (the case where a shutdown resolved late
-//! once cut the next connection's response).
+//! Connection churn: close per request, keep-alive, and the graceful close
+//! of many connections in a row whose clients left input unread (the case
+//! where a shutdown resolved late once cut the next connection's response).
 
 mod support;
 
@@ -156,7 +155,7 @@ fn expect_file(response: &Response, site: &Site, name: &str) {
 }
 
 /// The variants of the engine, each with one technique switched from its
-/// default (off, or for direct descriptors on), and its
+/// default (off, or for splice on), and its
 /// readiness twin (the native `epoll` engine), which must behave the same.
 fn variants() -> Vec<(&'static str, ServerConfig)> {
     let all = UringOptions::default();
@@ -216,19 +215,6 @@ fn pipelined_large_heads_spanning_buffers_are_answered_in_order() {
         }
         server.stop();
     }
-}
-
-/// Direct descriptors on and off, everything else as by default.
-fn direct_switch() -> [(&'static str, ServerConfig); 2] {
-    let on = UringOptions {
-        direct_descriptors: true,
-        ..UringOptions::default()
-    };
-    let off = UringOptions {
-        direct_descriptors: false,
-        ..on
-    };
-    [("direct", config(on)), ("no-direct", config(off))]
 }
 
 #[test]
@@ -384,11 +370,7 @@ fn an_empty_buffer_ring_loses_no_request() {
         multishot_recv: false,
         ..all
     };
-    let direct = UringOptions {
-        direct_descriptors: true,
-        ..all
-    };
-    for options in [all, direct, single] {
+    for options in [all, single] {
         let (server, site) = start(&config(options));
         let addr = server.local_addr();
         let site = Arc::new(site);
@@ -736,84 +718,80 @@ fn read_close_response(stream: &mut TcpStream) -> Result<Response, String> {
 }
 
 #[test]
-fn connection_per_request_and_keep_alive_with_direct_descriptors_on_and_off() {
-    for (name, config) in direct_switch() {
-        let (server, site) = start(&config);
-        let addr = server.local_addr();
-        for _ in 0..300 {
-            let mut stream = connect(addr);
-            stream
-                .write_all(b"GET /k1.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-                .unwrap();
-            let response = read_close_response(&mut stream).unwrap_or_else(|e| panic!("{name}: {e}"));
-            expect_file(&response, &site, "k1.txt");
-        }
+fn connection_per_request_then_keep_alive() {
+    let (server, site) = start(&config(UringOptions::default()));
+    let addr = server.local_addr();
+    for _ in 0..300 {
         let mut stream = connect(addr);
-        let mut pending = Vec::new();
-        for path in ["k1.txt", "mid.bin", "big.bin", "k1.txt"] {
-            stream.write_all(&get(path)).unwrap();
-            expect_file(
-                &read_response(&mut stream, &mut pending, false).unwrap(),
-                &site,
-                path,
-            );
-        }
-        server.stop();
+        stream
+            .write_all(b"GET /k1.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let response = read_close_response(&mut stream).unwrap_or_else(|e| panic!("{e}"));
+        expect_file(&response, &site, "k1.txt");
     }
+    let mut stream = connect(addr);
+    let mut pending = Vec::new();
+    for path in ["k1.txt", "mid.bin", "big.bin", "k1.txt"] {
+        stream.write_all(&get(path)).unwrap();
+        expect_file(
+            &read_response(&mut stream, &mut pending, false).unwrap(),
+            &site,
+            path,
+        );
+    }
+    server.stop();
 }
 
 /// Many `Connection: close` responses of a large body in a row, from several
 /// clients at once, each leaving input the server never reads: every
-/// response arrives whole (then the end, for clients that wait for it). A shutdown that named the wrong
-/// connection (a descriptor or table slot reused by the next accept before
-/// the shutdown ran) cuts another client's response short.
+/// response arrives whole (then the end, for clients that wait for it). A
+/// shutdown that named the wrong connection (a descriptor reused by the next
+/// accept before the shutdown ran) cuts another client's response short.
 #[test]
 fn graceful_closes_in_a_row_never_cut_a_response() {
     const CLIENTS: usize = 4;
     const CONNECTIONS_EACH: usize = 250;
-    for (name, config) in direct_switch() {
-        let (server, site) = start(&config);
-        let addr = server.local_addr();
-        let site = Arc::new(site);
-        let start_line = Arc::new(Barrier::new(CLIENTS));
-        let clients: Vec<_> = (0..CLIENTS)
-            .map(|_| {
-                let site = Arc::clone(&site);
-                let start_line = Arc::clone(&start_line);
-                std::thread::spawn(move || {
-                    start_line.wait();
-                    for i in 0..CONNECTIONS_EACH {
-                        let mut stream = connect(addr);
-                        let mut request =
-                            b"GET /mid.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_vec();
-                        // Unread input: a request the server must not answer,
-                        // and a padding of junk.
-                        request.extend(get("k1.txt"));
-                        request.extend(std::iter::repeat_n(b'j', 16 * 1024));
-                        stream.write_all(&request).unwrap();
-                        // Half the clients wait for the end; the others close
-                        // as soon as the body is complete, as wrk does: the
-                        // server then sees their end at once, and closes
-                        // perhaps before its own shutdown has run.
-                        let response = if i % 2 == 0 {
-                            read_close_response(&mut stream)
-                        } else {
-                            let mut pending = Vec::new();
-                            read_response(&mut stream, &mut pending, false)
-                                .map_err(|e| format!("{e} after {} bytes", pending.len()))
-                        }
-                        .unwrap_or_else(|e| panic!("{name}: connection {i}: {e}"));
-                        expect_file(&response, &site, "mid.bin");
-                        assert!(response.head.contains("Connection: close\r\n"), "{name}");
+    let (server, site) = start(&config(UringOptions::default()));
+    let addr = server.local_addr();
+    let site = Arc::new(site);
+    let start_line = Arc::new(Barrier::new(CLIENTS));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let site = Arc::clone(&site);
+            let start_line = Arc::clone(&start_line);
+            std::thread::spawn(move || {
+                start_line.wait();
+                for i in 0..CONNECTIONS_EACH {
+                    let mut stream = connect(addr);
+                    let mut request =
+                        b"GET /mid.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_vec();
+                    // Unread input: a request the server must not answer,
+                    // and a padding of junk.
+                    request.extend(get("k1.txt"));
+                    request.extend(std::iter::repeat_n(b'j', 16 * 1024));
+                    stream.write_all(&request).unwrap();
+                    // Half the clients wait for the end; the others close
+                    // as soon as the body is complete, as wrk does: the
+                    // server then sees their end at once, and closes
+                    // perhaps before its own shutdown has run.
+                    let response = if i % 2 == 0 {
+                        read_close_response(&mut stream)
+                    } else {
+                        let mut pending = Vec::new();
+                        read_response(&mut stream, &mut pending, false)
+                            .map_err(|e| format!("{e} after {} bytes", pending.len()))
                     }
-                })
+                    .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                    expect_file(&response, &site, "mid.bin");
+                    assert!(response.head.contains("Connection: close\r\n"));
+                }
             })
-            .collect();
-        for client in clients {
-            client.join().unwrap();
-        }
-        server.stop();
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
     }
+    server.stop();
 }
 
 // ---- files streamed from disk: read + send, and splice (`--uring-splice`) ----
@@ -862,9 +840,8 @@ fn expect_whole_on_a_new_connection(addr: SocketAddr, site: &Site, file: &str, c
     assert!(response.body == site.files[file], "{context}");
 }
 
-/// Read + send, splice, splice with direct descriptors (its splices into
-/// the socket name a table slot) and with single-shot receives, and the
-/// `epoll` twin.
+/// Read + send, splice, splice with single-shot receives, and the `epoll`
+/// twin.
 fn disk_variants() -> Vec<(&'static str, ServerConfig)> {
     let splice = UringOptions {
         splice: true,
@@ -873,13 +850,6 @@ fn disk_variants() -> Vec<(&'static str, ServerConfig)> {
     vec![
         ("read-send", config(UringOptions::default())),
         ("splice", config(splice)),
-        (
-            "splice-direct",
-            config(UringOptions {
-                direct_descriptors: true,
-                ..splice
-            }),
-        ),
         (
             "splice-no-multishot",
             config(UringOptions {
@@ -1173,11 +1143,11 @@ fn a_file_truncated_on_disk_mid_transfer_closes_the_connection() {
 
 /// Connection-per-request clients whose request is the last thing they send
 /// get an immediate close (the last send linked to the close, or the close
-/// submitted after it): on every variant (direct descriptors, no link, one
-/// buffer per connection, ...) and on the epoll twin, from several clients
+/// submitted after it): on every variant (no link, one buffer per
+/// connection, ...) and on the epoll twin, from several clients
 /// at once, every response (1 KiB, 64 KiB, 4 MiB in several sends) arrives
 /// whole and is followed by a clean end of file, never a reset, some read
-/// only after the server has closed; a descriptor or slot closed by the
+/// only after the server has closed; a descriptor closed by the
 /// kernel and reused by the next accept would cut or mix responses.
 #[test]
 fn immediate_closes_in_a_row_deliver_every_byte_then_a_clean_end() {

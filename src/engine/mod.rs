@@ -317,8 +317,6 @@ pub struct Worker {
     pub uring: UringOptions,
     /// Open connections this worker may hold before it stops accepting.
     pub max_connections: usize,
-    /// The listen backlog asked for (what one accept burst can take).
-    pub backlog: u32,
     /// This worker's access log buffer, if logging is on.
     pub access_log: Option<WorkerLog>,
     /// This worker's counters, if metrics are on; only this worker writes them.
@@ -522,7 +520,6 @@ impl Server {
                 shutdown_grace: config.shutdown_grace,
                 uring: config.uring,
                 max_connections: config.max_connections.max(1),
-                backlog: config.backlog,
                 access_log: access_log.as_ref().map(AccessLog::worker_log),
                 metrics: metrics.as_ref().map(|m| Arc::clone(&m.workers()[index])),
                 fault_after_accepts: config.fault_after_accepts.filter(|_| index == 0),

@@ -737,7 +737,7 @@ pub fn ensure_fd_limit(wanted: u64) -> u64 {
 }
 
 /// The `uring` engine's switches, each moved from its default in turn (off,
-/// or for direct descriptors on), named for the failure message.
+/// or for splice on), named for the failure message.
 pub fn uring_variants(all: UringOptions) -> Vec<(&'static str, UringOptions)> {
     vec![
         ("default", all),
@@ -772,24 +772,9 @@ pub fn uring_variants(all: UringOptions) -> Vec<(&'static str, UringOptions)> {
         ),
         ("splice", UringOptions { splice: true, ..all }),
         (
-            "splice-direct",
-            UringOptions {
-                splice: true,
-                direct_descriptors: true,
-                ..all
-            },
-        ),
-        (
             "no-link-close",
             UringOptions {
                 link_close: false,
-                ..all
-            },
-        ),
-        (
-            "direct",
-            UringOptions {
-                direct_descriptors: true,
                 ..all
             },
         ),

@@ -29,10 +29,10 @@
 //! the read deadline for the session's state and what is in `carry`.
 
 use std::net::IpAddr;
+use std::os::fd::RawFd;
 
 use super::op::OpKind;
 use super::outbox::{Outbox, OutboxPool};
-use super::ring::Socket;
 use crate::engine::READ_BUFFER_BYTES;
 use crate::engine::deadlines::{Millis, TimerSlot};
 use crate::engine::policy::{self, AfterOutput, Carry, End, Lingering, Serving, Waiting};
@@ -142,16 +142,6 @@ pub enum InputState {
     Eof,
 }
 
-/// Whether a ring `shutdown` of the connection's direct descriptor is in
-/// flight. Its slot is closed only once it is not: the kernel resolves the
-/// index when an io-wq worker runs the shutdown, and a slot closed before
-/// that could already hold the next accepted connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShutdownState {
-    Idle,
-    InFlight,
-}
-
 /// Where the connection's output stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputState {
@@ -166,7 +156,7 @@ pub enum OutputState {
     /// The outbox's last send is in flight, linked (`IOSQE_IO_LINK`) to the
     /// close of the socket ([`Conn::may_link_close`]): once it completes in
     /// full, the kernel closes the socket by itself and the connection must
-    /// never name it again (the descriptor or slot may already belong to the
+    /// never name it again (the descriptor may already belong to the
     /// next accepted connection). Short or failed, the link breaks, the close
     /// completes with `ECANCELED`, and the connection closes as any other
     /// (with a reset if `reset`: a deadline that passed meanwhile asked for
@@ -176,8 +166,8 @@ pub enum OutputState {
 
 #[derive(Debug)]
 pub struct Conn {
-    pub socket: Socket,
-    pub shutdown: ShutdownState,
+    /// The accepted socket, a descriptor of the process.
+    pub socket: RawFd,
     pub phase: Phase,
     pub recv: RecvState,
     pub input: InputState,
@@ -201,10 +191,9 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(socket: Socket, peer: Option<Box<IpAddr>>, protocol: Protocol, cx: &ServeContext) -> Conn {
+    pub fn new(socket: RawFd, peer: Option<Box<IpAddr>>, protocol: Protocol, cx: &ServeContext) -> Conn {
         Conn {
             socket,
-            shutdown: ShutdownState::Idle,
             phase: Phase::Open,
             recv: RecvState::Idle,
             input: InputState::Fresh,
@@ -264,7 +253,6 @@ impl Conn {
     pub fn may_link_close(&self) -> bool {
         self.phase == Phase::Open
             && self.recv == RecvState::Idle
-            && self.shutdown == ShutdownState::Idle
             && policy::ending(self.after_send, &self.protocol, self.carry.len()) == Some(End::Close)
     }
 

@@ -87,60 +87,6 @@
 //!    the number could name the next accepted connection (measured: wrk saw
 //!    ~4% of `Connection: close` requests cut by a stray FIN). Closes and
 //!    cancels complete silently (`IOSQE_CQE_SKIP_SUCCESS`).
-//! 7. **Direct descriptors** (optional, see the switches): accepted sockets
-//!    can live in the ring's fixed-file table instead of the process's
-//!    descriptor table. Each worker registers a sparse table sized for its
-//!    connection cap plus one accept burst (within `RLIMIT_NOFILE`, which
-//!    the kernel applies to the table; below that, normal descriptors), and
-//!    the accept allocates a slot itself (`IORING_FILE_INDEX_ALLOC`, without
-//!    `SOCK_CLOEXEC`: the kernel refuses every such accept with EINVAL). The
-//!    table must not fill: the kernel fails such an accept with ENFILE (which
-//!    backs off like EMFILE) only after taking the connection, and resets it
-//!    (see [`direct_table_slots`]). Receives and sends name the
-//!    slot (`IOSQE_FIXED_FILE`); `TCP_NODELAY` and `TCP_USER_TIMEOUT` are
-//!    inherited from the listener as before; the reset of an aborted
-//!    connection (`SO_LINGER` zero) is a `SetSockOpt` uring_cmd (Linux 6.7),
-//!    which the kernel runs inline at submission, before the close queued
-//!    after it; `Close` frees the slot. Each worker checks at start that the
-//!    kernel takes the table and socket options through the ring
-//!    ([`probe::direct_descriptors`]) and otherwise uses normal descriptors:
-//!    the engine is never refused for it. The access log needs the peer's
-//!    address (`getpeername`, which takes a descriptor), so with the log on
-//!    sockets are normal descriptors.
-//!
-//!    The immediate close needs no shutdown: on a direct descriptor it is
-//!    the same `Close` of the slot, linked to the last send, with no io-wq
-//!    hop (the slot is freed when the close runs, after the send; the
-//!    connection never names it after that send, see
-//!    `conn::OutputState::LastSend`).
-//!
-//!    **The ordering of shutdown and close.** A direct descriptor has no
-//!    descriptor for `shutdown(2)`, so the graceful close's `SHUT_WR` (and
-//!    the stop's `SHUT_RD`) is `IORING_OP_SHUTDOWN`, which has exactly the
-//!    race described above: the kernel always hands it to an io-wq worker,
-//!    which resolves the table index only when it runs it, and
-//!    `IORING_FILE_INDEX_ALLOC` gives a freed slot to the next accepted
-//!    connection. A client that closes as soon as it has the whole body (as
-//!    wrk does) makes the linger see end-of-file at once, and closing the
-//!    slot then, before the shutdown ran, sent the FIN to the next
-//!    connection (measured: `tests/uring.rs`'s graceful-close test failed 5
-//!    runs out of 6 with that ordering). So the shutdown is counted in
-//!    flight, like a receive or a send ([`conn::ShutdownState`]), and a
-//!    connection's slot is closed only after its shutdown's completion: the
-//!    index is resolved, and its file held, by then. (A link chain,
-//!    shutdown → receive → close with `IOSQE_IO_LINK`, would order them too,
-//!    but the linger needs an unknown number of receives and a deadline,
-//!    and the chain would take the same io-wq hop.) The stop's `SHUT_RD`
-//!    follows the same rule; after the grace period, resets are `SetSockOpt`
-//!    then `Close`; a broken loop's `Drop` submits both for every slot as
-//!    far as the ring still takes them, and the ring's teardown closes the
-//!    table. The shutdowns are the
-//!    only unbounded io-wq work of the ring, and one io-wq worker runs them
-//!    (`IORING_REGISTER_IOWQ_MAX_WORKERS`): without the cap the kernel woke
-//!    or created a worker per shutdown. Even so, that hop (a thread switch,
-//!    and one more wake-up of the loop for its completion) costs more than
-//!    the `shutdown(2)` syscall it replaces and the descriptor-table work
-//!    saved, so direct descriptors are off by default (see the switches).
 //!
 //! Every completion names its operation and connection in `user_data`
 //! ([`op`]): slot index and generation ([`slots`]), so a late completion can
@@ -180,28 +126,15 @@
 //! `--uring-no-defer-taskrun`, `--uring-no-batch`, `--uring-no-link-close`
 //! (the immediate close submitted on the last send's completion instead of
 //! linked to it), `--uring-buffers N`,
-//! `--uring-ring-entries N`, `--uring-direct` / `--uring-no-direct`, and
+//! `--uring-ring-entries N`, and
 //! `--uring-splice` with `--uring-splice-io-workers N`, see **Splice**
-//! below): each turns one technique off (direct descriptors, splice: on) so its
-//! contribution can be measured. Direct descriptors, measured 2026-12-03
-//! (4 paired rounds of 3 s, server pinned to CPU 0, wrk on CPU 1, 1 KiB):
-//! `Connection: close` c64 26.2 µs of CPU per request with them against
-//! 25.7 without (paired ratio 0.955 without/with, every round 0.95–1.01),
-//! 1.29 syscalls per request against 2.36 (the `shutdown` syscall goes);
-//! keep-alive c64 within noise (6.62 against 6.70 µs). A second run: 27.8
-//! against 25.5 µs. Without the io-wq cap, 28.3 µs; on a machine busy with
-//! other work the io-wq hop cost far more (46 against 27 µs). Pinning the
-//! io-wq worker to the worker's CPUs changed nothing. Fewer syscalls, more
-//! CPU: off by default. Since the immediate close (issue 15 item 3: no
-//! shutdown, so no io-wq hop, for a `Connection: close` request with nothing
-//! behind it), `Connection: close` c64 with direct descriptors costs 0.91
-//! (0.91–1.00) and 0.97 (0.96–1.09) of the default in two paired runs of 3 ×
-//! 3 s: no longer a loss, not yet a proven gain; still off by default (the
-//! graceful close of a refusal still takes the hop).
+//! below): each turns one technique off (splice: on) so its
+//! contribution can be measured.
 //!
 //! The linked close (`--uring-no-link-close` to submit the close on the last
-//! send's completion instead), measured 2026-12-03 on the same runs:
-//! without the link 1.04 (1.02–1.05) and 1.05 (1.00–1.18) of the CPU per
+//! send's completion instead), measured 2026-12-03 in two paired runs of 3
+//! rounds x 3 s (`Connection: close` c64, 1 KiB, server pinned to CPU 0, wrk
+//! on CPU 1): without the link 1.04 (1.02–1.05) and 1.05 (1.00–1.18) of the CPU per
 //! request with it, 0.71–0.72 syscalls per request against 0.60–0.80.
 //! Against the commit before (graceful close for every `Connection: close`,
 //! `ci/bench_ab.py`, 4 × 3 s): 0.80 (0.75–0.95) of the CPU per request, 0.58
@@ -233,6 +166,26 @@
 //! - incremental buffer consumption (`IOU_PBUF_RING_INC`, 6.12): ×1.03 /
 //!   ×1.01 / ×1.05.
 //!
+//! Direct descriptors (`--uring-direct`, off by default) were removed later
+//! in issue 15 for the same reason: accepted sockets in the ring's
+//! fixed-file table (accept with `IORING_FILE_INDEX_ALLOC`, the reset of an
+//! aborted connection by a `SetSockOpt` uring_cmd, the graceful close's
+//! `shutdown` by `IORING_OP_SHUTDOWN`, counted in flight so that a slot was
+//! closed only after its shutdown ran, and one io-wq worker for those
+//! shutdowns). They save the `shutdown` syscall and the descriptor table's
+//! work (1.29 syscalls per `Connection: close` request against 2.36), but
+//! every ring shutdown takes an io-wq hop (a thread switch, and one more
+//! wake-up of the loop): before the immediate close they cost 5–15% more
+//! CPU per request on `Connection: close` c64 (26.2 against 25.7 µs, 27.8
+//! against 25.5; 46 against 27 on a busy machine). After it, CPU per request
+//! with them ÷ without, in the last full run (3 rounds x 4 s, commit 71ba4aa,
+//! `bench-results/2026-12-03-final`): keep-alive c64 1.01 (0.88–1.04), c256
+//! 1.04 (1.01–1.12), pipelined 0.96 (0.60–0.98), `Connection: close` 1.00
+//! (0.98–1.01), 16 KiB 1.03, 1 MiB 0.98; on `Connection: close` in two
+//! earlier paired runs, 0.91 (0.91–1.00) and 0.97 (0.96–1.09) (3 rounds x 3 s,
+//! `bench-results/2026-12-03-close15`). No gain beyond the spread, for a
+//! second kind of socket in every path of the engine.
+//!
 //! A smaller submission queue (`--uring-ring-entries 256` or `32`, the
 //! completion queue staying sized for the connection cap) measured ×1.00 /
 //! ×1.02 at c256 and ×1.01 / ×0.96 pipelined: the default stays.
@@ -253,8 +206,7 @@
 //! blocking, so a splice into the socket of a client that does not read
 //! blocks its io-wq worker until it reads, or until the send deadline resets
 //! the connection and the cancel interrupts the worker). So the io-wq is
-//! left uncapped by default (and direct descriptors' cap of one is not
-//! applied with splice): with a cap of N, N clients that stop reading stall
+//! left uncapped by default: with a cap of N, N clients that stop reading stall
 //! every other connection's splices until the send deadline (measured: cap
 //! 1, two stalled clients, `--send-timeout-ms 5000`: another client's 1 MiB
 //! took 4.5 s, against 0.05 s uncapped). The io-wq workers are threads of
@@ -297,12 +249,10 @@ use std::time::Duration;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use self::buffers::{BUFFER_GROUP, BufRing};
-use self::conn::{
-    Conn, Input, InputState, OutputState, Phase, Reaction, RecvState, ServeContext, ShutdownState,
-};
+use self::conn::{Conn, Input, InputState, OutputState, Phase, Reaction, RecvState, ServeContext};
 use self::op::{Op, OpKind};
 use self::outbox::OutboxPool;
-use self::ring::{Ring, Socket, Wait};
+use self::ring::{Ring, Wait};
 use crate::engine::deadlines::{Deadlines, Due, Millis, NEVER};
 use crate::engine::policy::{self, Expired, Serving, Stopping, millis};
 use crate::engine::slots::{SlotKey, Slots};
@@ -343,7 +293,7 @@ pub const DEFAULT_BUFFERS: u16 = 1024;
 
 /// Which io_uring techniques the engine uses; each switch exists to measure
 /// what the technique contributes. On by default are those that measurably
-/// help (direct descriptors are off: see the module doc).
+/// help (splice is off: see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UringOptions {
     /// Multishot receive (needs `buffer_ring`).
@@ -362,9 +312,6 @@ pub struct UringOptions {
     pub buffers: u16,
     /// Submission queue entries (a power of two).
     pub ring_entries: u32,
-    /// Accepted sockets as direct descriptors (the ring's fixed-file table)
-    /// where the kernel allows it and the access log is off.
-    pub direct_descriptors: bool,
     /// Files streamed from disk to plain-HTTP connections go file → pipe →
     /// socket with `IORING_OP_SPLICE` instead of a read and a send.
     pub splice: bool,
@@ -383,68 +330,10 @@ impl Default for UringOptions {
             link_close: true,
             buffers: DEFAULT_BUFFERS,
             ring_entries: DEFAULT_RING_ENTRIES,
-            direct_descriptors: DEFAULT_DIRECT_DESCRIPTORS,
             splice: false,
             splice_io_workers: 0,
         }
     }
-}
-
-/// Whether accepted sockets are direct descriptors unless switched off
-/// (`--uring-no-direct`); see the module doc for the measurements.
-pub const DEFAULT_DIRECT_DESCRIPTORS: bool = false;
-
-/// Fixed-file slots beyond the connection cap and the listen backlog: what
-/// arrives while a multishot accept drains the backlog.
-const ACCEPT_ARRIVAL_SLOTS: usize = 1024;
-
-/// The fixed-file table's size for a worker: the connection cap plus one
-/// accept burst (the backlog, as the kernel caps it, and arrivals meanwhile),
-/// or why the kernel would not take that many (more slots than
-/// `RLIMIT_NOFILE` fail to register).
-///
-/// The table must never fill: a descriptor accepted while the backlog is
-/// full stays queued in the kernel (EMFILE comes before the connection is
-/// taken), but a table that is full fails the accept *after* the kernel took
-/// the connection, and the kernel then drops it with a reset (measured with
-/// a 64-slot table: 35 of 100 clients reset).
-fn direct_table_slots(max_connections: usize, backlog: u32) -> Result<u32, String> {
-    let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
-        .ok()
-        .and_then(|text| text.trim().parse::<u32>().ok())
-        .unwrap_or(4096);
-    let burst = backlog.min(somaxconn) as usize + ACCEPT_ARRIVAL_SLOTS;
-    let wanted = max_connections.saturating_add(burst);
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one `rlimit` into a live local of that type.
-    let nofile = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
-    } else {
-        0
-    };
-    let most = nofile.min(1 << 20);
-    if wanted > most {
-        return Err(format!(
-            "the connection cap plus one accept burst needs {wanted} table slots, more than RLIMIT_NOFILE or the kernel allow ({most})"
-        ));
-    }
-    Ok(wanted as u32)
-}
-
-/// io-wq workers for unbounded work (the ring's `shutdown`s of direct
-/// descriptors), per worker.
-const UNBOUND_IO_WORKERS: u32 = 1;
-
-/// How the worker holds accepted sockets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Accepted {
-    /// Normal descriptors of the process.
-    Descriptors,
-    /// Slots of the ring's fixed-file table, allocated by the accept.
-    Direct,
 }
 
 /// Receives that found the buffer ring empty, all workers together. A rare
@@ -537,9 +426,7 @@ struct Driver {
     starved: VecDeque<SlotKey>,
     /// Accepted over the cap (a multishot accept raced the cap): served, in
     /// order, as soon as there is room.
-    waiting: VecDeque<(Socket, ListenKind)>,
-    /// Descriptors or direct descriptors.
-    accepted: Accepted,
+    waiting: VecDeque<(RawFd, ListenKind)>,
     completions: Vec<(u64, i32, u32)>,
     mode: RecvMode,
     /// Link an immediate close to the last send ([`UringOptions::link_close`]).
@@ -588,7 +475,7 @@ impl Driver {
             (true, true) => RecvMode::Multishot,
         };
         let entries = options.ring_entries.clamp(8, 32768).next_power_of_two();
-        let mut ring = {
+        let ring = {
             let mut builder = IoUring::builder();
             builder
                 .setup_single_issuer()
@@ -612,43 +499,14 @@ impl Driver {
             ),
             _ => e,
         })?;
-        // The access log needs each peer's address, and `getpeername` needs a
-        // descriptor: direct descriptors only without it.
-        let accepted = if options.direct_descriptors && worker.access_log.is_none() {
-            let listener = worker.listeners.first().map(|(l, _)| l.as_raw_fd());
-            let table = direct_table_slots(worker.max_connections, worker.backlog)
-                .and_then(|slots| probe::direct_descriptors(&mut ring, slots, listener));
-            match table {
-                Ok(()) => Accepted::Direct,
-                Err(why) => {
-                    if worker.index == 0 {
-                        eprintln!("ringserve: uring: no direct descriptors ({why}); using normal ones");
-                    }
-                    Accepted::Descriptors
-                }
-            }
-        } else {
-            Accepted::Descriptors
-        };
-        // With splice the io-wq also runs every splice, and a splice into a
-        // socket whose client does not read blocks its io-wq worker: one
-        // worker for all would let one slow client stall every other
-        // connection's splices (and the shutdowns), so the cap is left to
-        // the kernel then.
+        // With splice the io-wq runs every splice, and a splice into a socket
+        // whose client does not read blocks its io-wq worker: a cap lets that
+        // many slow clients stall every other connection's splices, so it is
+        // left to the kernel unless asked for.
         if options.splice && options.splice_io_workers > 0 {
             let mut max = [0, options.splice_io_workers];
             if ring.submitter().register_iowq_max_workers(&mut max).is_err() && worker.index == 0 {
                 eprintln!("ringserve: uring: could not cap the io-wq workers for splices");
-            }
-        } else if accepted == Accepted::Direct && !options.splice {
-            // The ring's shutdowns are the only unbounded io-wq work (socket
-            // I/O that must wait is polled, file reads are bounded work): one
-            // worker runs them in turn, instead of the kernel creating and
-            // waking one per shutdown at once (measured, `Connection: close`
-            // c64: 28.3 µs of CPU per request without the cap, 26.2 with it).
-            let mut max = [0, UNBOUND_IO_WORKERS];
-            if ring.submitter().register_iowq_max_workers(&mut max).is_err() && worker.index == 0 {
-                eprintln!("ringserve: uring: could not cap the io-wq workers; shutdowns may cost more");
             }
         }
         let buffers = match mode {
@@ -678,7 +536,6 @@ impl Driver {
             flush: Vec::new(),
             starved: VecDeque::new(),
             waiting: VecDeque::new(),
-            accepted,
             completions: Vec::with_capacity(1024),
             mode,
             link_close: options.link_close,
@@ -820,8 +677,7 @@ impl Driver {
                 OpKind::Recv => self.on_recv(op.key, result, flags),
                 OpKind::Send => self.on_send(op.key, result),
                 OpKind::Read => self.on_file_read(op.key, result),
-                OpKind::Shutdown => self.on_shutdown(op.key, result),
-                OpKind::TimerUpdate | OpKind::Cancel | OpKind::Close | OpKind::SockOpt => {}
+                OpKind::TimerUpdate | OpKind::Cancel | OpKind::Close => {}
             }
         }
         completions.clear();
@@ -865,14 +721,9 @@ impl Driver {
         if stopping && listening.accept == AcceptState::Idle {
             if let Some(listener) = listening.listener.take() {
                 self.ring
-                    .push_close(Socket::Fd(listener.into_raw_fd()), Op::worker(OpKind::Close));
+                    .push_close(listener.into_raw_fd(), Op::worker(OpKind::Close));
             }
         }
-        let direct = self.accepted == Accepted::Direct;
-        // A direct descriptor has no descriptor to keep from `exec`, and the
-        // kernel refuses `SOCK_CLOEXEC` with it (every accept fails EINVAL).
-        let accept_flags = if direct { 0 } else { libc::SOCK_CLOEXEC };
-        let listening = &mut self.listeners[index];
         let Some(listener_fd) = listening.listener.as_ref().map(AsRawFd::as_raw_fd) else {
             return;
         };
@@ -880,13 +731,11 @@ impl Driver {
             AcceptState::Idle if !paused && room > 0 => {
                 let accept = if multishot {
                     opcode::AcceptMulti::new(types::Fd(listener_fd))
-                        .allocate_file_index(direct)
-                        .flags(accept_flags)
+                        .flags(libc::SOCK_CLOEXEC)
                         .build()
                 } else {
                     opcode::Accept::new(types::Fd(listener_fd), std::ptr::null_mut(), std::ptr::null_mut())
-                        .file_index(direct.then(types::DestinationSlot::auto_target))
-                        .flags(accept_flags)
+                        .flags(libc::SOCK_CLOEXEC)
                         .build()
                 };
                 listening.accept = AcceptState::Armed { multishot };
@@ -913,11 +762,7 @@ impl Driver {
             self.listeners[index].accept = AcceptState::Idle;
         }
         if result >= 0 {
-            // A descriptor, or the slot the kernel allocated in the table.
-            let socket = match self.accepted {
-                Accepted::Descriptors => Socket::Fd(result),
-                Accepted::Direct => Socket::Direct(result as u32),
-            };
+            let socket = result;
             self.backoff.on_success(self.worker_index);
             self.fault_due |= self.fault.on_accept();
             if !self.stopping.is_running() {
@@ -936,21 +781,14 @@ impl Driver {
         self.maintain_accept();
     }
 
-    fn start_connection(&mut self, socket: Socket, kind: ListenKind) {
+    fn start_connection(&mut self, socket: RawFd, kind: ListenKind) {
         let Some(protocol) = Protocol::new(kind, self.tls.as_ref()) else {
             self.ring.push_close(socket, Op::worker(OpKind::Close));
             return;
         };
         // The peer's address is only needed for the access log (a multishot
-        // accept does not report it: one getpeername per connection then;
-        // with the log on, sockets are never direct descriptors).
-        let peer = self
-            .cx
-            .log
-            .as_ref()
-            .and(socket.fd())
-            .and_then(peer_ip)
-            .map(Box::new);
+        // accept does not report it: one getpeername per connection then).
+        let peer = self.cx.log.as_ref().and_then(|_| peer_ip(socket)).map(Box::new);
         let conn = Conn::new(socket, peer, protocol, &self.cx);
         let key = self.conns.insert(conn);
         self.cx.count_connection(true);
@@ -1051,8 +889,7 @@ impl Driver {
             return;
         };
         let user_data = Op::conn(OpKind::Recv, key).encode();
-        let socket = conn.socket;
-        let fd = socket.raw();
+        let fd = types::Fd(conn.socket);
         let entry = match self.mode {
             RecvMode::Multishot if conn.input != InputState::Fresh => {
                 opcode::RecvMulti::new(fd, BUFFER_GROUP).build()
@@ -1085,10 +922,7 @@ impl Driver {
         // freed, after the receive's final completion. (Emptying it while the
         // receive is armed, as a 408 does, makes the completion count bytes
         // from the start of the buffer: all initialised, and discarded.)
-        unsafe {
-            self.ring
-                .push(&entry.flags(socket.sqe_flags()).user_data(user_data))
-        };
+        unsafe { self.ring.push(&entry.user_data(user_data)) };
     }
 
     /// Re-arms a bounded number of starved connections: all of them at once
@@ -1208,7 +1042,7 @@ impl Driver {
             // The link broke and the close was cancelled: close as any
             // other connection.
             if reset {
-                self.ring.push_reset_on_close(conn.socket);
+                set_reset_on_close(conn.socket);
             }
             conn.request_close();
         } else if matches!(conn.phase, Phase::Closing { .. }) {
@@ -1220,18 +1054,6 @@ impl Driver {
         } else {
             let reaction = conn.on_sent(result as usize, cx, &mut self.pool);
             self.react(key, reaction);
-        }
-        self.settle(key);
-    }
-
-    fn on_shutdown(&mut self, key: SlotKey, result: i32) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        conn.shutdown = ShutdownState::Idle;
-        if result < 0 && matches!(conn.phase, Phase::Lingering(_)) {
-            // As a failed shutdown(2) syscall: the peer is gone.
-            conn.request_close();
         }
         self.settle(key);
     }
@@ -1256,25 +1078,16 @@ impl Driver {
             }
             Reaction::Resend => self.submit_output(key),
             // After the send completed, so the FIN follows the response.
-            Reaction::StartLinger => match conn.socket {
-                Socket::Fd(fd) => {
-                    // A direct syscall, not through the ring (see the module
-                    // doc: the ring's shutdown resolves its descriptor late).
-                    // SAFETY: shutdown(2) reads no memory of ours; the
-                    // descriptor is open (closed only by this connection's
-                    // Close).
-                    if unsafe { libc::shutdown(fd, libc::SHUT_WR) } != 0 {
-                        conn.request_close();
-                    }
+            Reaction::StartLinger => {
+                // A direct syscall, not through the ring (see the module
+                // doc: the ring's shutdown resolves its descriptor late).
+                // SAFETY: shutdown(2) reads no memory of ours; the
+                // descriptor is open (closed only by this connection's
+                // Close).
+                if unsafe { libc::shutdown(conn.socket, libc::SHUT_WR) } != 0 {
+                    conn.request_close();
                 }
-                Socket::Direct(index) => {
-                    // Through the ring (there is no descriptor), and the slot
-                    // is closed only after this completes (see `settle`).
-                    conn.shutdown = ShutdownState::InFlight;
-                    self.ring
-                        .push_shutdown(index, libc::SHUT_WR, Op::conn(OpKind::Shutdown, key));
-                }
-            },
+            }
             Reaction::Close => conn.request_close(),
         }
     }
@@ -1316,7 +1129,7 @@ impl Driver {
         };
         if matches!(conn.phase, Phase::Closing { .. }) {
             let receiving = matches!(conn.recv, RecvState::Armed | RecvState::Cancelling);
-            if !receiving && !conn.output_in_flight() && conn.shutdown == ShutdownState::Idle {
+            if !receiving && !conn.output_in_flight() {
                 // Nothing of this connection is in the kernel any more: free
                 // its slot and close its descriptor.
                 let socket = conn.socket;
@@ -1360,7 +1173,7 @@ impl Driver {
                 // The kernel may be closing the socket: the reset waits for
                 // the send's completion (if the link broke, see `on_send`).
                 OutputState::LastSend { .. } if reset => conn.output = OutputState::LastSend { reset },
-                _ if reset => self.ring.push_reset_on_close(conn.socket),
+                _ if reset => set_reset_on_close(conn.socket),
                 _ => {}
             }
             conn.request_close();
@@ -1477,21 +1290,9 @@ impl Driver {
             }
             // A connection waiting for a request sees end-of-file and
             // closes; one mid-response finishes it first.
-            match conn.socket {
-                Socket::Fd(fd) => {
-                    // SAFETY: shutdown(2) reads no memory of ours; the
-                    // descriptor is open (its Close has not been submitted).
-                    unsafe { libc::shutdown(fd, libc::SHUT_RD) };
-                }
-                // One already in flight (lingering: the sending side) is
-                // left alone; the linger's own end closes the connection.
-                Socket::Direct(index) if conn.shutdown == ShutdownState::Idle => {
-                    conn.shutdown = ShutdownState::InFlight;
-                    self.ring
-                        .push_shutdown(index, libc::SHUT_RD, Op::conn(OpKind::Shutdown, key));
-                }
-                Socket::Direct(_) => {}
-            }
+            // SAFETY: shutdown(2) reads no memory of ours; the descriptor is
+            // open (its Close has not been submitted).
+            unsafe { libc::shutdown(conn.socket, libc::SHUT_RD) };
         }
     }
 }
@@ -1519,26 +1320,17 @@ impl Drop for Driver {
             let conns = self.conns.drain_values();
             // Not the socket of a last send linked to its close: the kernel
             // may have closed it already, and its number be another's.
-            for socket in conns
+            for fd in conns
                 .iter()
                 .filter(|conn| conn.socket_is_ours())
                 .map(|conn| conn.socket)
-                .chain(self.waiting.drain(..).map(|(socket, _)| socket))
+                .chain(self.waiting.drain(..).map(|(fd, _)| fd))
             {
-                match socket {
-                    Socket::Fd(fd) => {
-                        set_reset_on_close(fd);
-                        crate::engine::shutdown_both(fd);
-                        // SAFETY: the descriptor belongs to this worker
-                        // alone, and no submission naming it will be made
-                        // again.
-                        unsafe { libc::close(fd) };
-                    }
-                    // No descriptor: set the reset through the ring, as far
-                    // as it still takes submissions; the ring's teardown,
-                    // next, closes its table (the reset then goes out).
-                    Socket::Direct(index) => self.ring.try_reset_now(index),
-                }
+                set_reset_on_close(fd);
+                crate::engine::shutdown_both(fd);
+                // SAFETY: the descriptor belongs to this worker alone, and no
+                // submission naming it will be made again.
+                unsafe { libc::close(fd) };
             }
             std::mem::forget(conns);
             return;
@@ -1547,18 +1339,15 @@ impl Drop for Driver {
             let _ = self.ring.ring.submitter().unregister_buf_ring(BUFFER_GROUP);
         }
         // Only reachable if the loop was left early; close what is open.
-        // Direct descriptors close with the ring's table, when it drops.
         for conn in self.conns.drain_values() {
-            if let Some(fd) = conn.socket.fd().filter(|_| conn.socket_is_ours()) {
+            if conn.socket_is_ours() {
                 // SAFETY: the descriptor belongs to this connection alone.
-                unsafe { libc::close(fd) };
+                unsafe { libc::close(conn.socket) };
             }
         }
-        for (socket, _) in self.waiting.drain(..) {
-            if let Some(fd) = socket.fd() {
-                // SAFETY: as above: accepted, never handed to anything else.
-                unsafe { libc::close(fd) };
-            }
+        for (fd, _) in self.waiting.drain(..) {
+            // SAFETY: as above: accepted, never handed to anything else.
+            unsafe { libc::close(fd) };
         }
     }
 }
@@ -1566,14 +1355,6 @@ impl Drop for Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_fixed_file_table_holds_the_cap_and_one_burst_or_is_refused() {
-        let slots = direct_table_slots(100, 64).unwrap();
-        assert_eq!(slots as usize, 100 + 64 + ACCEPT_ARRIVAL_SLOTS);
-        let refused = direct_table_slots(usize::MAX / 2, 64).unwrap_err();
-        assert!(refused.contains("RLIMIT_NOFILE"), "{refused}");
-    }
 
     #[test]
     fn the_completion_queue_is_sized_for_the_connection_cap() {

@@ -27,12 +27,6 @@ pub enum OpKind {
     Close = 8,
     /// The read of a chunk of a file that is streamed from disk.
     Read = 9,
-    /// A ring `shutdown` of a direct descriptor (counted: its connection's
-    /// slot is closed only after it completed).
-    Shutdown = 10,
-    /// A `SetSockOpt` (reset on close) of a direct descriptor; silent
-    /// unless it fails.
-    SockOpt = 11,
 }
 
 impl OpKind {
@@ -47,8 +41,6 @@ impl OpKind {
             7 => OpKind::Cancel,
             8 => OpKind::Close,
             9 => OpKind::Read,
-            10 => OpKind::Shutdown,
-            11 => OpKind::SockOpt,
             _ => return None,
         })
     }
@@ -111,8 +103,6 @@ mod tests {
             OpKind::Cancel,
             OpKind::Close,
             OpKind::Read,
-            OpKind::Shutdown,
-            OpKind::SockOpt,
         ];
         let keys = [
             SlotKey {

@@ -26,7 +26,6 @@ use io_uring::{opcode, squeue, types};
 
 use super::op::OpKind;
 use super::pipes::{Pipe, PipePool};
-use super::ring::Socket;
 use crate::engine::FILE_CHUNK_BYTES;
 use crate::engine::policy::{Pool, Pooled};
 use crate::http::Output;
@@ -142,21 +141,18 @@ impl OutputOp {
     /// plain send, without the flag, a short send is a success and the
     /// close would follow it.) `MSG_WAITALL` means nothing to TCP's own
     /// `sendmsg`: only io_uring reads it.
-    pub fn entry(&self, socket: Socket, user_data: u64, link: bool) -> squeue::Entry {
+    pub fn entry(&self, socket: RawFd, user_data: u64, link: bool) -> squeue::Entry {
         let (msg_flags, sqe_flags) = if link {
-            (
-                libc::MSG_NOSIGNAL | libc::MSG_WAITALL,
-                socket.sqe_flags() | squeue::Flags::IO_LINK,
-            )
+            (libc::MSG_NOSIGNAL | libc::MSG_WAITALL, squeue::Flags::IO_LINK)
         } else {
-            (libc::MSG_NOSIGNAL, socket.sqe_flags())
+            (libc::MSG_NOSIGNAL, squeue::Flags::empty())
         };
         let entry = match *self {
-            OutputOp::Send { bytes, len } => opcode::Send::new(socket.raw(), bytes, len)
+            OutputOp::Send { bytes, len } => opcode::Send::new(types::Fd(socket), bytes, len)
                 .flags(msg_flags)
                 .build()
                 .flags(sqe_flags),
-            OutputOp::SendMsg { msghdr } => opcode::SendMsg::new(socket.raw(), msghdr)
+            OutputOp::SendMsg { msghdr } => opcode::SendMsg::new(types::Fd(socket), msghdr)
                 .flags(msg_flags as u32)
                 .build()
                 .flags(sqe_flags),
@@ -180,10 +176,9 @@ impl OutputOp {
                 len,
             } => opcode::Splice::new(types::Fd(fd), offset as i64, types::Fd(pipe), -1, len).build(),
             OutputOp::SpliceOut { pipe, len } => {
-                opcode::Splice::new(types::Fd(pipe), -1, socket.raw(), -1, len)
+                opcode::Splice::new(types::Fd(pipe), -1, types::Fd(socket), -1, len)
                     .flags(libc::SPLICE_F_NONBLOCK)
                     .build()
-                    .flags(socket.sqe_flags())
             }
         };
         entry.user_data(user_data)

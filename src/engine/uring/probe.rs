@@ -17,18 +17,13 @@
 //!    `DEFER_TASKRUN` (6.1) has both;
 //! 3. registering a provided-buffer ring (5.19), as the engine does.
 //!
-//! Direct descriptors (off by default) are not part of this question: each
-//! worker asks [`direct_descriptors`] on its own ring at start and, if the
-//! kernel says no, serves with normal descriptors.
-//!
 //! A refusal is an explanation for the start line, not an error: `auto`
 //! then runs the `epoll` engine. An explicit `--engine uring` does not probe;
 //! it fails at worker start with the engine's own message.
 
 use std::io;
-use std::os::fd::RawFd;
 
-use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
+use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
 
 use super::UringOptions;
 use super::buffers::{BUFFER_GROUP, BufRing};
@@ -83,56 +78,6 @@ pub fn probe(options: &UringOptions) -> Result<(), String> {
         drop(buffers);
     }
     Ok(())
-}
-
-/// Prepares `ring` for direct descriptors, or says why it cannot: registers
-/// a sparse fixed-file table of `slots` (5.19), and checks that the kernel
-/// takes socket options through the ring (`SetSockOpt`, a uring_cmd of 6.7:
-/// a direct descriptor has no descriptor for `setsockopt(2)`, and resetting
-/// a connection needs `SO_LINGER`), by setting `SO_REUSEADDR`, already on,
-/// on `listener` again.
-///
-/// Asked by each worker on its own ring at start; a refusal switches direct
-/// descriptors off for that worker rather than refusing the engine (`auto`
-/// needs no more than the engine's opcodes).
-pub fn direct_descriptors(ring: &mut IoUring, slots: u32, listener: Option<RawFd>) -> Result<(), String> {
-    let listener = listener.ok_or("no listener to try socket options on")?;
-    ring.submitter()
-        .register_files_sparse(slots)
-        .map_err(|e| format!("registering a fixed-file table of {slots} slots failed ({e})"))?;
-    static ON: libc::c_int = 1;
-    let entry = opcode::SetSockOpt::new(
-        types::Fd(listener),
-        libc::SOL_SOCKET as u32,
-        libc::SO_REUSEADDR as u32,
-        (&raw const ON).cast(),
-        std::mem::size_of::<libc::c_int>() as u32,
-    )
-    .build()
-    .user_data(0);
-    let unregister = |ring: &mut IoUring, why: String| {
-        let _ = ring.submitter().unregister_files();
-        Err(why)
-    };
-    // SAFETY: the entry points at a static; the listener stays open.
-    if unsafe { ring.submission().push(&entry) }.is_err() {
-        return unregister(ring, "the submission queue is full".to_owned());
-    }
-    if let Err(e) = ring.submit_and_wait(1) {
-        return unregister(ring, format!("submitting a socket option failed ({e})"));
-    }
-    let result = ring.completion().next().map(|cqe| cqe.result());
-    match result {
-        Some(0) => Ok(()),
-        Some(error) => unregister(
-            ring,
-            format!(
-                "the kernel sets no socket options through io_uring ({}; needs Linux 6.7)",
-                io::Error::from_raw_os_error(-error)
-            ),
-        ),
-        None => unregister(ring, "no completion for a socket option".to_owned()),
-    }
 }
 
 /// Why `io_uring_setup` failed, naming the likely cause.

@@ -8,12 +8,6 @@
 //! and pushed without acknowledgement; the loop returns only when
 //! [`Ring::in_flight`] is zero. The memory itself lives in `buffers`
 //! (receive) and `outbox` (send).
-//!
-//! A connection's socket is named by a [`Socket`]: a descriptor, or (with
-//! direct descriptors, see the engine's module doc) an index into the ring's
-//! fixed-file table, which has no descriptor and so no syscall of its own:
-//! closing it, shutting it down and setting its reset-on-close all go through
-//! the ring.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -29,66 +23,6 @@ pub enum Wait {
     Collect,
     /// At least one completion.
     One,
-}
-
-/// A connection's socket, as submissions name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Socket {
-    /// A normal descriptor of the process.
-    Fd(RawFd),
-    /// A slot of the ring's fixed-file table (a direct descriptor).
-    Direct(u32),
-}
-
-impl Socket {
-    /// The number for an entry's `fd` field; [`Socket::sqe_flags`] says
-    /// whether it is a table index.
-    pub fn raw(self) -> types::Fd {
-        match self {
-            Socket::Fd(fd) => types::Fd(fd),
-            Socket::Direct(index) => types::Fd(index as RawFd),
-        }
-    }
-
-    /// `IOSQE_FIXED_FILE` for a direct descriptor: the entry's `fd` is then
-    /// an index into the fixed-file table. (Every operation that takes its
-    /// socket in the `fd` field; `Close` names a slot differently, see
-    /// [`Ring::push_close`].)
-    pub fn sqe_flags(self) -> squeue::Flags {
-        match self {
-            Socket::Fd(_) => squeue::Flags::empty(),
-            Socket::Direct(_) => squeue::Flags::FIXED_FILE,
-        }
-    }
-
-    /// The descriptor, if the socket has one.
-    pub fn fd(self) -> Option<RawFd> {
-        match self {
-            Socket::Fd(fd) => Some(fd),
-            Socket::Direct(_) => None,
-        }
-    }
-}
-
-/// `SO_LINGER` on with a zero timeout: closing then resets. A static, so the
-/// kernel may read it whenever it runs the `setsockopt`.
-static RESET_ON_CLOSE: libc::linger = libc::linger {
-    l_onoff: 1,
-    l_linger: 0,
-};
-
-/// A `SetSockOpt` (uring_cmd, Linux 6.7) of [`RESET_ON_CLOSE`] on the
-/// direct descriptor `index`. It points only at that static.
-fn reset_on_close_entry(index: u32) -> squeue::Entry {
-    opcode::SetSockOpt::new(
-        types::Fixed(index),
-        libc::SOL_SOCKET as u32,
-        libc::SO_LINGER as u32,
-        (&raw const RESET_ON_CLOSE).cast(),
-        std::mem::size_of::<libc::linger>() as u32,
-    )
-    .build()
-    .user_data(Op::worker(OpKind::SockOpt).encode())
 }
 
 /// The submission side of the ring, and the count of operations whose final
@@ -139,18 +73,14 @@ impl Ring {
         unsafe { self.push_unacknowledged(&entry) };
     }
 
-    /// Queues the close of `socket`, which nothing of ours uses any more. A
-    /// direct descriptor's slot is free for the next accept once this runs.
-    pub fn push_close(&mut self, socket: Socket, op: Op) {
-        let entry = match socket {
-            Socket::Fd(fd) => opcode::Close::new(types::Fd(fd)).build(),
-            Socket::Direct(index) => opcode::Close::new(types::Fixed(index)).build(),
-        };
+    /// Queues the close of `fd`, which nothing of ours uses any more.
+    pub fn push_close(&mut self, fd: RawFd, op: Op) {
+        let entry = opcode::Close::new(types::Fd(fd)).build();
         // SAFETY: a close takes a descriptor number and references no memory.
         unsafe { self.push_unacknowledged(&entry.user_data(op.encode())) };
     }
 
-    /// Queues `send` as the head of a link and the close of `socket` as its
+    /// Queues `send` as the head of a link and the close of `fd` as its
     /// second entry: the close runs only once the send succeeded, and
     /// completes silently then (`IOSQE_CQE_SKIP_SUCCESS`, so it is not
     /// counted in flight); if the send fails, the close completes with
@@ -163,13 +93,11 @@ impl Ring {
     ///
     /// As for [`Ring::push`], for what `send` points to; `send` must carry
     /// `IOSQE_IO_LINK`.
-    pub unsafe fn push_send_then_close(&mut self, send: &squeue::Entry, socket: Socket, close_op: Op) {
-        let close = match socket {
-            Socket::Fd(fd) => opcode::Close::new(types::Fd(fd)).build(),
-            Socket::Direct(index) => opcode::Close::new(types::Fixed(index)).build(),
-        }
-        .flags(squeue::Flags::SKIP_SUCCESS)
-        .user_data(close_op.encode());
+    pub unsafe fn push_send_then_close(&mut self, send: &squeue::Entry, fd: RawFd, close_op: Op) {
+        let close = opcode::Close::new(types::Fd(fd))
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(close_op.encode());
         let free = {
             let queue = self.ring.submission();
             queue.capacity() - queue.len()
@@ -196,55 +124,6 @@ impl Ring {
         self.in_flight += 1;
     }
 
-    /// Makes closing `socket` send a reset (`SO_LINGER` zero). A descriptor
-    /// gets a direct `setsockopt`; a direct descriptor a `SetSockOpt`
-    /// uring_cmd (Linux 6.7), which the kernel runs inline at submission,
-    /// so it takes effect before any later entry of the queue (the close
-    /// comes later).
-    pub fn push_reset_on_close(&mut self, socket: Socket) {
-        match socket {
-            Socket::Fd(fd) => crate::engine::set_reset_on_close(fd),
-            Socket::Direct(index) => {
-                let entry = reset_on_close_entry(index);
-                // SAFETY: the entry points at a static.
-                unsafe { self.push_unacknowledged(&entry) };
-            }
-        }
-    }
-
-    /// Queues `shutdown(how)` of a direct descriptor, counted in flight
-    /// under `op`: the connection's slot must not be closed before its
-    /// completion (see the engine's module doc: the kernel resolves the
-    /// table index only when an io-wq worker runs it).
-    pub fn push_shutdown(&mut self, index: u32, how: i32, op: Op) {
-        let entry = opcode::Shutdown::new(types::Fixed(index), how)
-            .build()
-            .user_data(op.encode());
-        // SAFETY: a shutdown references no memory.
-        unsafe { self.push(&entry) };
-    }
-
-    /// For a ring being abandoned (a broken loop's `Drop`): makes closing the
-    /// direct descriptor `index` reset, closes it, and submits at once, as
-    /// far as the ring still takes submissions. Never panics; nothing of
-    /// this is counted or waited for.
-    pub fn try_reset_now(&mut self, index: u32) {
-        let reset = reset_on_close_entry(index);
-        let close = opcode::Close::new(types::Fixed(index))
-            .build()
-            .user_data(Op::worker(OpKind::Close).encode());
-        for entry in [reset, close] {
-            let entry = entry.flags(squeue::Flags::SKIP_SUCCESS);
-            // SAFETY: the entries reference no memory but a static.
-            if unsafe { self.ring.submission().push(&entry) }.is_err() {
-                let _ = self.ring.submit();
-                // SAFETY: as above.
-                let _ = unsafe { self.ring.submission().push(&entry) };
-            }
-        }
-        let _ = self.ring.submit();
-    }
-
     /// Queues `entry` with `IOSQE_CQE_SKIP_SUCCESS`: it completes silently
     /// unless it fails, so it is not counted in flight (closes and cancels,
     /// whose success tells nothing; what is queued is submitted before the
@@ -262,7 +141,7 @@ impl Ring {
 
     /// Whether a completion of `kind` is counted in `in_flight`.
     pub fn counted(kind: OpKind) -> bool {
-        !matches!(kind, OpKind::Close | OpKind::Cancel | OpKind::SockOpt)
+        !matches!(kind, OpKind::Close | OpKind::Cancel)
     }
 
     /// Submits what is queued, without waiting or collecting.
