@@ -61,7 +61,9 @@ for engine in uring epoll tokio-uring tokio; do
     "$BIN" --root "$WORK/site" --listen 127.0.0.1:0 --workers 2 --no-pin --engine "$engine" \
         --health --metrics-listen 127.0.0.1:0 >"$WORK/out" 2>"$WORK/err" &
     SERVER_PID=$!
+    # The two lines go to two streams, in no fixed order: wait for both.
     wait_for_line "$WORK/err" "metrics on http://"
+    wait_for_line "$WORK/out" "listening on http://"
     ADDR=$(sed -n 's|.*listening on http://\([^ ]*\) .*|\1|p' "$WORK/out")
     METRICS=$(sed -n 's|.*metrics on http://\([^/]*\)/metrics.*|\1|p' "$WORK/err")
     for _ in 1 2 3; do curl -sf -o /dev/null "http://$ADDR/"; done
